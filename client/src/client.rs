@@ -1,0 +1,403 @@
+//! The async client.
+
+use std::ops::{Bound, RangeBounds};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use shardcache_proto::{
+    DataChunk, ErrorCode, Frame, ObjectInfo, ReadRequest, ReadStart, StatRequest,
+};
+
+use crate::conn::{Conn, QuicConn, Responses, TcpConn};
+use crate::endpoint::{Endpoint, Transport};
+use crate::error::{ClientError, Result};
+use crate::reader::ObjectReader;
+
+/// How a [`Client`] connects and behaves.
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    /// Connections kept to the server; requests are spread over them. QUIC multiplexes streams,
+    /// so one connection is usually enough there.
+    pub connections: usize,
+    /// CA certificate (PEM) that signed the server's QUIC certificate.
+    pub tls_ca: Option<PathBuf>,
+    /// Accept any server certificate (a server run with `--insecure-dev-tls`). Never in
+    /// production.
+    pub insecure_skip_verify: bool,
+    /// TLS server name, when it differs from the endpoint's host.
+    pub server_name: Option<String>,
+    /// Longest silence from the server inside one request.
+    pub idle_timeout: Duration,
+    /// Blocks an [`ObjectReader`] fetches ahead of the reading position.
+    pub readahead: usize,
+    /// Retries of a request that failed with a retryable error.
+    pub retries: u32,
+}
+
+impl Default for ClientOptions {
+    fn default() -> ClientOptions {
+        ClientOptions {
+            connections: 4,
+            tls_ca: None,
+            insecure_skip_verify: false,
+            server_name: None,
+            idle_timeout: Duration::from_secs(60),
+            readahead: 4,
+            retries: 2,
+        }
+    }
+}
+
+/// An async client of one shardcache server. Cheap to clone; clones share connections.
+///
+/// ```no_run
+/// # async fn example() -> Result<(), shardcache_client::ClientError> {
+/// let client = shardcache_client::Client::connect("127.0.0.1:7070").await?;
+/// let info = client.stat("imagenet/train/shard-000001.tar").await?;
+/// let head = client.read("imagenet/train/shard-000001.tar", 0..512).await?;
+/// assert!(head.len() as u64 <= info.size);
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    endpoint: Endpoint,
+    options: ClientOptions,
+    slots: Vec<tokio::sync::Mutex<Option<Arc<Conn>>>>,
+    next: AtomicUsize,
+}
+
+impl Client {
+    /// Connect with default options. `endpoint` is `host:port`, `tcp://host:port` or
+    /// `quic://host:port`.
+    pub async fn connect(endpoint: &str) -> Result<Client> {
+        Client::connect_with(endpoint, ClientOptions::default()).await
+    }
+
+    /// Connect with the given options. The first connection is opened now, so a wrong address
+    /// fails here rather than at the first read.
+    pub async fn connect_with(endpoint: &str, options: ClientOptions) -> Result<Client> {
+        let endpoint = Endpoint::parse(endpoint)?;
+        let n = match endpoint.transport {
+            Transport::Tcp => options.connections.max(1),
+            Transport::Quic => options.connections.clamp(1, 4),
+        };
+        let slots = (0..n).map(|_| tokio::sync::Mutex::new(None)).collect();
+        let client = Client {
+            inner: Arc::new(Inner {
+                endpoint,
+                options,
+                slots,
+                next: AtomicUsize::new(0),
+            }),
+        };
+        client.conn_at(0).await?;
+        Ok(client)
+    }
+
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.inner.endpoint
+    }
+
+    pub fn options(&self) -> &ClientOptions {
+        &self.inner.options
+    }
+
+    async fn conn_at(&self, slot: usize) -> Result<Arc<Conn>> {
+        let mut guard = self.inner.slots[slot].lock().await;
+        if let Some(conn) = guard.as_ref()
+            && !conn.is_closed()
+        {
+            return Ok(conn.clone());
+        }
+        let ep = &self.inner.endpoint;
+        let name = ep.to_string();
+        let conn = Arc::new(match ep.transport {
+            Transport::Tcp => Conn::Tcp(TcpConn::connect(&ep.address, &name).await?),
+            Transport::Quic => Conn::Quic(
+                QuicConn::connect(&self.inner.options, &ep.address, ep.host(), &name).await?,
+            ),
+        });
+        *guard = Some(conn.clone());
+        Ok(conn)
+    }
+
+    async fn send(&self, frame: Frame) -> Result<Responses> {
+        let slot = self.inner.next.fetch_add(1, Ordering::Relaxed) % self.inner.slots.len();
+        let conn = self.conn_at(slot).await?;
+        conn.request(frame, self.inner.options.idle_timeout).await
+    }
+
+    /// Retry `op` on retryable errors, with a short growing pause.
+    async fn retrying<T, F, Fut>(&self, pinned: bool, op: F) -> Result<T>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = Result<T>>,
+    {
+        let mut attempt = 0;
+        loop {
+            match op().await {
+                Ok(v) => return Ok(v),
+                Err(e) => {
+                    // A read pinned to a version must not silently move to another one.
+                    let pinned_change = pinned && e.code() == Some(ErrorCode::PreconditionFailed);
+                    if attempt >= self.inner.options.retries || !e.is_retryable() || pinned_change {
+                        return Err(e);
+                    }
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_millis(20 * u64::from(attempt))).await;
+                }
+            }
+        }
+    }
+
+    /// Size and version of an object.
+    pub async fn stat(&self, path: &str) -> Result<ObjectInfo> {
+        self.retrying(false, || async {
+            let mut responses = self
+                .send(Frame::Stat(StatRequest { path: path.into() }))
+                .await?;
+            match responses.next().await? {
+                Frame::StatOk(info) => Ok(info),
+                Frame::Error(e) => Err(ClientError::Server {
+                    code: e.code,
+                    message: e.message,
+                }),
+                other => Err(self.unexpected(&other)),
+            }
+        })
+        .await
+    }
+
+    /// Stream a range as checksummed chunks, in order. `length: None` reads to the end;
+    /// `if_match` pins the version (ETag) the bytes must come from.
+    pub async fn read_stream(
+        &self,
+        path: &str,
+        offset: u64,
+        length: Option<u64>,
+        if_match: Option<String>,
+    ) -> Result<ReadStream> {
+        let req = ReadRequest {
+            path: path.into(),
+            offset,
+            length,
+            if_match,
+        };
+        let mut responses = self.send(Frame::Read(req)).await?;
+        let start = match responses.next().await? {
+            Frame::ReadStart(start) => start,
+            Frame::Error(e) => {
+                return Err(ClientError::Server {
+                    code: e.code,
+                    message: e.message,
+                });
+            }
+            other => return Err(self.unexpected(&other)),
+        };
+        if start.offset != offset || length.is_some_and(|l| start.length > l) {
+            return Err(self.protocol("server answered a different range than asked"));
+        }
+        Ok(ReadStream {
+            next_offset: start.offset,
+            end: start.offset + start.length,
+            start,
+            responses,
+            path: path.to_string(),
+            endpoint: self.inner.endpoint.to_string(),
+        })
+    }
+
+    /// Read a range of an object (`..` for all of it) into memory.
+    pub async fn read(&self, path: &str, range: impl RangeBounds<u64>) -> Result<Bytes> {
+        let (offset, length) = bounds(range)?;
+        self.read_pinned(path, offset, length, None)
+            .await
+            .map(|(_, bytes)| bytes)
+    }
+
+    /// Read a range at a pinned version (`if_match`), returning the version read too.
+    pub async fn read_pinned(
+        &self,
+        path: &str,
+        offset: u64,
+        length: Option<u64>,
+        if_match: Option<String>,
+    ) -> Result<(ObjectInfo, Bytes)> {
+        self.retrying(if_match.is_some(), || async {
+            let mut stream = self
+                .read_stream(path, offset, length, if_match.clone())
+                .await?;
+            let total = stream.remaining();
+            let mut out: Option<BytesMut> = None;
+            let mut only: Option<Bytes> = None;
+            while let Some(chunk) = stream.next_chunk().await? {
+                // One chunk covering the whole range is returned as is, without a copy.
+                if only.is_none() && out.is_none() && chunk.data.len() as u64 == total {
+                    only = Some(chunk.data);
+                    continue;
+                }
+                let buf = out.get_or_insert_with(|| BytesMut::with_capacity(total as usize));
+                if let Some(first) = only.take() {
+                    buf.extend_from_slice(&first);
+                }
+                buf.extend_from_slice(&chunk.data);
+            }
+            let bytes = match (only, out) {
+                (Some(b), None) => b,
+                (_, Some(b)) => b.freeze(),
+                (None, None) => Bytes::new(),
+            };
+            Ok((stream.start.info.clone(), bytes))
+        })
+        .await
+    }
+
+    /// Read from `offset` into `buf`, up to its length; returns the bytes written (fewer only at
+    /// the end of the object).
+    pub async fn read_into(&self, path: &str, offset: u64, buf: &mut [u8]) -> Result<usize> {
+        let want = buf.len() as u64;
+        let buf = std::sync::Mutex::new(buf);
+        let buf = &buf;
+        self.retrying(false, || async move {
+            let mut stream = self.read_stream(path, offset, Some(want), None).await?;
+            let mut filled = 0usize;
+            while let Some(chunk) = stream.next_chunk().await? {
+                let at = (chunk.offset - offset) as usize;
+                let mut guard = buf.lock().expect("lock");
+                guard[at..at + chunk.data.len()].copy_from_slice(&chunk.data);
+                filled = at + chunk.data.len();
+            }
+            Ok(filled)
+        })
+        .await
+    }
+
+    /// A reader over the whole object, pinned to its current version, that fetches the next
+    /// blocks ahead of the reading position.
+    pub async fn open(&self, path: &str) -> Result<ObjectReader> {
+        let info = self.stat(path).await?;
+        Ok(ObjectReader::new(self.clone(), path.to_string(), info))
+    }
+
+    fn unexpected(&self, frame: &Frame) -> ClientError {
+        self.protocol(&format!("unexpected frame {frame:?}"))
+    }
+
+    fn protocol(&self, reason: &str) -> ClientError {
+        ClientError::Protocol {
+            endpoint: self.inner.endpoint.to_string(),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// `(offset, length)` of a range over an object of unknown size.
+fn bounds(range: impl RangeBounds<u64>) -> Result<(u64, Option<u64>)> {
+    let start = match range.start_bound() {
+        Bound::Included(&s) => s,
+        Bound::Excluded(&s) => s.saturating_add(1),
+        Bound::Unbounded => 0,
+    };
+    let end = match range.end_bound() {
+        Bound::Included(&e) => Some(e.saturating_add(1)),
+        Bound::Excluded(&e) => Some(e),
+        Bound::Unbounded => None,
+    };
+    match end {
+        Some(end) if end < start => Err(ClientError::Server {
+            code: ErrorCode::BadRequest,
+            message: format!("range {start}..{end} ends before it starts"),
+        }),
+        Some(end) => Ok((start, Some(end - start))),
+        None => Ok((start, None)),
+    }
+}
+
+/// The chunks of one read, checked as they arrive: in order, inside the range, checksum intact.
+pub struct ReadStream {
+    pub start: ReadStart,
+    responses: Responses,
+    next_offset: u64,
+    end: u64,
+    path: String,
+    endpoint: String,
+}
+
+impl ReadStream {
+    /// Bytes not yet received.
+    pub fn remaining(&self) -> u64 {
+        self.end - self.next_offset
+    }
+
+    /// The next verified chunk, `None` once the whole range arrived.
+    pub async fn next_chunk(&mut self) -> Result<Option<DataChunk>> {
+        if self.next_offset == self.end {
+            return Ok(None);
+        }
+        match self.responses.next().await? {
+            Frame::Data(chunk) => {
+                let len = chunk.data.len() as u64;
+                if chunk.offset != self.next_offset || len == 0 || len > self.end - chunk.offset {
+                    return Err(ClientError::Protocol {
+                        endpoint: self.endpoint.clone(),
+                        reason: format!(
+                            "chunk at {}+{} does not continue the range at {} (ends {})",
+                            chunk.offset, len, self.next_offset, self.end
+                        ),
+                    });
+                }
+                if !verify(&chunk).await {
+                    return Err(ClientError::Checksum {
+                        path: self.path.clone(),
+                        offset: chunk.offset,
+                    });
+                }
+                self.next_offset += len;
+                Ok(Some(chunk))
+            }
+            Frame::Error(e) => Err(ClientError::Server {
+                code: e.code,
+                message: e.message,
+            }),
+            other => Err(ClientError::Protocol {
+                endpoint: self.endpoint.clone(),
+                reason: format!("unexpected frame {other:?}"),
+            }),
+        }
+    }
+}
+
+/// CRC32C check; large chunks are checked off the async threads.
+async fn verify(chunk: &DataChunk) -> bool {
+    if chunk.data.len() < (1 << 20) {
+        return chunk.verify();
+    }
+    let data = chunk.data.clone();
+    let crc = chunk.crc32c;
+    tokio::task::spawn_blocking(move || crc32c::crc32c(&data) == crc)
+        .await
+        .unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_become_offset_and_length() {
+        assert_eq!(bounds(..).unwrap(), (0, None));
+        assert_eq!(bounds(5..).unwrap(), (5, None));
+        assert_eq!(bounds(5..10).unwrap(), (5, Some(5)));
+        assert_eq!(bounds(5..=10).unwrap(), (5, Some(6)));
+        assert_eq!(bounds(..0).unwrap(), (0, Some(0)));
+        let (start, end) = (10, 5);
+        assert!(bounds(start..end).is_err());
+    }
+}

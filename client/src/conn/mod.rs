@@ -1,0 +1,82 @@
+//! Connections to a server, over TCP or QUIC, behind one request/response interface.
+//!
+//! [`Conn::request`] sends one request frame and returns [`Responses`], which yields that
+//! request's response frames. Over TCP many requests share one connection: a reader task routes
+//! frames by request id. Over QUIC each request opens its own stream.
+
+mod quic;
+mod tcp;
+
+use std::time::Duration;
+
+use shardcache_proto::Frame;
+
+pub use quic::QuicConn;
+pub use tcp::TcpConn;
+
+use crate::error::{ClientError, Result};
+
+/// One connection.
+pub enum Conn {
+    Tcp(TcpConn),
+    Quic(QuicConn),
+}
+
+impl Conn {
+    pub async fn request(&self, frame: Frame, idle_timeout: Duration) -> Result<Responses> {
+        let inner = match self {
+            Conn::Tcp(c) => ResponsesInner::Tcp(c.request(frame).await?),
+            Conn::Quic(c) => ResponsesInner::Quic(c.request(frame).await?),
+        };
+        Ok(Responses {
+            inner,
+            idle_timeout,
+            endpoint: self.endpoint().to_string(),
+        })
+    }
+
+    pub fn is_closed(&self) -> bool {
+        match self {
+            Conn::Tcp(c) => c.is_closed(),
+            Conn::Quic(c) => c.is_closed(),
+        }
+    }
+
+    fn endpoint(&self) -> &str {
+        match self {
+            Conn::Tcp(c) => c.endpoint(),
+            Conn::Quic(c) => c.endpoint(),
+        }
+    }
+}
+
+enum ResponsesInner {
+    Tcp(tcp::TcpResponses),
+    Quic(quic::QuicResponses),
+}
+
+/// The response frames of one request. Dropping it abandons the request.
+pub struct Responses {
+    inner: ResponsesInner,
+    idle_timeout: Duration,
+    endpoint: String,
+}
+
+impl Responses {
+    /// The next frame; an error if the connection ended or stayed silent too long.
+    pub async fn next(&mut self) -> Result<Frame> {
+        let next = async {
+            match &mut self.inner {
+                ResponsesInner::Tcp(r) => r.next().await,
+                ResponsesInner::Quic(r) => r.next().await,
+            }
+        };
+        match tokio::time::timeout(self.idle_timeout, next).await {
+            Ok(frame) => frame,
+            Err(_) => Err(ClientError::Timeout {
+                endpoint: self.endpoint.clone(),
+                secs: self.idle_timeout.as_secs(),
+            }),
+        }
+    }
+}

@@ -1,0 +1,242 @@
+//! QUIC connections: one bidirectional stream per request.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use shardcache_proto::frame::{MAX_RESPONSE_PAYLOAD, encode};
+use shardcache_proto::{Frame, FrameCodec, Framed};
+use tokio::io::AsyncReadExt;
+
+use crate::ClientOptions;
+use crate::error::{ClientError, Result};
+
+/// ALPN protocol of the shardcache data plane over QUIC.
+const ALPN: &[u8] = b"shardcache/1";
+
+fn tls_err(reason: impl Into<String>) -> ClientError {
+    ClientError::Tls {
+        reason: reason.into(),
+    }
+}
+
+/// A client endpoint configured from the options' trust settings.
+pub fn quic_endpoint(options: &ClientOptions, remote: SocketAddr) -> Result<quinn::Endpoint> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| tls_err(e.to_string()))?;
+    let mut tls = if options.insecure_skip_verify {
+        builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AcceptAnyServerCert(provider)))
+            .with_no_client_auth()
+    } else {
+        let mut roots = rustls::RootCertStore::empty();
+        if let Some(ca) = &options.tls_ca {
+            let certs = CertificateDer::pem_file_iter(ca)
+                .map_err(|e| tls_err(format!("cannot read CA file {}: {e}", ca.display())))?;
+            for cert in certs {
+                let cert =
+                    cert.map_err(|e| tls_err(format!("bad CA file {}: {e}", ca.display())))?;
+                roots
+                    .add(cert)
+                    .map_err(|e| tls_err(format!("bad CA certificate: {e}")))?;
+            }
+        }
+        if roots.is_empty() {
+            return Err(tls_err(
+                "QUIC needs a CA to trust the server (tls_ca) or insecure_skip_verify for a dev server",
+            ));
+        }
+        builder.with_root_certificates(roots).with_no_client_auth()
+    };
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
+        .map_err(|e| tls_err(e.to_string()))?;
+    let mut config = quinn::ClientConfig::new(Arc::new(crypto));
+    config.transport_config(Arc::new(transport_config()));
+    let bind: SocketAddr = if remote.is_ipv6() {
+        "[::]:0"
+    } else {
+        "0.0.0.0:0"
+    }
+    .parse()
+    .expect("valid bind address");
+    let mut endpoint = quinn::Endpoint::client(bind)
+        .map_err(|e| tls_err(format!("cannot open a UDP socket: {e}")))?;
+    endpoint.set_default_client_config(config);
+    Ok(endpoint)
+}
+
+fn transport_config() -> quinn::TransportConfig {
+    let mut t = quinn::TransportConfig::default();
+    t.max_concurrent_bidi_streams(0u32.into())
+        .stream_receive_window((16u32 << 20).into())
+        .receive_window((256u32 << 20).into())
+        .send_window(1 << 20)
+        .max_idle_timeout(Some(
+            Duration::from_secs(30)
+                .try_into()
+                .expect("valid idle timeout"),
+        ))
+        .keep_alive_interval(Some(Duration::from_secs(10)));
+    t
+}
+
+pub struct QuicConn {
+    endpoint_name: String,
+    conn: quinn::Connection,
+    _endpoint: quinn::Endpoint,
+}
+
+impl QuicConn {
+    pub async fn connect(
+        options: &ClientOptions,
+        address: &str,
+        host: &str,
+        endpoint_name: &str,
+    ) -> Result<QuicConn> {
+        let connect_err = |reason: String| ClientError::Connect {
+            endpoint: endpoint_name.to_string(),
+            reason,
+        };
+        let remote = tokio::net::lookup_host(address)
+            .await
+            .map_err(|e| connect_err(e.to_string()))?
+            .next()
+            .ok_or_else(|| connect_err("address resolved to nothing".into()))?;
+        let endpoint = quic_endpoint(options, remote)?;
+        let server_name = options.server_name.as_deref().unwrap_or(host);
+        let conn = endpoint
+            .connect(remote, server_name)
+            .map_err(|e| connect_err(e.to_string()))?
+            .await
+            .map_err(|e| connect_err(e.to_string()))?;
+        Ok(QuicConn {
+            endpoint_name: endpoint_name.to_string(),
+            conn,
+            _endpoint: endpoint,
+        })
+    }
+
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint_name
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.conn.close_reason().is_some()
+    }
+
+    pub async fn request(&self, frame: Frame) -> Result<QuicResponses> {
+        let lost = |reason: String| ClientError::ConnectionLost {
+            endpoint: self.endpoint_name.clone(),
+            reason,
+        };
+        let (mut send, recv) = self.conn.open_bi().await.map_err(|e| lost(e.to_string()))?;
+        let bytes = encode(&Framed {
+            request_id: 1,
+            frame,
+        })
+        .to_vec();
+        send.write_all(&bytes)
+            .await
+            .map_err(|e| lost(e.to_string()))?;
+        send.finish().map_err(|e| lost(e.to_string()))?;
+        Ok(QuicResponses {
+            recv,
+            codec: FrameCodec::new(MAX_RESPONSE_PAYLOAD),
+            endpoint: self.endpoint_name.clone(),
+        })
+    }
+}
+
+pub struct QuicResponses {
+    recv: quinn::RecvStream,
+    codec: FrameCodec,
+    endpoint: String,
+}
+
+impl QuicResponses {
+    pub async fn next(&mut self) -> Result<Frame> {
+        loop {
+            match self.codec.next_frame() {
+                Ok(Some(framed)) => return Ok(framed.frame),
+                Ok(None) => {}
+                Err(e) => {
+                    return Err(ClientError::Protocol {
+                        endpoint: self.endpoint.clone(),
+                        reason: e.to_string(),
+                    });
+                }
+            }
+            match self.recv.read_buf(self.codec.buffer_mut()).await {
+                Ok(0) => {
+                    return Err(ClientError::ConnectionLost {
+                        endpoint: self.endpoint.clone(),
+                        reason: "stream ended before the response was complete".into(),
+                    });
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    return Err(ClientError::ConnectionLost {
+                        endpoint: self.endpoint.clone(),
+                        reason: e.to_string(),
+                    });
+                }
+            }
+        }
+    }
+}
+
+/// Accepts any server certificate: only for `insecure_skip_verify`, against a server started with
+/// `--insecure-dev-tls`. Signatures are still checked, so the handshake itself is sound.
+#[derive(Debug)]
+struct AcceptAnyServerCert(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AcceptAnyServerCert {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}

@@ -1,0 +1,204 @@
+//! A multiplexed TCP connection.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+
+use shardcache_proto::frame::{MAX_RESPONSE_PAYLOAD, encode};
+use shardcache_proto::{Frame, FrameCodec, Framed};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::error::{ClientError, Result};
+
+/// Response frames buffered per request before the connection's reader waits.
+const RESPONSE_QUEUE: usize = 8;
+
+struct Shared {
+    endpoint: String,
+    pending: Mutex<HashMap<u32, mpsc::Sender<Frame>>>,
+    closed: AtomicBool,
+    /// Why the connection ended, once it has.
+    reason: Mutex<Option<ClientError>>,
+}
+
+impl Shared {
+    fn lost(&self) -> ClientError {
+        self.reason
+            .lock()
+            .expect("lock")
+            .clone()
+            .unwrap_or_else(|| ClientError::ConnectionLost {
+                endpoint: self.endpoint.clone(),
+                reason: "connection closed".into(),
+            })
+    }
+}
+
+pub struct TcpConn {
+    shared: Arc<Shared>,
+    writer: tokio::sync::Mutex<OwnedWriteHalf>,
+    next_id: AtomicU32,
+    reader: JoinHandle<()>,
+}
+
+impl Drop for TcpConn {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
+}
+
+impl TcpConn {
+    pub async fn connect(address: &str, endpoint: &str) -> Result<TcpConn> {
+        let stream = TcpStream::connect(address)
+            .await
+            .map_err(|e| ClientError::Connect {
+                endpoint: endpoint.to_string(),
+                reason: e.to_string(),
+            })?;
+        let _ = stream.set_nodelay(true);
+        let (rd, wr) = stream.into_split();
+        let shared = Arc::new(Shared {
+            endpoint: endpoint.to_string(),
+            pending: Mutex::new(HashMap::new()),
+            closed: AtomicBool::new(false),
+            reason: Mutex::new(None),
+        });
+        let reader = tokio::spawn(read_loop(rd, shared.clone()));
+        Ok(TcpConn {
+            shared,
+            writer: tokio::sync::Mutex::new(wr),
+            next_id: AtomicU32::new(1),
+            reader,
+        })
+    }
+
+    pub fn endpoint(&self) -> &str {
+        &self.shared.endpoint
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.shared.closed.load(Ordering::Acquire)
+    }
+
+    pub async fn request(&self, frame: Frame) -> Result<TcpResponses> {
+        let mut id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        if id == 0 {
+            id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        }
+        let (tx, rx) = mpsc::channel(RESPONSE_QUEUE);
+        {
+            let mut pending = self.shared.pending.lock().expect("lock");
+            if self.is_closed() {
+                return Err(self.shared.lost());
+            }
+            pending.insert(id, tx);
+        }
+        let responses = TcpResponses {
+            id,
+            rx,
+            shared: self.shared.clone(),
+        };
+        let bytes = encode(&Framed {
+            request_id: id,
+            frame,
+        })
+        .to_vec();
+        let mut writer = self.writer.lock().await;
+        if let Err(e) = writer.write_all(&bytes).await {
+            drop(writer);
+            self.shared.closed.store(true, Ordering::Release);
+            return Err(ClientError::ConnectionLost {
+                endpoint: self.shared.endpoint.clone(),
+                reason: e.to_string(),
+            });
+        }
+        Ok(responses)
+    }
+}
+
+async fn read_loop(mut rd: OwnedReadHalf, shared: Arc<Shared>) {
+    let mut codec = FrameCodec::new(MAX_RESPONSE_PAYLOAD);
+    let reason = 'conn: loop {
+        loop {
+            let framed = match codec.next_frame() {
+                Ok(Some(f)) => f,
+                Ok(None) => break,
+                Err(e) => {
+                    break 'conn ClientError::Protocol {
+                        endpoint: shared.endpoint.clone(),
+                        reason: e.to_string(),
+                    };
+                }
+            };
+            if framed.request_id == 0 {
+                // A connection-level answer (e.g. the server is at its connection limit).
+                if let Frame::Error(e) = framed.frame {
+                    break 'conn ClientError::Server {
+                        code: e.code,
+                        message: e.message,
+                    };
+                }
+                continue;
+            }
+            let tx = shared
+                .pending
+                .lock()
+                .expect("lock")
+                .get(&framed.request_id)
+                .cloned();
+            if let Some(tx) = tx
+                && tx.send(framed.frame).await.is_err()
+            {
+                shared
+                    .pending
+                    .lock()
+                    .expect("lock")
+                    .remove(&framed.request_id);
+            }
+        }
+        match rd.read_buf(codec.buffer_mut()).await {
+            Ok(0) => {
+                break ClientError::ConnectionLost {
+                    endpoint: shared.endpoint.clone(),
+                    reason: "server closed the connection".into(),
+                };
+            }
+            Ok(_) => {}
+            Err(e) => {
+                break ClientError::ConnectionLost {
+                    endpoint: shared.endpoint.clone(),
+                    reason: e.to_string(),
+                };
+            }
+        }
+    };
+    *shared.reason.lock().expect("lock") = Some(reason);
+    let mut pending = shared.pending.lock().expect("lock");
+    shared.closed.store(true, Ordering::Release);
+    pending.clear();
+}
+
+pub struct TcpResponses {
+    id: u32,
+    rx: mpsc::Receiver<Frame>,
+    shared: Arc<Shared>,
+}
+
+impl TcpResponses {
+    pub async fn next(&mut self) -> Result<Frame> {
+        match self.rx.recv().await {
+            Some(frame) => Ok(frame),
+            None => Err(self.shared.lost()),
+        }
+    }
+}
+
+impl Drop for TcpResponses {
+    fn drop(&mut self) {
+        self.shared.pending.lock().expect("lock").remove(&self.id);
+    }
+}

@@ -1,0 +1,730 @@
+//! The data-plane frame codec.
+//!
+//! Every frame starts with a fixed 12-byte header:
+//!
+//! ```text
+//! 0      1      2             4                  8                  12
+//! +------+------+-------------+------------------+------------------+
+//! | ver  | type | flags (0)   | request id (BE)  | payload len (BE) |
+//! +------+------+-------------+------------------+------------------+
+//! ```
+//!
+//! followed by `payload len` bytes whose layout depends on the type. Integers are big-endian;
+//! strings are a `u16` length and UTF-8 bytes.
+//!
+//! A client sends [`Frame::Read`] or [`Frame::Stat`] under a request id of its choosing; the server
+//! answers under the same id, frames of different requests interleaving freely:
+//!
+//! - `Stat` → one [`Frame::StatOk`] or one [`Frame::Error`];
+//! - `Read` → one [`Frame::ReadStart`] (the pinned object version and the exact range), then
+//!   [`Frame::Data`] chunks in order until `length` bytes were sent; or a [`Frame::Error`] at any
+//!   point, which ends the request.
+//!
+//! Each data chunk carries the CRC32C of its bytes; the receiver checks it. The decoder never
+//! trusts a length: the payload limit is checked before anything is buffered, and every field is
+//! bounds-checked, so arbitrary bytes yield an error, never a panic.
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+
+/// Protocol version carried in every header.
+pub const VERSION: u8 = 1;
+/// Size of the fixed frame header.
+pub const HEADER_LEN: usize = 12;
+/// Longest path a request may name (dataset, `/`, key).
+pub const MAX_PATH_LEN: usize = 4096;
+/// Longest string field other than a path (etags, error messages).
+pub const MAX_STRING_LEN: usize = 16 * 1024;
+/// Largest payload of a request frame a server accepts.
+pub const MAX_REQUEST_PAYLOAD: usize = 64 * 1024;
+/// Largest data chunk: the biggest block size a dataset may be configured with.
+pub const MAX_DATA_CHUNK: usize = 64 * 1024 * 1024;
+/// Largest payload a client accepts (one data chunk plus its fixed fields).
+pub const MAX_RESPONSE_PAYLOAD: usize = MAX_DATA_CHUNK + 64;
+
+const T_READ: u8 = 0x01;
+const T_STAT: u8 = 0x02;
+const T_STAT_OK: u8 = 0x81;
+const T_READ_START: u8 = 0x82;
+const T_DATA: u8 = 0x83;
+const T_ERROR: u8 = 0xFF;
+
+/// Why a byte sequence could not be decoded into a frame.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum DecodeError {
+    /// Not enough bytes yet; `needed` more are required before decoding can go on.
+    #[error("incomplete frame: {needed} more bytes needed")]
+    Incomplete { needed: usize },
+    #[error("unsupported protocol version {version}")]
+    Version { version: u8 },
+    #[error("unknown frame type {kind:#04x}")]
+    UnknownType { kind: u8 },
+    #[error("frame payload of {len} bytes exceeds the limit of {limit}")]
+    TooLarge { len: usize, limit: usize },
+    #[error("malformed {kind} frame: {reason}")]
+    Malformed { kind: &'static str, reason: String },
+}
+
+impl DecodeError {
+    /// True when the error only means "wait for more bytes".
+    pub fn is_incomplete(&self) -> bool {
+        matches!(self, DecodeError::Incomplete { .. })
+    }
+}
+
+/// Error codes carried by [`Frame::Error`]. Unknown codes from a newer peer decode as
+/// [`ErrorCode::Other`], so old clients still see the message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorCode {
+    /// The request itself is malformed (empty path, bad field).
+    BadRequest,
+    /// The dataset is not configured on this server.
+    UnknownDataset,
+    /// The object does not exist at the origin.
+    NotFound,
+    /// The key breaks the key rules (`..`, empty segment, NUL, too long).
+    InvalidKey,
+    /// The range starts past the end of the object.
+    RangeNotSatisfiable,
+    /// The object is not (or no longer) at the version the request pinned.
+    PreconditionFailed,
+    /// The origin failed or timed out after bounded retries.
+    OriginUnavailable,
+    /// The server is at a configured limit; retry later.
+    Busy,
+    /// The request exceeds a size limit.
+    TooLarge,
+    /// The server failed in a way that is not the request's fault.
+    Internal,
+    /// A code this build does not know.
+    Other(u16),
+}
+
+impl ErrorCode {
+    pub fn as_u16(self) -> u16 {
+        match self {
+            ErrorCode::BadRequest => 1,
+            ErrorCode::UnknownDataset => 2,
+            ErrorCode::NotFound => 3,
+            ErrorCode::InvalidKey => 4,
+            ErrorCode::RangeNotSatisfiable => 5,
+            ErrorCode::PreconditionFailed => 6,
+            ErrorCode::OriginUnavailable => 7,
+            ErrorCode::Busy => 8,
+            ErrorCode::TooLarge => 9,
+            ErrorCode::Internal => 10,
+            ErrorCode::Other(code) => code,
+        }
+    }
+
+    pub fn from_u16(code: u16) -> ErrorCode {
+        match code {
+            1 => ErrorCode::BadRequest,
+            2 => ErrorCode::UnknownDataset,
+            3 => ErrorCode::NotFound,
+            4 => ErrorCode::InvalidKey,
+            5 => ErrorCode::RangeNotSatisfiable,
+            6 => ErrorCode::PreconditionFailed,
+            7 => ErrorCode::OriginUnavailable,
+            8 => ErrorCode::Busy,
+            9 => ErrorCode::TooLarge,
+            10 => ErrorCode::Internal,
+            other => ErrorCode::Other(other),
+        }
+    }
+
+    /// Whether the same request may succeed if sent again later.
+    pub fn is_retryable(self) -> bool {
+        matches!(
+            self,
+            ErrorCode::Busy | ErrorCode::OriginUnavailable | ErrorCode::PreconditionFailed
+        )
+    }
+}
+
+/// Version and shape of an object, as pinned by the server for one read.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ObjectInfo {
+    pub size: u64,
+    /// ETag (or version id) at the origin; empty when the origin has none.
+    pub etag: String,
+    /// Last modification, milliseconds since the Unix epoch.
+    pub last_modified_ms: i64,
+    /// Block size the server caches this object in.
+    pub block_size: u32,
+}
+
+/// Read `length` bytes (to the end of the object when `None`) starting at `offset`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadRequest {
+    pub path: String,
+    pub offset: u64,
+    pub length: Option<u64>,
+    /// Only serve this version (ETag); otherwise answer [`ErrorCode::PreconditionFailed`].
+    pub if_match: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatRequest {
+    pub path: String,
+}
+
+/// First answer to a read: the version served and the exact range that follows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadStart {
+    pub info: ObjectInfo,
+    pub offset: u64,
+    pub length: u64,
+}
+
+/// A run of bytes of the object at `offset`, with the CRC32C of exactly these bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DataChunk {
+    pub offset: u64,
+    pub crc32c: u32,
+    pub data: Bytes,
+}
+
+impl DataChunk {
+    /// A chunk whose checksum is computed here.
+    pub fn new(offset: u64, data: Bytes) -> DataChunk {
+        DataChunk {
+            offset,
+            crc32c: crc32c::crc32c(&data),
+            data,
+        }
+    }
+
+    /// Whether the bytes match the checksum they travelled with.
+    pub fn verify(&self) -> bool {
+        crc32c::crc32c(&self.data) == self.crc32c
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ErrorFrame {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Frame {
+    Read(ReadRequest),
+    Stat(StatRequest),
+    StatOk(ObjectInfo),
+    ReadStart(ReadStart),
+    Data(DataChunk),
+    Error(ErrorFrame),
+}
+
+impl Frame {
+    fn kind(&self) -> u8 {
+        match self {
+            Frame::Read(_) => T_READ,
+            Frame::Stat(_) => T_STAT,
+            Frame::StatOk(_) => T_STAT_OK,
+            Frame::ReadStart(_) => T_READ_START,
+            Frame::Data(_) => T_DATA,
+            Frame::Error(_) => T_ERROR,
+        }
+    }
+
+    /// Whether this frame is a request (client to server).
+    pub fn is_request(&self) -> bool {
+        matches!(self, Frame::Read(_) | Frame::Stat(_))
+    }
+}
+
+/// A frame with the id of the request it belongs to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Framed {
+    pub request_id: u32,
+    pub frame: Frame,
+}
+
+/// An encoded frame as two buffers, so a data chunk leaves in one vectored write without being
+/// copied next to its header.
+#[derive(Debug, Clone)]
+pub struct Encoded {
+    /// Header and fixed fields.
+    pub head: Bytes,
+    /// Data bytes of a [`Frame::Data`]; empty otherwise.
+    pub body: Bytes,
+}
+
+impl Encoded {
+    pub fn len(&self) -> usize {
+        self.head.len() + self.body.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Both parts copied into one buffer (tests, small frames).
+    pub fn to_vec(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.len());
+        out.extend_from_slice(&self.head);
+        out.extend_from_slice(&self.body);
+        out
+    }
+}
+
+/// Encode a frame. Panics only on caller bugs that no input can cause: strings longer than
+/// `u16::MAX` bytes are truncated at a character boundary instead.
+pub fn encode(framed: &Framed) -> Encoded {
+    let mut fields = BytesMut::with_capacity(64);
+    let mut body = Bytes::new();
+    match &framed.frame {
+        Frame::Read(r) => {
+            fields.put_u64(r.offset);
+            fields.put_u64(r.length.unwrap_or(u64::MAX));
+            put_str(&mut fields, &r.path);
+            put_str(&mut fields, r.if_match.as_deref().unwrap_or(""));
+            fields.put_u8(u8::from(r.if_match.is_some()));
+        }
+        Frame::Stat(s) => put_str(&mut fields, &s.path),
+        Frame::StatOk(info) => put_info(&mut fields, info),
+        Frame::ReadStart(s) => {
+            put_info(&mut fields, &s.info);
+            fields.put_u64(s.offset);
+            fields.put_u64(s.length);
+        }
+        Frame::Data(d) => {
+            fields.put_u64(d.offset);
+            fields.put_u32(d.crc32c);
+            body = d.data.clone();
+        }
+        Frame::Error(e) => {
+            fields.put_u16(e.code.as_u16());
+            put_str(&mut fields, &e.message);
+        }
+    }
+    let payload_len = fields.len() + body.len();
+    let mut head = BytesMut::with_capacity(HEADER_LEN + fields.len());
+    head.put_u8(VERSION);
+    head.put_u8(framed.frame.kind());
+    head.put_u16(0);
+    head.put_u32(framed.request_id);
+    head.put_u32(u32::try_from(payload_len).unwrap_or(u32::MAX));
+    head.extend_from_slice(&fields);
+    Encoded {
+        head: head.freeze(),
+        body,
+    }
+}
+
+/// Decode one frame from the front of `buf`, consuming it on success.
+///
+/// On [`DecodeError::Incomplete`] nothing is consumed. Any other error means the stream is
+/// corrupt or hostile and the connection should be closed. `max_payload` bounds what the caller
+/// will buffer: a header announcing more is rejected before its payload arrives.
+pub fn decode(buf: &mut BytesMut, max_payload: usize) -> Result<Framed, DecodeError> {
+    if buf.len() < HEADER_LEN {
+        return Err(DecodeError::Incomplete {
+            needed: HEADER_LEN - buf.len(),
+        });
+    }
+    let version = buf[0];
+    if version != VERSION {
+        return Err(DecodeError::Version { version });
+    }
+    let kind = buf[1];
+    let request_id = u32::from_be_bytes([buf[4], buf[5], buf[6], buf[7]]);
+    let len = u32::from_be_bytes([buf[8], buf[9], buf[10], buf[11]]) as usize;
+    if !matches!(
+        kind,
+        T_READ | T_STAT | T_STAT_OK | T_READ_START | T_DATA | T_ERROR
+    ) {
+        return Err(DecodeError::UnknownType { kind });
+    }
+    if len > max_payload {
+        return Err(DecodeError::TooLarge {
+            len,
+            limit: max_payload,
+        });
+    }
+    if buf.len() < HEADER_LEN + len {
+        return Err(DecodeError::Incomplete {
+            needed: HEADER_LEN + len - buf.len(),
+        });
+    }
+    buf.advance(HEADER_LEN);
+    let payload = buf.split_to(len);
+    let frame = decode_payload(kind, payload)?;
+    Ok(Framed { request_id, frame })
+}
+
+fn decode_payload(kind: u8, payload: BytesMut) -> Result<Frame, DecodeError> {
+    let name = kind_name(kind);
+    let mut r = Reader { name, buf: payload };
+    let frame = match kind {
+        T_READ => {
+            let offset = r.u64()?;
+            let length = match r.u64()? {
+                u64::MAX => None,
+                n => Some(n),
+            };
+            let path = r.string(MAX_PATH_LEN)?;
+            let etag = r.string(MAX_STRING_LEN)?;
+            let has_etag = r.u8()? != 0;
+            Frame::Read(ReadRequest {
+                path,
+                offset,
+                length,
+                if_match: has_etag.then_some(etag),
+            })
+        }
+        T_STAT => Frame::Stat(StatRequest {
+            path: r.string(MAX_PATH_LEN)?,
+        }),
+        T_STAT_OK => Frame::StatOk(r.info()?),
+        T_READ_START => {
+            let info = r.info()?;
+            let offset = r.u64()?;
+            let length = r.u64()?;
+            Frame::ReadStart(ReadStart {
+                info,
+                offset,
+                length,
+            })
+        }
+        T_DATA => {
+            let offset = r.u64()?;
+            let crc32c = r.u32()?;
+            let data = std::mem::take(&mut r.buf).freeze();
+            if data.len() > MAX_DATA_CHUNK {
+                return Err(r.malformed(format!("data chunk of {} bytes", data.len())));
+            }
+            return Ok(Frame::Data(DataChunk {
+                offset,
+                crc32c,
+                data,
+            }));
+        }
+        T_ERROR => {
+            let code = ErrorCode::from_u16(r.u16()?);
+            let message = r.string(MAX_STRING_LEN)?;
+            Frame::Error(ErrorFrame { code, message })
+        }
+        other => return Err(DecodeError::UnknownType { kind: other }),
+    };
+    if !r.buf.is_empty() {
+        return Err(r.malformed(format!("{} trailing bytes", r.buf.len())));
+    }
+    Ok(frame)
+}
+
+fn kind_name(kind: u8) -> &'static str {
+    match kind {
+        T_READ => "read",
+        T_STAT => "stat",
+        T_STAT_OK => "stat-ok",
+        T_READ_START => "read-start",
+        T_DATA => "data",
+        T_ERROR => "error",
+        _ => "unknown",
+    }
+}
+
+fn put_str(buf: &mut BytesMut, s: &str) {
+    let mut end = s.len().min(u16::MAX as usize);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    buf.put_u16(end as u16);
+    buf.extend_from_slice(&s.as_bytes()[..end]);
+}
+
+fn put_info(buf: &mut BytesMut, info: &ObjectInfo) {
+    buf.put_u64(info.size);
+    put_str(buf, &info.etag);
+    buf.put_i64(info.last_modified_ms);
+    buf.put_u32(info.block_size);
+}
+
+struct Reader {
+    name: &'static str,
+    buf: BytesMut,
+}
+
+impl Reader {
+    fn malformed(&self, reason: String) -> DecodeError {
+        DecodeError::Malformed {
+            kind: self.name,
+            reason,
+        }
+    }
+
+    fn need(&self, n: usize, what: &str) -> Result<(), DecodeError> {
+        if self.buf.remaining() < n {
+            return Err(self.malformed(format!("truncated {what}")));
+        }
+        Ok(())
+    }
+
+    fn u8(&mut self) -> Result<u8, DecodeError> {
+        self.need(1, "u8")?;
+        Ok(self.buf.get_u8())
+    }
+
+    fn u16(&mut self) -> Result<u16, DecodeError> {
+        self.need(2, "u16")?;
+        Ok(self.buf.get_u16())
+    }
+
+    fn u32(&mut self) -> Result<u32, DecodeError> {
+        self.need(4, "u32")?;
+        Ok(self.buf.get_u32())
+    }
+
+    fn u64(&mut self) -> Result<u64, DecodeError> {
+        self.need(8, "u64")?;
+        Ok(self.buf.get_u64())
+    }
+
+    fn i64(&mut self) -> Result<i64, DecodeError> {
+        self.need(8, "i64")?;
+        Ok(self.buf.get_i64())
+    }
+
+    fn string(&mut self, max: usize) -> Result<String, DecodeError> {
+        let len = self.u16()? as usize;
+        if len > max {
+            return Err(self.malformed(format!("string of {len} bytes exceeds {max}")));
+        }
+        self.need(len, "string")?;
+        let raw = self.buf.split_to(len);
+        String::from_utf8(raw.to_vec()).map_err(|_| self.malformed("string is not utf-8".into()))
+    }
+
+    fn info(&mut self) -> Result<ObjectInfo, DecodeError> {
+        Ok(ObjectInfo {
+            size: self.u64()?,
+            etag: self.string(MAX_STRING_LEN)?,
+            last_modified_ms: self.i64()?,
+            block_size: self.u32()?,
+        })
+    }
+}
+
+/// Stateful decoder for a byte stream: feed bytes in, take frames out.
+#[derive(Debug)]
+pub struct FrameCodec {
+    buf: BytesMut,
+    max_payload: usize,
+}
+
+impl FrameCodec {
+    /// A codec that rejects frames with payloads over `max_payload` bytes.
+    pub fn new(max_payload: usize) -> FrameCodec {
+        FrameCodec {
+            buf: BytesMut::with_capacity(64 * 1024),
+            max_payload,
+        }
+    }
+
+    /// The buffer to read socket bytes into.
+    pub fn buffer_mut(&mut self) -> &mut BytesMut {
+        &mut self.buf
+    }
+
+    /// Bytes received but not yet decoded.
+    pub fn buffered(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// The next complete frame, `Ok(None)` when more bytes are needed.
+    pub fn next_frame(&mut self) -> Result<Option<Framed>, DecodeError> {
+        match decode(&mut self.buf, self.max_payload) {
+            Ok(frame) => Ok(Some(frame)),
+            Err(DecodeError::Incomplete { needed }) => {
+                // Reserve room for the rest of a large frame in one step, up to the limit the
+                // header check already enforced.
+                self.buf.reserve(needed.min(self.max_payload + HEADER_LEN));
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn roundtrip(framed: Framed) {
+        let enc = encode(&framed);
+        let mut buf = BytesMut::from(&enc.to_vec()[..]);
+        let got = decode(&mut buf, MAX_RESPONSE_PAYLOAD).expect("decodes");
+        assert_eq!(got, framed);
+        assert!(buf.is_empty());
+    }
+
+    fn arb_info() -> impl Strategy<Value = ObjectInfo> {
+        (any::<u64>(), ".{0,40}", any::<i64>(), any::<u32>()).prop_map(
+            |(size, etag, last_modified_ms, block_size)| ObjectInfo {
+                size,
+                etag,
+                last_modified_ms,
+                block_size,
+            },
+        )
+    }
+
+    fn arb_frame() -> impl Strategy<Value = Frame> {
+        prop_oneof![
+            (
+                ".{0,200}",
+                any::<u64>(),
+                proptest::option::of(0..u64::MAX),
+                proptest::option::of(".{0,40}")
+            )
+                .prop_map(|(path, offset, length, if_match)| Frame::Read(
+                    ReadRequest {
+                        path,
+                        offset,
+                        length,
+                        if_match
+                    }
+                )),
+            ".{0,200}".prop_map(|path| Frame::Stat(StatRequest { path })),
+            arb_info().prop_map(Frame::StatOk),
+            (arb_info(), any::<u64>(), any::<u64>()).prop_map(|(info, offset, length)| {
+                Frame::ReadStart(ReadStart {
+                    info,
+                    offset,
+                    length,
+                })
+            }),
+            (
+                any::<u64>(),
+                proptest::collection::vec(any::<u8>(), 0..4096)
+            )
+                .prop_map(|(offset, data)| Frame::Data(DataChunk::new(offset, Bytes::from(data)))),
+            (any::<u16>(), ".{0,200}").prop_map(|(code, message)| Frame::Error(ErrorFrame {
+                code: ErrorCode::from_u16(code),
+                message
+            })),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn every_frame_roundtrips(request_id in any::<u32>(), frame in arb_frame()) {
+            roundtrip(Framed { request_id, frame });
+        }
+
+        #[test]
+        fn frames_split_anywhere_reassemble(frames in proptest::collection::vec(arb_frame(), 1..8), cut in any::<prop::sample::Index>()) {
+            let mut wire = Vec::new();
+            for (i, frame) in frames.iter().enumerate() {
+                wire.extend(encode(&Framed { request_id: i as u32, frame: frame.clone() }).to_vec());
+            }
+            let cut = cut.index(wire.len() + 1);
+            let mut codec = FrameCodec::new(MAX_RESPONSE_PAYLOAD);
+            let mut got = Vec::new();
+            for part in [&wire[..cut], &wire[cut..]] {
+                codec.buffer_mut().extend_from_slice(part);
+                while let Some(f) = codec.next_frame().expect("valid stream") {
+                    got.push(f.frame);
+                }
+            }
+            prop_assert_eq!(got, frames);
+            prop_assert_eq!(codec.buffered(), 0);
+        }
+
+        #[test]
+        fn random_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let mut codec = FrameCodec::new(MAX_REQUEST_PAYLOAD);
+            codec.buffer_mut().extend_from_slice(&bytes);
+            // Either frames, an incomplete tail, or an error: never a panic or a hang.
+            for _ in 0..bytes.len() + 1 {
+                match codec.next_frame() {
+                    Ok(Some(_)) => continue,
+                    Ok(None) | Err(_) => break,
+                }
+            }
+        }
+
+        #[test]
+        fn random_payloads_behind_valid_headers_never_panic(kind in prop::sample::select(vec![T_READ, T_STAT, T_STAT_OK, T_READ_START, T_DATA, T_ERROR]), payload in proptest::collection::vec(any::<u8>(), 0..256)) {
+            let mut buf = BytesMut::new();
+            buf.put_u8(VERSION);
+            buf.put_u8(kind);
+            buf.put_u16(0);
+            buf.put_u32(7);
+            buf.put_u32(payload.len() as u32);
+            buf.extend_from_slice(&payload);
+            let _ = decode(&mut buf, MAX_REQUEST_PAYLOAD);
+        }
+    }
+
+    #[test]
+    fn oversized_header_is_rejected_before_payload_arrives() {
+        let mut buf = BytesMut::new();
+        buf.put_u8(VERSION);
+        buf.put_u8(T_READ);
+        buf.put_u16(0);
+        buf.put_u32(1);
+        buf.put_u32(u32::MAX);
+        assert_eq!(
+            decode(&mut buf, MAX_REQUEST_PAYLOAD),
+            Err(DecodeError::TooLarge {
+                len: u32::MAX as usize,
+                limit: MAX_REQUEST_PAYLOAD
+            })
+        );
+    }
+
+    #[test]
+    fn incomplete_consumes_nothing() {
+        let enc = encode(&Framed {
+            request_id: 3,
+            frame: Frame::Stat(StatRequest {
+                path: "ds/key".into(),
+            }),
+        })
+        .to_vec();
+        for cut in 0..enc.len() {
+            let mut buf = BytesMut::from(&enc[..cut]);
+            let err = decode(&mut buf, MAX_REQUEST_PAYLOAD).unwrap_err();
+            assert!(err.is_incomplete(), "cut {cut}: {err}");
+            assert_eq!(buf.len(), cut);
+        }
+    }
+
+    #[test]
+    fn wrong_version_and_type_are_errors() {
+        let mut enc = encode(&Framed {
+            request_id: 3,
+            frame: Frame::Stat(StatRequest {
+                path: "ds/key".into(),
+            }),
+        })
+        .to_vec();
+        enc[0] = 9;
+        assert_eq!(
+            decode(&mut BytesMut::from(&enc[..]), MAX_REQUEST_PAYLOAD),
+            Err(DecodeError::Version { version: 9 })
+        );
+        enc[0] = VERSION;
+        enc[1] = 0x55;
+        assert_eq!(
+            decode(&mut BytesMut::from(&enc[..]), MAX_REQUEST_PAYLOAD),
+            Err(DecodeError::UnknownType { kind: 0x55 })
+        );
+    }
+
+    #[test]
+    fn data_checksum_detects_a_flipped_bit() {
+        let mut chunk = DataChunk::new(0, Bytes::from_static(b"training shard bytes"));
+        assert!(chunk.verify());
+        let mut raw = chunk.data.to_vec();
+        raw[3] ^= 0x10;
+        chunk.data = Bytes::from(raw);
+        assert!(!chunk.verify());
+    }
+}

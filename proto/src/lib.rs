@@ -1,0 +1,19 @@
+//! Wire formats of shardcache, with no I/O.
+//!
+//! - [`frame`]: the data-plane protocol, one framed request/response format carried unchanged
+//!   over every transport (TCP, each QUIC stream, later the local socket and RDMA bootstrap).
+//!   Encoding and decoding are plain functions over `bytes` buffers: no sockets, no runtime.
+//! - [`path`]: the `DATASET/KEY` object address and the rules a key must obey before any server
+//!   turns it into an origin request.
+//!
+//! Nothing here knows about caches, origins or connections; the server and the client build on it.
+#![forbid(unsafe_code)]
+
+pub mod frame;
+pub mod path;
+
+pub use frame::{
+    DataChunk, DecodeError, ErrorCode, ErrorFrame, Frame, FrameCodec, Framed, ObjectInfo,
+    ReadRequest, ReadStart, StatRequest,
+};
+pub use path::{ObjectPath, PathError};

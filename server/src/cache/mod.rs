@@ -1,0 +1,13 @@
+//! Blocks and the tiers that keep them.
+//!
+//! An object is cached as fixed-size blocks, keyed by a hash of `(dataset, key, version)` and the
+//! block index, so a new version of an object never hits blocks of the old one. Every block keeps
+//! the CRC32C computed when it was filled; it travels with the block to the client.
+
+mod key;
+mod ram;
+mod versions;
+
+pub use key::{Block, BlockKey, ObjectId};
+pub use ram::{Filled, RamTier};
+pub use versions::VersionCache;

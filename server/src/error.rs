@@ -1,0 +1,80 @@
+//! The server library's error type and its one mapping to wire error codes.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use shardcache_proto::{ErrorCode, PathError};
+
+/// Errors of the read path. Cheap to clone: a failed fill is handed to every reader that waited
+/// on it.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    #[error("unknown dataset {dataset:?}")]
+    UnknownDataset { dataset: String },
+    #[error(transparent)]
+    InvalidPath(#[from] PathError),
+    #[error("object {dataset}/{key} not found at the origin")]
+    NotFound { dataset: String, key: String },
+    #[error("range starting at {offset} is past the end of {dataset}/{key} ({size} bytes)")]
+    RangeNotSatisfiable {
+        dataset: String,
+        key: String,
+        offset: u64,
+        size: u64,
+    },
+    #[error(
+        "{dataset}/{key} is not at the requested version: expected {expected:?}, origin has {found:?}"
+    )]
+    VersionChanged {
+        dataset: String,
+        key: String,
+        expected: String,
+        found: String,
+    },
+    #[error("origin of dataset {dataset} failed for {key} after {attempts} attempt(s): {source}")]
+    Origin {
+        dataset: String,
+        key: String,
+        attempts: u32,
+        #[source]
+        source: Arc<object_store::Error>,
+    },
+    #[error(
+        "origin of dataset {dataset} timed out for {key} after {attempts} attempt(s) of {timeout:?}"
+    )]
+    OriginTimeout {
+        dataset: String,
+        key: String,
+        attempts: u32,
+        timeout: Duration,
+    },
+    #[error("server busy: {what}; retry later")]
+    Busy { what: &'static str },
+    #[error("bad request: {reason}")]
+    BadRequest { reason: String },
+    #[error("internal error: {reason}")]
+    Internal { reason: String },
+}
+
+impl Error {
+    /// The code a client sees for this error.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            Error::UnknownDataset { .. } => ErrorCode::UnknownDataset,
+            Error::InvalidPath(PathError::Empty | PathError::MissingKey { .. }) => {
+                ErrorCode::BadRequest
+            }
+            Error::InvalidPath(_) => ErrorCode::InvalidKey,
+            Error::NotFound { .. } => ErrorCode::NotFound,
+            Error::RangeNotSatisfiable { .. } => ErrorCode::RangeNotSatisfiable,
+            Error::VersionChanged { .. } => ErrorCode::PreconditionFailed,
+            Error::Origin { .. } | Error::OriginTimeout { .. } => ErrorCode::OriginUnavailable,
+            Error::Busy { .. } => ErrorCode::Busy,
+            Error::BadRequest { .. } => ErrorCode::BadRequest,
+            Error::Internal { .. } => ErrorCode::Internal,
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

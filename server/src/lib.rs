@@ -1,0 +1,229 @@
+//! The shardcache server: a read-through cache between object storage and training data loaders.
+//!
+//! - [`config`]: settings from flags, environment and TOML;
+//! - [`origin`]: object-store access with pinned versions, deadlines and bounded retries;
+//! - [`cache`]: block identity, the RAM tier with single-flight fills, the version cache;
+//! - [`service`]: the read path from a `DATASET/KEY` range to checksummed chunks;
+//! - [`transport`]: the data plane over TCP and QUIC.
+//!
+//! [`Server::run`] takes already-bound listeners and a shutdown future, so tests bind
+//! `127.0.0.1:0` and the binary binds the configured addresses.
+
+pub mod cache;
+pub mod config;
+pub mod error;
+pub mod origin;
+pub mod service;
+pub mod stats;
+pub mod transport;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use object_store::ObjectStore;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+
+use crate::cache::{RamTier, VersionCache};
+use crate::config::{Config, DEFAULT_DATASET};
+use crate::origin::{DatasetSettings, Origin, RetryPolicy, StoreError, build_store};
+use crate::service::CacheService;
+use crate::stats::Stats;
+use crate::transport::ConnLimits;
+use crate::transport::tls::{Identity, TlsError, quic_server_config};
+
+pub use crate::error::{Error, Result};
+
+/// How long open connections may finish their requests after shutdown begins.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Why a server could not be built from its configuration.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BuildError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+}
+
+/// Sockets the server serves on, bound before [`Server::run`].
+pub struct Listeners {
+    pub tcp: TcpListener,
+    pub quic: Option<std::net::UdpSocket>,
+}
+
+impl Listeners {
+    /// Bind the addresses in `config`.
+    pub async fn bind(config: &Config) -> std::io::Result<Listeners> {
+        let tcp = TcpListener::bind(config.listen).await.map_err(|e| {
+            std::io::Error::new(e.kind(), format!("cannot listen on {}: {e}", config.listen))
+        })?;
+        let quic = match config.quic_listen {
+            Some(addr) => Some(std::net::UdpSocket::bind(addr).map_err(|e| {
+                std::io::Error::new(e.kind(), format!("cannot listen on udp {addr}: {e}"))
+            })?),
+            None => None,
+        };
+        Ok(Listeners { tcp, quic })
+    }
+
+    pub fn tcp_addr(&self) -> std::io::Result<SocketAddr> {
+        self.tcp.local_addr()
+    }
+
+    pub fn quic_addr(&self) -> Option<SocketAddr> {
+        self.quic.as_ref().and_then(|s| s.local_addr().ok())
+    }
+}
+
+/// A configured server, ready to run.
+pub struct Server {
+    config: Config,
+    service: Arc<CacheService>,
+    stats: Arc<Stats>,
+    quic: Option<quinn::ServerConfig>,
+}
+
+impl Server {
+    /// Build origins, tiers and TLS from the configuration.
+    pub fn build(config: Config) -> Result<Server, BuildError> {
+        let mut stores = Vec::new();
+        for d in &config.datasets {
+            let create = d.name == DEFAULT_DATASET && config.datasets.len() == 1;
+            stores.push((
+                d.name.clone(),
+                build_store(d, config.origin_timeout, create)?,
+            ));
+        }
+        Server::with_stores(config, stores)
+    }
+
+    /// Build with the given stores instead of the configured URLs (same names, in any order);
+    /// tests use this to put a counting or failing store in front.
+    pub fn with_stores(
+        config: Config,
+        stores: Vec<(String, Arc<dyn ObjectStore>)>,
+    ) -> Result<Server, BuildError> {
+        let stats = Arc::new(Stats::default());
+        let permits = Arc::new(Semaphore::new(config.origin_concurrency));
+        let retry = RetryPolicy {
+            attempts: config.origin_retries.saturating_add(1),
+            attempt_timeout: config.origin_timeout,
+            ..RetryPolicy::default()
+        };
+        let mut origins = Vec::new();
+        for (name, store) in stores {
+            let d = config.datasets.iter().find(|d| d.name == name);
+            let settings = DatasetSettings {
+                block_size: d.map_or(config.block_size, |d| config.dataset_block_size(d)),
+                metadata_ttl: d.map_or(config.metadata_ttl, |d| config.dataset_metadata_ttl(d)),
+                immutable: d.is_some_and(|d| d.immutable),
+            };
+            origins.push(Arc::new(Origin::new(
+                name,
+                store,
+                settings,
+                retry,
+                permits.clone(),
+                stats.clone(),
+            )));
+        }
+        let service = Arc::new(CacheService::new(
+            origins,
+            RamTier::new(config.ram_cache),
+            VersionCache::new(config.metadata_cache_entries),
+            stats.clone(),
+            config.readahead_blocks,
+        ));
+        let quic = match (&config.quic_listen, &config.tls_cert, &config.tls_key) {
+            (None, _, _) => None,
+            (Some(_), Some(cert), Some(key)) => {
+                Some(quic_server_config(Identity::from_files(cert, key)?)?)
+            }
+            (Some(_), _, _) => Some(quic_server_config(Identity::self_signed()?)?),
+        };
+        Ok(Server {
+            config,
+            service,
+            stats,
+            quic,
+        })
+    }
+
+    pub fn stats(&self) -> Arc<Stats> {
+        self.stats.clone()
+    }
+
+    pub fn service(&self) -> Arc<CacheService> {
+        self.service.clone()
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Serve until `shutdown` completes, then give open connections a short grace period.
+    pub async fn run(
+        self,
+        listeners: Listeners,
+        shutdown: impl Future<Output = ()>,
+    ) -> std::io::Result<()> {
+        let limits = ConnLimits {
+            max_requests: self.config.max_requests_per_connection,
+        };
+        let max_conns = Arc::new(Semaphore::new(self.config.max_connections));
+        let mut tcp_conns = JoinSet::new();
+        let mut quic_conns = JoinSet::new();
+        let tcp = transport::tcp::accept_loop(
+            listeners.tcp,
+            self.service.clone(),
+            limits,
+            max_conns.clone(),
+            &mut tcp_conns,
+        );
+        let endpoint = match (listeners.quic, self.quic) {
+            (Some(socket), Some(server_config)) => Some(quinn::Endpoint::new(
+                quinn::EndpointConfig::default(),
+                Some(server_config),
+                socket,
+                Arc::new(quinn::TokioRuntime),
+            )?),
+            _ => None,
+        };
+        let quic = async {
+            match &endpoint {
+                Some(ep) => {
+                    transport::quic::accept_loop(
+                        ep.clone(),
+                        self.service.clone(),
+                        limits,
+                        max_conns.clone(),
+                        &mut quic_conns,
+                    )
+                    .await
+                }
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            () = tcp => {}
+            () = quic => {}
+            () = shutdown => tracing::info!("shutting down"),
+        }
+        if let Some(ep) = &endpoint {
+            ep.close(0u32.into(), b"server shutting down");
+        }
+        let drain = async {
+            while tcp_conns.join_next().await.is_some() {}
+            while quic_conns.join_next().await.is_some() {}
+        };
+        if tokio::time::timeout(SHUTDOWN_GRACE, drain).await.is_err() {
+            tracing::warn!("closing connections still open after the shutdown grace period");
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,188 @@
+//! The `shardcache` binary: parse flags, load the configuration, bind, serve until SIGINT/SIGTERM.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use shardcache_server::config::{Config, LogFormat, Overrides, ProcessEnv};
+use shardcache_server::{Listeners, Server};
+
+#[derive(Parser)]
+#[command(
+    name = "shardcache",
+    version,
+    about = "A read-through cache for training data in object storage"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the configured datasets (the default command).
+    Serve(ServeArgs),
+}
+
+/// Every flag is also `SHARDCACHE_<FLAG>` in the environment and a key of the `--config` file;
+/// precedence is flag > environment > file > default.
+#[derive(Args, Default)]
+struct ServeArgs {
+    /// TOML configuration file.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// TCP data plane address [default: 127.0.0.1:7070].
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<String>,
+    /// QUIC data plane address (needs --tls-cert/--tls-key or --insecure-dev-tls).
+    #[arg(long, value_name = "ADDR")]
+    quic_listen: Option<String>,
+    /// A dataset, NAME=URL (repeatable); URL is file:///…, s3://…, gs://…, az://… or memory://
+    /// [default: local=./data].
+    #[arg(long, value_name = "NAME=URL")]
+    dataset: Vec<String>,
+    /// RAM tier budget, e.g. 8GiB [default: 1GiB].
+    #[arg(long, value_name = "SIZE")]
+    ram_cache: Option<String>,
+    /// Default block size [default: 4MiB].
+    #[arg(long, value_name = "SIZE")]
+    block_size: Option<String>,
+    /// Default revalidation interval of object versions [default: 30s].
+    #[arg(long, value_name = "DURATION")]
+    metadata_ttl: Option<String>,
+    /// Most object versions remembered [default: 262144].
+    #[arg(long, value_name = "N")]
+    metadata_cache_entries: Option<String>,
+    /// Node identity [default: hostname].
+    #[arg(long, value_name = "ID")]
+    node_id: Option<String>,
+    /// PEM certificate chain for QUIC.
+    #[arg(long, value_name = "FILE")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key for QUIC.
+    #[arg(long, value_name = "FILE")]
+    tls_key: Option<PathBuf>,
+    /// Generate a self-signed certificate (local trials only).
+    #[arg(long)]
+    insecure_dev_tls: bool,
+    /// Log format: text or json [default: text].
+    #[arg(long, value_name = "FORMAT")]
+    log_format: Option<String>,
+    /// Deadline of one origin request attempt [default: 30s].
+    #[arg(long, value_name = "DURATION")]
+    origin_timeout: Option<String>,
+    /// Retries of a failed origin request [default: 3].
+    #[arg(long, value_name = "N")]
+    origin_retries: Option<String>,
+    /// Origin block fetches in flight, server-wide [default: 64].
+    #[arg(long, value_name = "N")]
+    origin_concurrency: Option<String>,
+    /// Blocks of one read fetched ahead [default: 8].
+    #[arg(long, value_name = "N")]
+    readahead_blocks: Option<String>,
+    /// Open data-plane connections [default: 4096].
+    #[arg(long, value_name = "N")]
+    max_connections: Option<String>,
+    /// Requests in flight per connection [default: 256].
+    #[arg(long, value_name = "N")]
+    max_requests_per_connection: Option<String>,
+}
+
+impl ServeArgs {
+    fn overrides(self) -> Overrides {
+        let mut scalars = std::collections::BTreeMap::new();
+        let path = |p: Option<PathBuf>| p.map(|p| p.display().to_string());
+        let pairs = [
+            ("listen", self.listen),
+            ("quic_listen", self.quic_listen),
+            ("ram_cache", self.ram_cache),
+            ("block_size", self.block_size),
+            ("metadata_ttl", self.metadata_ttl),
+            ("metadata_cache_entries", self.metadata_cache_entries),
+            ("node_id", self.node_id),
+            ("tls_cert", path(self.tls_cert)),
+            ("tls_key", path(self.tls_key)),
+            (
+                "insecure_dev_tls",
+                self.insecure_dev_tls.then(|| "true".to_string()),
+            ),
+            ("log_format", self.log_format),
+            ("origin_timeout", self.origin_timeout),
+            ("origin_retries", self.origin_retries),
+            ("origin_concurrency", self.origin_concurrency),
+            ("readahead_blocks", self.readahead_blocks),
+            ("max_connections", self.max_connections),
+            (
+                "max_requests_per_connection",
+                self.max_requests_per_connection,
+            ),
+        ];
+        for (key, value) in pairs {
+            if let Some(value) = value {
+                scalars.insert(key.to_string(), value);
+            }
+        }
+        Overrides {
+            config_file: self.config,
+            scalars,
+            datasets: self.dataset,
+        }
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let args = match cli.command {
+        Some(Command::Serve(args)) => args,
+        None => ServeArgs::default(),
+    };
+    let config = Config::load(&args.overrides(), &ProcessEnv)?;
+    init_logging(config.log_format);
+    // Pods have CPU limits: std reads the cgroup quota, so the runtime fits the pod, not the host.
+    let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .enable_all()
+        .build()
+        .context("cannot start the runtime")?;
+    runtime.block_on(serve(config, workers))
+}
+
+async fn serve(config: Config, workers: usize) -> anyhow::Result<()> {
+    let listeners = Listeners::bind(&config).await?;
+    for d in &config.datasets {
+        tracing::info!(dataset = %d.name, origin = %d.origin, immutable = d.immutable, "dataset");
+    }
+    tracing::info!(
+        node_id = config.node_id.as_deref().unwrap_or_default(),
+        tcp = %listeners.tcp_addr()?,
+        quic = ?listeners.quic_addr(),
+        ram_cache = config.ram_cache,
+        workers,
+        "shardcache serving"
+    );
+    let server = Server::build(config)?;
+    server.run(listeners, shutdown_signal()).await?;
+    Ok(())
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("install SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

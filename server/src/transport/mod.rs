@@ -1,0 +1,219 @@
+//! Transports: interchangeable byte movers for the one data-plane protocol.
+//!
+//! [`serve_connection`] speaks the protocol over any ordered byte stream: a TCP connection, or one
+//! QUIC bidirectional stream. It decodes requests, runs each in its own task (at most
+//! `max_requests` at once; more are answered `Busy`), and funnels every response frame through
+//! one writer task, so frames of concurrent requests interleave whole. A malformed or oversized
+//! frame closes that connection and nothing else.
+
+pub mod quic;
+pub mod tcp;
+pub mod tls;
+
+use std::sync::Arc;
+
+use bytes::Buf;
+use futures::StreamExt;
+use shardcache_proto::frame::{Encoded, MAX_REQUEST_PAYLOAD, encode};
+use shardcache_proto::{ErrorCode, ErrorFrame, Frame, FrameCodec, Framed};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::task::JoinSet;
+
+use crate::error::Error;
+use crate::service::CacheService;
+use crate::stats::Stats;
+
+/// Response frames queued per connection before request handlers wait for the writer.
+const WRITE_QUEUE: usize = 16;
+
+/// Limits applied to each connection.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnLimits {
+    pub max_requests: usize,
+}
+
+/// Serve one connection (or one QUIC stream) until the peer closes it or breaks the protocol.
+pub async fn serve_connection<R, W>(
+    mut rd: R,
+    wr: W,
+    service: Arc<CacheService>,
+    limits: ConnLimits,
+    peer: String,
+) where
+    R: AsyncRead + Unpin + Send,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
+    let (tx, rx) = mpsc::channel::<Encoded>(WRITE_QUEUE);
+    let writer = tokio::spawn(write_frames(wr, rx));
+    let inflight = Arc::new(Semaphore::new(limits.max_requests));
+    let mut handlers = JoinSet::new();
+    let mut codec = FrameCodec::new(MAX_REQUEST_PAYLOAD);
+    let stats = service.stats().clone();
+    'conn: loop {
+        loop {
+            let framed = match codec.next_frame() {
+                Ok(Some(framed)) => framed,
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::warn!(%peer, error = %e, "closing connection: malformed frame");
+                    let _ = tx
+                        .send(error_frame(0, ErrorCode::BadRequest, e.to_string()))
+                        .await;
+                    handlers.abort_all();
+                    break 'conn;
+                }
+            };
+            if !framed.frame.is_request() {
+                tracing::warn!(%peer, "closing connection: response frame sent by a client");
+                let msg = "clients may only send read and stat frames".to_string();
+                let _ = tx
+                    .send(error_frame(framed.request_id, ErrorCode::BadRequest, msg))
+                    .await;
+                handlers.abort_all();
+                break 'conn;
+            }
+            match inflight.clone().try_acquire_owned() {
+                Ok(permit) => {
+                    handlers.spawn(handle(framed, service.clone(), tx.clone(), permit));
+                }
+                Err(_) => {
+                    Stats::add(&stats.rejected_requests, 1);
+                    let msg = format!(
+                        "more than {} requests in flight on this connection; retry later",
+                        limits.max_requests
+                    );
+                    if tx
+                        .send(error_frame(framed.request_id, ErrorCode::Busy, msg))
+                        .await
+                        .is_err()
+                    {
+                        break 'conn;
+                    }
+                }
+            }
+        }
+        while handlers.try_join_next().is_some() {}
+        match rd.read_buf(codec.buffer_mut()).await {
+            Ok(0) => {
+                if codec.buffered() > 0 {
+                    tracing::debug!(%peer, "connection closed inside a frame");
+                }
+                // The peer is done sending: finish what it asked for, then close.
+                while handlers.join_next().await.is_some() {}
+                break;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::debug!(%peer, error = %e, "connection read failed");
+                handlers.abort_all();
+                break;
+            }
+        }
+    }
+    drop(tx);
+    drop(handlers);
+    let _ = writer.await;
+}
+
+fn error_frame(request_id: u32, code: ErrorCode, message: String) -> Encoded {
+    encode(&Framed {
+        request_id,
+        frame: Frame::Error(ErrorFrame { code, message }),
+    })
+}
+
+/// Run one request to completion, sending its frames to the writer.
+async fn handle(
+    framed: Framed,
+    service: Arc<CacheService>,
+    tx: mpsc::Sender<Encoded>,
+    _permit: OwnedSemaphorePermit,
+) {
+    let id = framed.request_id;
+    let stats = service.stats().clone();
+    Stats::add(&stats.requests, 1);
+    let send = |frame: Frame| {
+        let tx = tx.clone();
+        async move {
+            tx.send(encode(&Framed {
+                request_id: id,
+                frame,
+            }))
+            .await
+            .is_ok()
+        }
+    };
+    let (path, result) = match framed.frame {
+        Frame::Stat(req) => {
+            let result = match service.stat(&req.path).await {
+                Ok(info) => {
+                    send(Frame::StatOk(info)).await;
+                    Ok(())
+                }
+                Err(e) => Err(e),
+            };
+            (req.path, result)
+        }
+        Frame::Read(req) => {
+            let path = req.path.clone();
+            let result = match service.read(req).await {
+                Ok(mut resp) => {
+                    let mut result = Ok(());
+                    if send(Frame::ReadStart(resp.start)).await {
+                        while let Some(chunk) = resp.chunks.next().await {
+                            match chunk {
+                                Ok(chunk) => {
+                                    if !send(Frame::Data(chunk)).await {
+                                        break;
+                                    }
+                                }
+                                Err(e) => {
+                                    result = Err(e);
+                                    break;
+                                }
+                            }
+                        }
+                    }
+                    result
+                }
+                Err(e) => Err(e),
+            };
+            (path, result)
+        }
+        _ => return,
+    };
+    if let Err(e) = result {
+        Stats::add(&stats.failed_requests, 1);
+        log_failure(&path, &e);
+        send(Frame::Error(ErrorFrame {
+            code: e.code(),
+            message: e.to_string(),
+        }))
+        .await;
+    }
+}
+
+fn log_failure(path: &str, e: &Error) {
+    let (dataset, key) = path.split_once('/').unwrap_or((path, ""));
+    match e {
+        Error::Origin { .. } | Error::OriginTimeout { .. } | Error::Internal { .. } => {
+            tracing::warn!(dataset, key, code = ?e.code(), error = %e, "request failed");
+        }
+        _ => tracing::info!(dataset, key, code = ?e.code(), error = %e, "request failed"),
+    }
+}
+
+/// Write queued frames, header and payload in one vectored write each, flushing when idle.
+async fn write_frames<W: AsyncWrite + Unpin>(mut wr: W, mut rx: mpsc::Receiver<Encoded>) {
+    while let Some(frame) = rx.recv().await {
+        let mut buf = frame.head.chain(frame.body);
+        if wr.write_all_buf(&mut buf).await.is_err() {
+            return;
+        }
+        if rx.is_empty() && wr.flush().await.is_err() {
+            return;
+        }
+    }
+    let _ = wr.shutdown().await;
+}

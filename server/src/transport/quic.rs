@@ -1,0 +1,85 @@
+//! The QUIC data plane: each request travels on its own bidirectional stream, so a slow response
+//! never holds up another (no head-of-line blocking across requests). Each stream carries the same
+//! frames as a TCP connection and is served by the same code.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+
+use super::{ConnLimits, serve_connection};
+use crate::service::CacheService;
+use crate::stats::Stats;
+
+/// Flow-control windows sized for multi-MiB blocks on fast links.
+pub fn transport_config() -> quinn::TransportConfig {
+    let mut t = quinn::TransportConfig::default();
+    t.max_concurrent_bidi_streams(1024u32.into())
+        .stream_receive_window((16u32 << 20).into())
+        .receive_window((256u32 << 20).into())
+        .send_window(256 << 20)
+        .max_idle_timeout(Some(
+            Duration::from_secs(30)
+                .try_into()
+                .expect("valid idle timeout"),
+        ))
+        .keep_alive_interval(Some(Duration::from_secs(10)));
+    t
+}
+
+/// Accept QUIC connections until the task is dropped.
+pub async fn accept_loop(
+    endpoint: quinn::Endpoint,
+    service: Arc<CacheService>,
+    limits: ConnLimits,
+    max_connections: Arc<Semaphore>,
+    conns: &mut JoinSet<()>,
+) {
+    while let Some(incoming) = endpoint.accept().await {
+        while conns.try_join_next().is_some() {}
+        let stats = service.stats().clone();
+        let Ok(permit) = max_connections.clone().try_acquire_owned() else {
+            Stats::add(&stats.rejected_requests, 1);
+            tracing::warn!(peer = %incoming.remote_address(), "quic connection refused: max_connections reached");
+            incoming.refuse();
+            continue;
+        };
+        let service = service.clone();
+        conns.spawn(async move {
+            let peer = incoming.remote_address().to_string();
+            let conn = match incoming.await {
+                Ok(conn) => conn,
+                Err(e) => {
+                    tracing::debug!(%peer, error = %e, "quic handshake failed");
+                    return;
+                }
+            };
+            Stats::add(&stats.open_connections, 1);
+            let mut streams = JoinSet::new();
+            loop {
+                match conn.accept_bi().await {
+                    Ok((send, recv)) => {
+                        streams.spawn(serve_connection(
+                            recv,
+                            send,
+                            service.clone(),
+                            limits,
+                            peer.clone(),
+                        ));
+                    }
+                    Err(e) => {
+                        tracing::debug!(%peer, error = %e, "quic connection ended");
+                        break;
+                    }
+                }
+                while streams.try_join_next().is_some() {}
+            }
+            streams.abort_all();
+            stats
+                .open_connections
+                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            drop(permit);
+        });
+    }
+}

@@ -1,0 +1,59 @@
+//! The TCP data plane: accept, apply the connection limit, serve.
+
+use std::sync::Arc;
+
+use shardcache_proto::ErrorCode;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+
+use super::{ConnLimits, error_frame, serve_connection};
+use crate::service::CacheService;
+use crate::stats::Stats;
+
+/// Accept connections until the task is dropped; connections run in `conns`.
+pub async fn accept_loop(
+    listener: TcpListener,
+    service: Arc<CacheService>,
+    limits: ConnLimits,
+    max_connections: Arc<Semaphore>,
+    conns: &mut JoinSet<()>,
+) {
+    loop {
+        while conns.try_join_next().is_some() {}
+        let (stream, addr) = match listener.accept().await {
+            Ok(conn) => conn,
+            Err(e) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let stats = service.stats().clone();
+        let Ok(permit) = max_connections.clone().try_acquire_owned() else {
+            Stats::add(&stats.rejected_requests, 1);
+            tracing::warn!(peer = %addr, "connection refused: max_connections reached");
+            conns.spawn(async move {
+                let mut stream = stream;
+                let msg = "server at max_connections; retry later".to_string();
+                let frame = error_frame(0, ErrorCode::Busy, msg);
+                let _ = stream.write_all(&frame.to_vec()).await;
+                let _ = stream.shutdown().await;
+            });
+            continue;
+        };
+        let service = service.clone();
+        conns.spawn(async move {
+            Stats::add(&stats.open_connections, 1);
+            let (rd, wr) = stream.into_split();
+            serve_connection(rd, wr, service, limits, addr.to_string()).await;
+            stats
+                .open_connections
+                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            drop(permit);
+        });
+    }
+}

@@ -1,0 +1,105 @@
+//! shardcache servers in-process on loopback ports.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use shardcache_server::config::{Config, DatasetConfig};
+use shardcache_server::stats::Stats;
+use shardcache_server::{Listeners, Server};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// Builds a [`TestServer`]: `TestServer::builder().dataset(d).start().await`.
+pub struct TestServerBuilder {
+    config: Config,
+}
+
+impl TestServerBuilder {
+    pub fn dataset(mut self, d: DatasetConfig) -> Self {
+        self.config.datasets.push(d);
+        self
+    }
+
+    /// Change any other setting.
+    pub fn config(mut self, f: impl FnOnce(&mut Config)) -> Self {
+        f(&mut self.config);
+        self
+    }
+
+    pub async fn start(self) -> TestServer {
+        crate::init();
+        let server = Server::build(self.config.clone()).expect("build server");
+        let listeners = Listeners::bind(&self.config).await.expect("bind");
+        let tcp = listeners.tcp_addr().expect("tcp addr");
+        let quic = listeners.quic_addr();
+        let stats = server.stats();
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            server
+                .run(listeners, async {
+                    let _ = rx.await;
+                })
+                .await
+                .expect("server run");
+        });
+        TestServer { tcp, quic, stats, shutdown: Some(tx), task: Some(task) }
+    }
+}
+
+/// A running server; stopped on drop.
+pub struct TestServer {
+    pub tcp: SocketAddr,
+    pub quic: Option<SocketAddr>,
+    pub stats: Arc<Stats>,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl TestServer {
+    /// A server on `127.0.0.1:0` (TCP and QUIC with a self-signed certificate), small test
+    /// limits, no datasets yet.
+    pub fn builder() -> TestServerBuilder {
+        let config = Config {
+            listen: "127.0.0.1:0".parse().expect("addr"),
+            quic_listen: Some("127.0.0.1:0".parse().expect("addr")),
+            insecure_dev_tls: true,
+            ram_cache: 512 << 20,
+            origin_timeout: std::time::Duration::from_secs(5),
+            origin_retries: 2,
+            node_id: Some("test".into()),
+            ..Config::default()
+        };
+        TestServerBuilder { config }
+    }
+
+    /// `host:port` of the TCP data plane.
+    pub fn tcp_endpoint(&self) -> String {
+        self.tcp.to_string()
+    }
+
+    /// `quic://host:port` of the QUIC data plane.
+    pub fn quic_endpoint(&self) -> String {
+        format!("quic://{}", self.quic.expect("quic enabled"))
+    }
+
+    /// Stop accepting and wait for the server to finish.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
