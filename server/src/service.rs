@@ -185,12 +185,18 @@ impl CacheService {
 
     /// The part of block `index` that falls in the read's range.
     async fn chunk(&self, ctx: &ReadCtx, index: u64) -> Result<DataChunk> {
-        let block = self.block(ctx, index).await?;
+        let (block, how) = self.block(ctx, index).await?;
         let bs = ctx.origin.settings().block_size;
         let block_start = index * bs;
         let from = ctx.start.max(block_start) - block_start;
         let to = ctx.end.min(block_start + block.len() as u64) - block_start;
         let offset = block_start + from;
+        let served = if how == Filled::Hit {
+            &self.stats.served_bytes_ram
+        } else {
+            &self.stats.served_bytes_origin
+        };
+        Stats::add(served, to - from);
         if from == 0 && to == block.len() as u64 {
             return Ok(DataChunk {
                 offset,
@@ -210,7 +216,7 @@ impl CacheService {
     }
 
     /// Block `index` of the read's object version, from RAM or the origin.
-    async fn block(&self, ctx: &ReadCtx, index: u64) -> Result<Block> {
+    async fn block(&self, ctx: &ReadCtx, index: u64) -> Result<(Block, Filled)> {
         let key = BlockKey {
             object: ctx.object,
             index,
@@ -223,22 +229,13 @@ impl CacheService {
         };
         match self.ram.get_or_fill(key, fill).await {
             Ok((block, how)) => {
-                let n = block.len() as u64;
-                match how {
-                    Filled::Hit => {
-                        Stats::add(&self.stats.ram_hits, 1);
-                        Stats::add(&self.stats.served_bytes_ram, n);
-                    }
-                    Filled::Filled => {
-                        Stats::add(&self.stats.ram_misses, 1);
-                        Stats::add(&self.stats.served_bytes_origin, n);
-                    }
-                    Filled::Waited => {
-                        Stats::add(&self.stats.single_flight_waits, 1);
-                        Stats::add(&self.stats.served_bytes_origin, n);
-                    }
-                }
-                Ok(block)
+                let counter = match how {
+                    Filled::Hit => &self.stats.ram_hits,
+                    Filled::Filled => &self.stats.ram_misses,
+                    Filled::Waited => &self.stats.single_flight_waits,
+                };
+                Stats::add(counter, 1);
+                Ok((block, how))
             }
             Err(e) => {
                 if matches!(e, Error::VersionChanged { .. }) {

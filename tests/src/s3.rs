@@ -149,7 +149,9 @@ impl S3Origin {
         let task = tokio::spawn(async move {
             let http = ConnBuilder::new(TokioExecutor::new());
             loop {
-                let Ok((socket, _)) = listener.accept().await else { continue };
+                let Ok((socket, _)) = listener.accept().await else {
+                    continue;
+                };
                 let conn = http.serve_connection(TokioIo::new(socket), service.clone());
                 let conn = conn.into_owned();
                 tokio::spawn(async move {
@@ -157,7 +159,12 @@ impl S3Origin {
                 });
             }
         });
-        S3Origin { addr, counter, task, dir }
+        S3Origin {
+            addr,
+            counter,
+            task,
+            dir,
+        }
     }
 
     pub fn endpoint(&self) -> String {
@@ -169,7 +176,12 @@ impl S3Origin {
     }
 
     /// A dataset config for `s3://bucket/prefix` on this server, with its keys.
-    pub fn dataset(&self, name: &str, bucket: &str, prefix: &str) -> shardcache_server::config::DatasetConfig {
+    pub fn dataset(
+        &self,
+        name: &str,
+        bucket: &str,
+        prefix: &str,
+    ) -> shardcache_server::config::DatasetConfig {
         let mut d = shardcache_server::config::DatasetConfig::new(
             name,
             format!("s3://{bucket}/{}", prefix.trim_matches('/')),
@@ -206,16 +218,19 @@ impl S3Origin {
     /// Requests answered so far for `bucket/key`.
     pub fn counts(&self, bucket: &str, key: &str) -> OriginCounts {
         let map = self.counter.per_object.lock().expect("lock");
-        map.get(&format!("{bucket}/{key}")).copied().unwrap_or_default()
+        map.get(&format!("{bucket}/{key}"))
+            .copied()
+            .unwrap_or_default()
     }
 
     /// Requests answered so far, all objects together.
     pub fn total(&self) -> OriginCounts {
         let map = self.counter.per_object.lock().expect("lock");
-        map.values().fold(OriginCounts::default(), |a, c| OriginCounts {
-            gets: a.gets + c.gets,
-            heads: a.heads + c.heads,
-            get_bytes: a.get_bytes + c.get_bytes,
-        })
+        map.values()
+            .fold(OriginCounts::default(), |a, c| OriginCounts {
+                gets: a.gets + c.gets,
+                heads: a.heads + c.heads,
+                get_bytes: a.get_bytes + c.get_bytes,
+            })
     }
 }

@@ -42,7 +42,13 @@ impl TestServerBuilder {
                 .await
                 .expect("server run");
         });
-        TestServer { tcp, quic, stats, shutdown: Some(tx), task: Some(task) }
+        TestServer {
+            tcp,
+            quic,
+            stats,
+            shutdown: Some(tx),
+            task: Some(task),
+        }
     }
 }
 

@@ -16,7 +16,13 @@ const SIZES: &[usize] = &[0, 1, BLOCK - 1, BLOCK, BLOCK + 1, 3 * BLOCK + BLOCK /
 async fn s3_setup() -> (S3Origin, TestServer) {
     let origin = S3Origin::start(&["bucket"]).await;
     for (i, &size) in SIZES.iter().enumerate() {
-        origin.put("bucket", &format!("train/obj-{i}"), bytes_for(i as u64, size)).await;
+        origin
+            .put(
+                "bucket",
+                &format!("train/obj-{i}"),
+                bytes_for(i as u64, size),
+            )
+            .await;
     }
     let mut d = origin.dataset("ds", "bucket", "train");
     d.block_size = Some(BLOCK as u64);
@@ -25,14 +31,23 @@ async fn s3_setup() -> (S3Origin, TestServer) {
 }
 
 fn quic_options() -> ClientOptions {
-    ClientOptions { insecure_skip_verify: true, ..ClientOptions::default() }
+    ClientOptions {
+        insecure_skip_verify: true,
+        ..ClientOptions::default()
+    }
 }
 
 /// Ranges of an object of `size` bytes worth checking: edges, block boundaries, the middle.
 fn ranges(size: u64) -> Vec<(u64, Option<u64>)> {
     let b = BLOCK as u64;
     let mut out = vec![(0, None), (0, Some(0)), (size, None), (0, Some(size + 100))];
-    for &(off, len) in &[(1, 10), (b - 3, 7), (b, b), (b / 2, 2 * b), (size / 3, size / 3)] {
+    for &(off, len) in &[
+        (1, 10),
+        (b - 3, 7),
+        (b, b),
+        (b / 2, 2 * b),
+        (size / 3, size / 3),
+    ] {
         if off <= size {
             out.push((off, Some(len)));
         }
@@ -47,18 +62,29 @@ async fn check_all_reads(client: &Client) {
         let info = client.stat(&path).await.unwrap();
         assert_eq!(info.size, size as u64);
         assert!(!info.etag.is_empty());
-        assert_eq!(&client.read(&path, ..).await.unwrap()[..], &want[..], "{path} whole");
+        assert_eq!(
+            &client.read(&path, ..).await.unwrap()[..],
+            &want[..],
+            "{path} whole"
+        );
         for (off, len) in ranges(size as u64) {
             let end = len.map_or(size, |l| (off + l).min(size as u64) as usize);
             let got = match len {
                 Some(l) => client.read(&path, off..off + l).await.unwrap(),
                 None => client.read(&path, off..).await.unwrap(),
             };
-            assert_eq!(&got[..], &want[off as usize..end], "{path} range {off}+{len:?}");
+            assert_eq!(
+                &got[..],
+                &want[off as usize..end],
+                "{path} range {off}+{len:?}"
+            );
         }
         // read_into fills a buffer and reports a short count at the end.
         let mut buf = vec![0u8; BLOCK + 10];
-        let n = client.read_into(&path, 5.min(size as u64), &mut buf).await.unwrap();
+        let n = client
+            .read_into(&path, 5.min(size as u64), &mut buf)
+            .await
+            .unwrap();
         let start = 5.min(size);
         assert_eq!(n, (size - start).min(BLOCK + 10));
         assert_eq!(&buf[..n], &want[start..start + n]);
@@ -74,21 +100,29 @@ async fn s3_reads_are_byte_exact_over_tcp() {
     let before = server.stats.snapshot();
     check_all_reads(&client).await;
     let after = server.stats.snapshot();
-    assert_eq!(after.origin_get_requests, before.origin_get_requests, "hot reads hit the origin");
+    assert_eq!(
+        after.origin_get_requests, before.origin_get_requests,
+        "hot reads hit the origin"
+    );
     assert!(after.ram_hits > before.ram_hits);
 }
 
 #[tokio::test]
 async fn s3_reads_are_byte_exact_over_quic() {
     let (_origin, server) = s3_setup().await;
-    let client = Client::connect_with(&server.quic_endpoint(), quic_options()).await.unwrap();
+    let client = Client::connect_with(&server.quic_endpoint(), quic_options())
+        .await
+        .unwrap();
     check_all_reads(&client).await;
 }
 
 #[tokio::test]
 async fn quic_refuses_an_untrusted_certificate() {
     let (_origin, server) = s3_setup().await;
-    let err = Client::connect(&server.quic_endpoint()).await.err().expect("no trust anchor");
+    let err = Client::connect(&server.quic_endpoint())
+        .await
+        .err()
+        .expect("no trust anchor");
     assert!(err.to_string().contains("CA"), "{err}");
 }
 
@@ -96,7 +130,11 @@ async fn quic_refuses_an_untrusted_certificate() {
 async fn local_directory_reads_are_byte_exact() {
     let dir = tempfile::tempdir().unwrap();
     for (i, &size) in SIZES.iter().enumerate() {
-        std::fs::write(dir.path().join(format!("obj-{i}")), bytes_for(i as u64, size)).unwrap();
+        std::fs::write(
+            dir.path().join(format!("obj-{i}")),
+            bytes_for(i as u64, size),
+        )
+        .unwrap();
     }
     let mut d = DatasetConfig::new("ds", format!("file://{}", dir.path().display()));
     d.block_size = Some(BLOCK as u64);
@@ -115,7 +153,13 @@ async fn reader_streams_and_seeks() {
     let mut got = Vec::new();
     reader.read_to_end(&mut got).await.unwrap();
     assert_eq!(got, want);
-    for pos in [0u64, 17, BLOCK as u64 - 1, 2 * BLOCK as u64 + 5, want.len() as u64 - 3] {
+    for pos in [
+        0u64,
+        17,
+        BLOCK as u64 - 1,
+        2 * BLOCK as u64 + 5,
+        want.len() as u64 - 3,
+    ] {
         reader.seek(SeekFrom::Start(pos)).await.unwrap();
         let mut buf = vec![0u8; 1000];
         let n = reader.read(&mut buf).await.unwrap();

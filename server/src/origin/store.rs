@@ -44,8 +44,10 @@ pub fn build_store(
         max_retries: 0,
         ..RetryConfig::default()
     };
+    // The whole-request deadline is Origin's own per-attempt timeout (it covers the body too and
+    // names the timeout in its error); only connecting gets a deadline here.
     let client = ClientOptions::new()
-        .with_timeout(attempt_timeout)
+        .with_timeout_disabled()
         .with_connect_timeout(attempt_timeout.min(Duration::from_secs(5)))
         .with_allow_http(d.allow_http.unwrap_or(false));
     let prefix = url.path().trim_matches('/').to_string();

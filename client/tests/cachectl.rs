@@ -1,0 +1,93 @@
+//! `cachectl` against a real server on a loopback port.
+
+use std::process::Command;
+
+use shardcache_server::config::{Config, DatasetConfig};
+use shardcache_server::{Listeners, Server};
+
+async fn server(dir: &std::path::Path) -> (String, tokio::sync::oneshot::Sender<()>) {
+    let config = Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        datasets: vec![DatasetConfig::new(
+            "ds",
+            format!("file://{}", dir.display()),
+        )],
+        ..Config::default()
+    };
+    let listeners = Listeners::bind(&config).await.unwrap();
+    let addr = listeners.tcp_addr().unwrap().to_string();
+    let server = Server::build(config).unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(server.run(listeners, async {
+        let _ = rx.await;
+    }));
+    (addr, tx)
+}
+
+async fn cachectl(args: &[&str]) -> std::process::Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_cachectl"));
+    cmd.args(args);
+    tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cat_writes_bytes_and_ranges_to_stdout() {
+    let dir = tempfile::tempdir().unwrap();
+    let payload: Vec<u8> = (0..9_000_000u32).map(|i| (i * 7 % 256) as u8).collect();
+    std::fs::write(dir.path().join("shard.tar"), &payload).unwrap();
+    let (addr, _stop) = server(dir.path()).await;
+
+    let out = cachectl(&["--data", &addr, "cat", "ds/shard.tar"]).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.stdout == payload);
+
+    let out = cachectl(&[
+        "--data",
+        &addr,
+        "cat",
+        "ds/shard.tar",
+        "--offset",
+        "4194300",
+        "--length",
+        "10",
+    ])
+    .await;
+    assert!(out.status.success());
+    assert_eq!(out.stdout, payload[4_194_300..4_194_310]);
+
+    let out = cachectl(&["--data", &addr, "-o", "json", "stat", "ds/shard.tar"]).await;
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("\"size\":9000000"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cat_failures_exit_nonzero_with_the_servers_message() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("a"), b"x").unwrap();
+    let (addr, _stop) = server(dir.path()).await;
+    for (path, expect) in [
+        ("ds/missing", "not found"),
+        ("other/a", "unknown dataset"),
+        ("ds/../a", "'..'"),
+    ] {
+        let out = cachectl(&["--data", &addr, "cat", path]).await;
+        assert!(!out.status.success(), "{path}");
+        assert!(out.stdout.is_empty());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(expect), "{path}: {err}");
+    }
+    let out = cachectl(&["--data", &addr, "cat", "ds/a", "--offset", "5"]).await;
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("past the end"));
+
+    let out = cachectl(&["--data", "127.0.0.1:1", "cat", "ds/a"]).await;
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot connect"));
+}
