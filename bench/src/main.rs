@@ -1,1 +1,494 @@
-fn main() {}
+//! `shardcache-bench`: throughput of the cache beside baselines measured in the same run.
+//!
+//! - hot TCP: R readers each read a cached object of S bytes through the cache over TCP, beside
+//!   raw loopback TCP (a server writing S bytes from memory on each of R connections);
+//! - hot QUIC: the same over QUIC, beside raw quinn streams carrying S bytes;
+//! - cold: one object read through a fresh (empty) cache from a real S3 server, beside a direct
+//!   object_store GET of the same object from the same server (and, for reference, a direct
+//!   read with parallel ranged GETs).
+//!
+//! Every measured byte is checked or at least lands in a caller-owned buffer, as a data loader's
+//! would. Results print as a Markdown table.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Context;
+use clap::Parser;
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt};
+use shardcache_client::{Client, ClientOptions};
+use shardcache_testsuite::{S3Origin, TestServer, bytes_for};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+#[derive(Parser)]
+#[command(about = "shardcache throughput against same-run baselines")]
+struct Args {
+    /// Concurrent readers in the hot runs.
+    #[arg(long, default_value_t = 8)]
+    readers: usize,
+    /// Object size in MiB.
+    #[arg(long, default_value_t = 64)]
+    object_mib: usize,
+    /// Rounds each hot reader reads its object.
+    #[arg(long, default_value_t = 6)]
+    rounds: usize,
+    /// Repetitions of each hot measurement (the median is reported).
+    #[arg(long, default_value_t = 3)]
+    reps: usize,
+    /// Cold-read repetitions (each on a fresh cache).
+    #[arg(long, default_value_t = 3)]
+    cold_reps: usize,
+    /// Cold-read object size in MiB.
+    #[arg(long, default_value_t = 256)]
+    cold_mib: usize,
+    /// Only these parts (hot-tcp, hot-quic, cold); all when empty.
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
+}
+
+struct Row {
+    name: String,
+    bytes: u64,
+    secs: f64,
+}
+
+impl Row {
+    fn gbps(&self) -> f64 {
+        self.bytes as f64 / self.secs / 1e9
+    }
+}
+
+/// The run with the median throughput.
+fn median(mut runs: Vec<Row>) -> Row {
+    runs.sort_by(|a, b| a.gbps().total_cmp(&b.gbps()));
+    runs.swap_remove(runs.len() / 2)
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    shardcache_testsuite::init();
+    let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .enable_all()
+        .build()?;
+    rt.block_on(run(args))
+}
+
+fn wants(args: &Args, part: &str) -> bool {
+    args.only.is_empty() || args.only.iter().any(|p| p == part)
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let size = args.object_mib << 20;
+    let origin = S3Origin::start(&["bench"]).await;
+    let mut rows = Vec::new();
+    let mut ratios = Vec::new();
+
+    if wants(&args, "hot-tcp") || wants(&args, "hot-quic") {
+        for r in 0..args.readers {
+            origin
+                .put("bench", &format!("hot/obj-{r}"), bytes_for(r as u64, size))
+                .await;
+        }
+        let ram = (args.readers * size) as u64 * 2;
+        let server = TestServer::builder()
+            .dataset(origin.dataset("ds", "bench", "hot"))
+            .config(|c| c.ram_cache = ram)
+            .start()
+            .await;
+        // Warm: every object read once.
+        let warm = Client::connect(&server.tcp_endpoint()).await?;
+        for r in 0..args.readers {
+            let got = warm.read(&format!("ds/obj-{r}"), ..).await?;
+            anyhow::ensure!(
+                got[..] == bytes_for(r as u64, size)[..],
+                "warm read of obj-{r} differs"
+            );
+        }
+        let origin_gets = server.stats.snapshot().origin_get_requests;
+
+        // Baseline and cache alternate `reps` times; the medians are compared, so a slow
+        // moment of the machine does not land on one side only.
+        if wants(&args, "hot-tcp") {
+            let (mut raws, mut streams, mut intos) = (Vec::new(), Vec::new(), Vec::new());
+            let ep = server.tcp_endpoint();
+            for _ in 0..args.reps {
+                raws.push(raw_tcp(args.readers, size, args.rounds).await?);
+                streams.push(
+                    hot_reads(&ep, ClientOptions::default(), &args, size, Api::Stream).await?,
+                );
+                intos.push(hot_reads(&ep, ClientOptions::default(), &args, size, Api::Into).await?);
+            }
+            let (raw, stream, into) = (median(raws), median(streams), median(intos));
+            ratios.push((
+                "hot TCP (read_stream) / raw loopback TCP",
+                stream.gbps() / raw.gbps(),
+                0.80,
+                true,
+            ));
+            ratios.push((
+                "hot TCP (read_into) / raw loopback TCP",
+                into.gbps() / raw.gbps(),
+                0.0,
+                true,
+            ));
+            rows.push(raw);
+            rows.push(Row {
+                name: "shardcache hot, TCP, read_stream (verified chunks)".into(),
+                ..stream
+            });
+            rows.push(Row {
+                name: "shardcache hot, TCP, read_into (copied to caller's buffer)".into(),
+                ..into
+            });
+        }
+        if wants(&args, "hot-quic") {
+            let (mut raws, mut caches) = (Vec::new(), Vec::new());
+            let options = ClientOptions {
+                insecure_skip_verify: true,
+                ..ClientOptions::default()
+            };
+            for _ in 0..args.reps {
+                raws.push(raw_quic(args.readers, size, args.rounds).await?);
+                caches.push(
+                    hot_reads(
+                        &server.quic_endpoint(),
+                        options.clone(),
+                        &args,
+                        size,
+                        Api::Stream,
+                    )
+                    .await?,
+                );
+            }
+            let (raw, cache) = (median(raws), median(caches));
+            ratios.push(("hot QUIC / raw QUIC", cache.gbps() / raw.gbps(), 0.0, true));
+            rows.push(raw);
+            rows.push(Row {
+                name: "shardcache hot, QUIC, read_stream".into(),
+                ..cache
+            });
+        }
+        anyhow::ensure!(
+            server.stats.snapshot().origin_get_requests == origin_gets,
+            "hot reads went to the origin"
+        );
+    }
+
+    if wants(&args, "cold") {
+        let (direct, ranged, cache) = cold(&origin, &args).await?;
+        ratios.push((
+            "cold cache time / direct GET time",
+            direct.gbps() / cache.gbps(),
+            1.15,
+            false,
+        ));
+        ratios.push((
+            "cold cache time / direct ranged GETs time",
+            ranged.gbps() / cache.gbps(),
+            0.0,
+            false,
+        ));
+        rows.push(direct);
+        rows.push(ranged);
+        rows.push(cache);
+    }
+
+    println!(
+        "hot: {} readers x {} MiB x {} rounds, median of {}; cold: {} MiB x {} fresh caches",
+        args.readers, args.object_mib, args.rounds, args.reps, args.cold_mib, args.cold_reps
+    );
+    println!();
+    println!("| run | bytes | seconds | GB/s |");
+    println!("|---|---:|---:|---:|");
+    for r in &rows {
+        println!(
+            "| {} | {} | {:.3} | {:.2} |",
+            r.name,
+            r.bytes,
+            r.secs,
+            r.gbps()
+        );
+    }
+    println!();
+    println!("| ratio | value | target |");
+    println!("|---|---:|---|");
+    for (name, value, target, at_least) in ratios {
+        let target = match (target, at_least) {
+            (0.0, _) => "(reference)".to_string(),
+            (t, true) => format!(">= {t:.2}"),
+            (t, false) => format!("<= {t:.2}"),
+        };
+        println!("| {name} | {value:.2} | {target} |");
+    }
+    Ok(())
+}
+
+/// How a hot reader takes the bytes.
+#[derive(Clone, Copy)]
+enum Api {
+    /// `read_stream`: checksum-verified chunks in the client's receive buffers, no further copy.
+    Stream,
+    /// `read_into`: copied into a buffer the reader owns.
+    Into,
+}
+
+/// `readers` tasks, each reading its own cached object `rounds` times.
+async fn hot_reads(
+    endpoint: &str,
+    options: ClientOptions,
+    args: &Args,
+    size: usize,
+    api: Api,
+) -> anyhow::Result<Row> {
+    let mut clients = Vec::new();
+    for _ in 0..args.readers {
+        let options = ClientOptions {
+            connections: 1,
+            ..options.clone()
+        };
+        clients.push(Client::connect_with(endpoint, options).await?);
+    }
+    // Expected tails, computed before the clock starts.
+    let tails: Vec<Vec<u8>> = (0..args.readers)
+        .map(|r| bytes_for(r as u64, size)[size - 64..].to_vec())
+        .collect();
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for ((r, client), tail) in clients.into_iter().enumerate().zip(tails) {
+        let rounds = args.rounds;
+        tasks.push(tokio::spawn(async move {
+            let path = format!("ds/obj-{r}");
+            let mut buf = vec![0u8; size];
+            for _ in 0..rounds {
+                match api {
+                    Api::Into => {
+                        let n = client.read_into(&path, 0, &mut buf).await?;
+                        anyhow::ensure!(n == size, "short read");
+                    }
+                    Api::Stream => {
+                        let mut stream = client.read_stream(&path, 0, None, None).await?;
+                        let mut n = 0;
+                        while let Some(chunk) = stream.next_chunk().await? {
+                            n += chunk.data.len();
+                            if n == size {
+                                buf[size - 64..]
+                                    .copy_from_slice(&chunk.data[chunk.data.len() - 64..]);
+                            }
+                        }
+                        anyhow::ensure!(n == size, "short read");
+                    }
+                }
+            }
+            // Spot-check that the bytes are the object's.
+            anyhow::ensure!(buf[size - 64..] == tail[..], "wrong bytes");
+            Ok(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    Ok(Row {
+        name: String::new(),
+        bytes: (args.readers * args.rounds * size) as u64,
+        secs,
+    })
+}
+
+/// Raw loopback TCP: a server writes `size` bytes from memory per request byte; `readers`
+/// clients read them into their own buffers, `rounds` times.
+async fn raw_tcp(readers: usize, size: usize, rounds: usize) -> anyhow::Result<Row> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let payload = bytes::Bytes::from(bytes_for(99, size));
+    let server = tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else {
+                return;
+            };
+            let payload = payload.clone();
+            let _ = s.set_nodelay(true);
+            tokio::spawn(async move {
+                let mut req = [0u8; 1];
+                while s.read_exact(&mut req).await.is_ok() {
+                    if s.write_all(&payload).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..readers {
+        tasks.push(tokio::spawn(async move {
+            let mut s = tokio::net::TcpStream::connect(addr).await?;
+            s.set_nodelay(true)?;
+            let mut buf = vec![0u8; size];
+            for _ in 0..rounds {
+                s.write_all(&[1]).await?;
+                s.read_exact(&mut buf).await?;
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    server.abort();
+    Ok(Row {
+        name: "raw loopback TCP".into(),
+        bytes: (readers * rounds * size) as u64,
+        secs,
+    })
+}
+
+/// Raw QUIC: quinn streams carrying `size` bytes from memory, one stream per read, `readers`
+/// connections, with the same TLS and windows as the cache's QUIC transport.
+async fn raw_quic(readers: usize, size: usize, rounds: usize) -> anyhow::Result<Row> {
+    let id = shardcache_server::transport::tls::Identity::self_signed()?;
+    let server_config = shardcache_server::transport::tls::quic_server_config(id)?;
+    let endpoint = quinn::Endpoint::server(server_config, "127.0.0.1:0".parse()?)?;
+    let addr: SocketAddr = endpoint.local_addr()?;
+    let payload = bytes::Bytes::from(bytes_for(99, size));
+    let server_ep = endpoint.clone();
+    let server = tokio::spawn(async move {
+        while let Some(incoming) = server_ep.accept().await {
+            let payload = payload.clone();
+            tokio::spawn(async move {
+                let Ok(conn) = incoming.await else { return };
+                while let Ok((mut send, mut recv)) = conn.accept_bi().await {
+                    let payload = payload.clone();
+                    tokio::spawn(async move {
+                        let _ = recv.read_to_end(16).await;
+                        let _ = send.write_chunk(payload).await;
+                        let _ = send.finish();
+                        let _ = send.stopped().await;
+                    });
+                }
+            });
+        }
+    });
+    let options = ClientOptions {
+        insecure_skip_verify: true,
+        ..ClientOptions::default()
+    };
+    let mut conns = Vec::new();
+    for _ in 0..readers {
+        let ep = shardcache_client_quic_endpoint(&options, addr)?;
+        let conn = ep
+            .connect(addr, "localhost")?
+            .await
+            .context("raw quic connect")?;
+        conns.push((ep, conn));
+    }
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for (ep, conn) in conns {
+        tasks.push(tokio::spawn(async move {
+            let _ep = ep;
+            let mut buf = vec![0u8; size];
+            for _ in 0..rounds {
+                let (mut send, mut recv) = conn.open_bi().await?;
+                send.write_all(&[1]).await?;
+                send.finish()?;
+                recv.read_exact(&mut buf).await?;
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    server.abort();
+    endpoint.close(0u32.into(), b"done");
+    Ok(Row {
+        name: "raw QUIC".into(),
+        bytes: (readers * rounds * size) as u64,
+        secs,
+    })
+}
+
+/// The client's QUIC endpoint setup, reused so raw QUIC runs with the same TLS and windows.
+fn shardcache_client_quic_endpoint(
+    options: &ClientOptions,
+    remote: SocketAddr,
+) -> anyhow::Result<quinn::Endpoint> {
+    Ok(shardcache_client::quic_endpoint(options, remote)?)
+}
+
+/// Cold reads: direct single GET, direct parallel ranged GETs, and through a fresh cache.
+async fn cold(origin: &S3Origin, args: &Args) -> anyhow::Result<(Row, Row, Row)> {
+    let size = args.cold_mib << 20;
+    let data = bytes_for(1234, size);
+    origin.put("bench", "cold/obj", data.clone()).await;
+    let store: Arc<dyn ObjectStore> = Arc::new(origin.store("bench"));
+    let path = Path::from("cold/obj");
+    let (mut t_direct, mut t_ranged, mut t_cache) = (0.0, 0.0, 0.0);
+    for rep in 0..args.cold_reps {
+        // Alternate the order so neither side always runs first.
+        for step in 0..3 {
+            let which = (step + rep) % 3;
+            let started = Instant::now();
+            match which {
+                0 => {
+                    let got = store.get(&path).await?.bytes().await?;
+                    anyhow::ensure!(got.len() == size, "direct read size");
+                    t_direct += started.elapsed().as_secs_f64();
+                }
+                1 => {
+                    let block = 4u64 << 20;
+                    let ranges: Vec<_> = (0..size as u64)
+                        .step_by(block as usize)
+                        .map(|s| s..(s + block).min(size as u64))
+                        .collect();
+                    let parts = futures::future::try_join_all(
+                        ranges.chunks(8).map(|c| store.get_ranges(&path, c)),
+                    )
+                    .await?;
+                    let n: usize = parts.iter().flatten().map(|b| b.len()).sum();
+                    anyhow::ensure!(n == size, "ranged read size");
+                    t_ranged += started.elapsed().as_secs_f64();
+                }
+                _ => {
+                    let server = TestServer::builder()
+                        .dataset(origin.dataset("ds", "bench", "cold"))
+                        .config(|c| c.ram_cache = (size as u64) * 2)
+                        .start()
+                        .await;
+                    let client = Client::connect(&server.tcp_endpoint()).await?;
+                    let started = Instant::now();
+                    let got = client.read("ds/obj", ..).await?;
+                    t_cache += started.elapsed().as_secs_f64();
+                    anyhow::ensure!(got[..] == data[..], "cold read differs");
+                    drop(client);
+                    server.stop().await;
+                }
+            }
+        }
+    }
+    let bytes = (args.cold_reps * size) as u64;
+    Ok((
+        Row {
+            name: "direct object_store GET (S3)".into(),
+            bytes,
+            secs: t_direct,
+        },
+        Row {
+            name: "direct ranged GETs, 4MiB x 8 (S3)".into(),
+            bytes,
+            secs: t_ranged,
+        },
+        Row {
+            name: "shardcache cold, TCP (S3 origin)".into(),
+            bytes,
+            secs: t_cache,
+        },
+    ))
+}

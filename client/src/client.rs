@@ -11,7 +11,7 @@ use shardcache_proto::{
     DataChunk, ErrorCode, Frame, ObjectInfo, ReadRequest, ReadStart, StatRequest,
 };
 
-use crate::conn::{Conn, QuicConn, Responses, TcpConn};
+use crate::conn::{BufPool, Conn, QuicConn, Responses, TcpConn};
 use crate::endpoint::{Endpoint, Transport};
 use crate::error::{ClientError, Result};
 use crate::reader::ObjectReader;
@@ -71,7 +71,12 @@ struct Inner {
     options: ClientOptions,
     slots: Vec<tokio::sync::Mutex<Option<Arc<Conn>>>>,
     next: AtomicUsize,
+    /// Receive buffers shared by this client's connections.
+    pool: Arc<BufPool>,
 }
+
+/// Idle receive buffers a client keeps for reuse.
+const POOLED_BUFFERS: usize = 16;
 
 impl Client {
     /// Connect with default options. `endpoint` is `host:port`, `tcp://host:port` or
@@ -95,6 +100,7 @@ impl Client {
                 options,
                 slots,
                 next: AtomicUsize::new(0),
+                pool: BufPool::new(POOLED_BUFFERS),
             }),
         };
         client.conn_at(0).await?;
@@ -119,7 +125,9 @@ impl Client {
         let ep = &self.inner.endpoint;
         let name = ep.to_string();
         let conn = Arc::new(match ep.transport {
-            Transport::Tcp => Conn::Tcp(TcpConn::connect(&ep.address, &name).await?),
+            Transport::Tcp => {
+                Conn::Tcp(TcpConn::connect(&ep.address, &name, self.inner.pool.clone()).await?)
+            }
             Transport::Quic => Conn::Quic(
                 QuicConn::connect(&self.inner.options, &ep.address, ep.host(), &name).await?,
             ),

@@ -10,6 +10,7 @@
 mod blocking;
 mod client;
 mod conn;
+pub use conn::quic_endpoint;
 mod endpoint;
 mod error;
 mod reader;

@@ -321,39 +321,19 @@ pub fn encode(framed: &Framed) -> Encoded {
 /// corrupt or hostile and the connection should be closed. `max_payload` bounds what the caller
 /// will buffer: a header announcing more is rejected before its payload arrives.
 pub fn decode(buf: &mut BytesMut, max_payload: usize) -> Result<Framed, DecodeError> {
-    if buf.len() < HEADER_LEN {
+    let header = peek_header(buf, max_payload)?;
+    if buf.len() < HEADER_LEN + header.payload_len {
         return Err(DecodeError::Incomplete {
-            needed: HEADER_LEN - buf.len(),
-        });
-    }
-    let version = buf[0];
-    if version != VERSION {
-        return Err(DecodeError::Version { version });
-    }
-    let kind = buf[1];
-    let request_id = u32::from_be_bytes([buf[4], buf[5], buf[6], buf[7]]);
-    let len = u32::from_be_bytes([buf[8], buf[9], buf[10], buf[11]]) as usize;
-    if !matches!(
-        kind,
-        T_READ | T_STAT | T_STAT_OK | T_READ_START | T_DATA | T_ERROR
-    ) {
-        return Err(DecodeError::UnknownType { kind });
-    }
-    if len > max_payload {
-        return Err(DecodeError::TooLarge {
-            len,
-            limit: max_payload,
-        });
-    }
-    if buf.len() < HEADER_LEN + len {
-        return Err(DecodeError::Incomplete {
-            needed: HEADER_LEN + len - buf.len(),
+            needed: HEADER_LEN + header.payload_len - buf.len(),
         });
     }
     buf.advance(HEADER_LEN);
-    let payload = buf.split_to(len);
-    let frame = decode_payload(kind, payload)?;
-    Ok(Framed { request_id, frame })
+    let payload = buf.split_to(header.payload_len);
+    let frame = decode_payload(header.kind, payload)?;
+    Ok(Framed {
+        request_id: header.request_id,
+        frame,
+    })
 }
 
 fn decode_payload(kind: u8, payload: BytesMut) -> Result<Frame, DecodeError> {
@@ -509,6 +489,83 @@ impl Reader {
     }
 }
 
+/// A decoded frame header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Header {
+    pub kind: u8,
+    pub request_id: u32,
+    pub payload_len: usize,
+}
+
+impl Header {
+    /// Whether this header starts a data chunk.
+    pub fn is_data(&self) -> bool {
+        self.kind == T_DATA
+    }
+}
+
+/// Length of a data frame's fixed fields (offset and CRC) before its bytes.
+pub const DATA_FIELDS_LEN: usize = 12;
+
+/// Check the header at the front of `buf` without consuming anything, with the same checks as
+/// [`decode`]. Lets a receiver read a large payload straight into a buffer of its choosing.
+pub fn peek_header(buf: &[u8], max_payload: usize) -> Result<Header, DecodeError> {
+    if buf.len() < HEADER_LEN {
+        return Err(DecodeError::Incomplete {
+            needed: HEADER_LEN - buf.len(),
+        });
+    }
+    if buf[0] != VERSION {
+        return Err(DecodeError::Version { version: buf[0] });
+    }
+    let kind = buf[1];
+    if !matches!(
+        kind,
+        T_READ | T_STAT | T_STAT_OK | T_READ_START | T_DATA | T_ERROR
+    ) {
+        return Err(DecodeError::UnknownType { kind });
+    }
+    let request_id = u32::from_be_bytes([buf[4], buf[5], buf[6], buf[7]]);
+    let payload_len = u32::from_be_bytes([buf[8], buf[9], buf[10], buf[11]]) as usize;
+    if payload_len > max_payload {
+        return Err(DecodeError::TooLarge {
+            len: payload_len,
+            limit: max_payload,
+        });
+    }
+    Ok(Header {
+        kind,
+        request_id,
+        payload_len,
+    })
+}
+
+/// A data chunk from the complete payload of a data frame (fields and bytes), without copying
+/// the bytes.
+pub fn decode_data_payload(payload: Bytes) -> Result<DataChunk, DecodeError> {
+    if payload.len() < DATA_FIELDS_LEN {
+        return Err(DecodeError::Malformed {
+            kind: "data",
+            reason: "truncated fields".into(),
+        });
+    }
+    let mut fields = &payload[..DATA_FIELDS_LEN];
+    let offset = fields.get_u64();
+    let crc32c = fields.get_u32();
+    let data = payload.slice(DATA_FIELDS_LEN..);
+    if data.len() > MAX_DATA_CHUNK {
+        return Err(DecodeError::Malformed {
+            kind: "data",
+            reason: format!("data chunk of {} bytes", data.len()),
+        });
+    }
+    Ok(DataChunk {
+        offset,
+        crc32c,
+        data,
+    })
+}
+
 /// Stateful decoder for a byte stream: feed bytes in, take frames out.
 #[derive(Debug)]
 pub struct FrameCodec {
@@ -528,6 +585,23 @@ impl FrameCodec {
     /// The buffer to read socket bytes into.
     pub fn buffer_mut(&mut self) -> &mut BytesMut {
         &mut self.buf
+    }
+
+    /// The header of the next frame, if its 12 bytes have arrived.
+    pub fn peek_header(&self) -> Result<Option<Header>, DecodeError> {
+        match peek_header(&self.buf, self.max_payload) {
+            Ok(h) => Ok(Some(h)),
+            Err(DecodeError::Incomplete { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Remove the next frame's header and up to `max` of its payload bytes already buffered,
+    /// returning the payload part (the caller reads the rest of the payload itself).
+    pub fn take_frame_start(&mut self, max: usize) -> BytesMut {
+        self.buf.advance(HEADER_LEN.min(self.buf.len()));
+        let n = max.min(self.buf.len());
+        self.buf.split_to(n)
     }
 
     /// Bytes received but not yet decoded.

@@ -13,7 +13,7 @@ pub mod frame;
 pub mod path;
 
 pub use frame::{
-    DataChunk, DecodeError, ErrorCode, ErrorFrame, Frame, FrameCodec, Framed, ObjectInfo,
+    DataChunk, DecodeError, ErrorCode, ErrorFrame, Frame, FrameCodec, Framed, Header, ObjectInfo,
     ReadRequest, ReadStart, StatRequest,
 };
 pub use path::{ObjectPath, PathError};

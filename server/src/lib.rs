@@ -176,6 +176,7 @@ impl Server {
             max_requests: self.config.max_requests_per_connection,
         };
         let max_conns = Arc::new(Semaphore::new(self.config.max_connections));
+        let (drain_tx, draining) = tokio::sync::watch::channel(false);
         let mut tcp_conns = JoinSet::new();
         let mut quic_conns = JoinSet::new();
         let tcp = transport::tcp::accept_loop(
@@ -183,6 +184,7 @@ impl Server {
             self.service.clone(),
             limits,
             max_conns.clone(),
+            draining.clone(),
             &mut tcp_conns,
         );
         let endpoint = match (listeners.quic, self.quic) {
@@ -202,6 +204,7 @@ impl Server {
                         self.service.clone(),
                         limits,
                         max_conns.clone(),
+                        draining.clone(),
                         &mut quic_conns,
                     )
                     .await
@@ -214,15 +217,17 @@ impl Server {
             () = quic => {}
             () = shutdown => tracing::info!("shutting down"),
         }
-        if let Some(ep) = &endpoint {
-            ep.close(0u32.into(), b"server shutting down");
-        }
+        // Connections stop reading new requests, finish the ones in flight, and close.
+        let _ = drain_tx.send(true);
         let drain = async {
             while tcp_conns.join_next().await.is_some() {}
             while quic_conns.join_next().await.is_some() {}
         };
         if tokio::time::timeout(SHUTDOWN_GRACE, drain).await.is_err() {
             tracing::warn!("closing connections still open after the shutdown grace period");
+        }
+        if let Some(ep) = &endpoint {
+            ep.close(0u32.into(), b"server shutting down");
         }
         Ok(())
     }

@@ -4,6 +4,7 @@
 //! request's response frames. Over TCP many requests share one connection: a reader task routes
 //! frames by request id. Over QUIC each request opens its own stream.
 
+mod pool;
 mod quic;
 mod tcp;
 
@@ -11,7 +12,8 @@ use std::time::Duration;
 
 use shardcache_proto::Frame;
 
-pub use quic::QuicConn;
+pub use pool::BufPool;
+pub use quic::{QuicConn, quic_endpoint};
 pub use tcp::TcpConn;
 
 use crate::error::{ClientError, Result};

@@ -4,7 +4,8 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
-use shardcache_proto::frame::{MAX_RESPONSE_PAYLOAD, encode};
+use bytes::BufMut;
+use shardcache_proto::frame::{HEADER_LEN, MAX_RESPONSE_PAYLOAD, decode_data_payload, encode};
 use shardcache_proto::{Frame, FrameCodec, Framed};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -12,7 +13,11 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+use super::pool::BufPool;
 use crate::error::{ClientError, Result};
+
+/// Data frames at least this large are read straight into a pooled buffer.
+const DIRECT_MIN: usize = 256 * 1024;
 
 /// Response frames buffered per request before the connection's reader waits.
 const RESPONSE_QUEUE: usize = 8;
@@ -52,7 +57,7 @@ impl Drop for TcpConn {
 }
 
 impl TcpConn {
-    pub async fn connect(address: &str, endpoint: &str) -> Result<TcpConn> {
+    pub async fn connect(address: &str, endpoint: &str, pool: Arc<BufPool>) -> Result<TcpConn> {
         let stream = TcpStream::connect(address)
             .await
             .map_err(|e| ClientError::Connect {
@@ -67,7 +72,7 @@ impl TcpConn {
             closed: AtomicBool::new(false),
             reason: Mutex::new(None),
         });
-        let reader = tokio::spawn(read_loop(rd, shared.clone()));
+        let reader = tokio::spawn(read_loop(rd, shared.clone(), pool));
         Ok(TcpConn {
             shared,
             writer: tokio::sync::Mutex::new(wr),
@@ -120,19 +125,48 @@ impl TcpConn {
     }
 }
 
-async fn read_loop(mut rd: OwnedReadHalf, shared: Arc<Shared>) {
+async fn read_loop(mut rd: OwnedReadHalf, shared: Arc<Shared>, pool: Arc<BufPool>) {
     let mut codec = FrameCodec::new(MAX_RESPONSE_PAYLOAD);
+    let lost = |reason: String| ClientError::ConnectionLost {
+        endpoint: shared.endpoint.clone(),
+        reason,
+    };
+    let protocol = |reason: String| ClientError::Protocol {
+        endpoint: shared.endpoint.clone(),
+        reason,
+    };
     let reason = 'conn: loop {
         loop {
+            // A large data chunk not yet here: read its bytes straight into a pooled buffer.
+            match codec.peek_header() {
+                Ok(Some(h))
+                    if h.is_data()
+                        && h.payload_len >= DIRECT_MIN
+                        && codec.buffered() < HEADER_LEN + h.payload_len =>
+                {
+                    let mut buf = pool.take(h.payload_len);
+                    buf.extend_from_slice(&codec.take_frame_start(h.payload_len));
+                    while buf.len() < h.payload_len {
+                        let want = h.payload_len - buf.len();
+                        match rd.read_buf(&mut (&mut buf).limit(want)).await {
+                            Ok(0) => break 'conn lost("server closed the connection".into()),
+                            Ok(_) => {}
+                            Err(e) => break 'conn lost(e.to_string()),
+                        }
+                    }
+                    match decode_data_payload(pool.freeze(buf)) {
+                        Ok(chunk) => deliver(&shared, h.request_id, Frame::Data(chunk)).await,
+                        Err(e) => break 'conn protocol(e.to_string()),
+                    }
+                    continue;
+                }
+                Ok(_) => {}
+                Err(e) => break 'conn protocol(e.to_string()),
+            }
             let framed = match codec.next_frame() {
                 Ok(Some(f)) => f,
                 Ok(None) => break,
-                Err(e) => {
-                    break 'conn ClientError::Protocol {
-                        endpoint: shared.endpoint.clone(),
-                        reason: e.to_string(),
-                    };
-                }
+                Err(e) => break 'conn protocol(e.to_string()),
             };
             if framed.request_id == 0 {
                 // A connection-level answer (e.g. the server is at its connection limit).
@@ -144,42 +178,33 @@ async fn read_loop(mut rd: OwnedReadHalf, shared: Arc<Shared>) {
                 }
                 continue;
             }
-            let tx = shared
-                .pending
-                .lock()
-                .expect("lock")
-                .get(&framed.request_id)
-                .cloned();
-            if let Some(tx) = tx
-                && tx.send(framed.frame).await.is_err()
-            {
-                shared
-                    .pending
-                    .lock()
-                    .expect("lock")
-                    .remove(&framed.request_id);
-            }
+            deliver(&shared, framed.request_id, framed.frame).await;
         }
         match rd.read_buf(codec.buffer_mut()).await {
-            Ok(0) => {
-                break ClientError::ConnectionLost {
-                    endpoint: shared.endpoint.clone(),
-                    reason: "server closed the connection".into(),
-                };
-            }
+            Ok(0) => break lost("server closed the connection".into()),
             Ok(_) => {}
-            Err(e) => {
-                break ClientError::ConnectionLost {
-                    endpoint: shared.endpoint.clone(),
-                    reason: e.to_string(),
-                };
-            }
+            Err(e) => break lost(e.to_string()),
         }
     };
     *shared.reason.lock().expect("lock") = Some(reason);
     let mut pending = shared.pending.lock().expect("lock");
     shared.closed.store(true, Ordering::Release);
     pending.clear();
+}
+
+/// Route a frame to its request; frames of abandoned requests are dropped.
+async fn deliver(shared: &Shared, request_id: u32, frame: Frame) {
+    let tx = shared
+        .pending
+        .lock()
+        .expect("lock")
+        .get(&request_id)
+        .cloned();
+    if let Some(tx) = tx
+        && tx.send(frame).await.is_err()
+    {
+        shared.pending.lock().expect("lock").remove(&request_id);
+    }
 }
 
 pub struct TcpResponses {

@@ -33,6 +33,10 @@ pub struct ConnLimits {
     pub max_requests: usize,
 }
 
+/// Tells connections that the server is shutting down: they stop reading requests, finish the
+/// ones in flight, and close.
+pub type Draining = tokio::sync::watch::Receiver<bool>;
+
 /// Serve one connection (or one QUIC stream) until the peer closes it or breaks the protocol.
 pub async fn serve_connection<R, W>(
     mut rd: R,
@@ -40,6 +44,7 @@ pub async fn serve_connection<R, W>(
     service: Arc<CacheService>,
     limits: ConnLimits,
     peer: String,
+    mut draining: Draining,
 ) where
     R: AsyncRead + Unpin + Send,
     W: AsyncWrite + Unpin + Send + 'static,
@@ -94,7 +99,11 @@ pub async fn serve_connection<R, W>(
             }
         }
         while handlers.try_join_next().is_some() {}
-        match rd.read_buf(codec.buffer_mut()).await {
+        let read = tokio::select! {
+            read = rd.read_buf(codec.buffer_mut()) => read,
+            _ = draining.wait_for(|d| *d) => Ok(0),
+        };
+        match read {
             Ok(0) => {
                 if codec.buffered() > 0 {
                     tracing::debug!(%peer, "connection closed inside a frame");

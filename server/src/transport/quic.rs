@@ -8,7 +8,7 @@ use std::time::Duration;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
-use super::{ConnLimits, serve_connection};
+use super::{ConnLimits, Draining, serve_connection};
 use crate::service::CacheService;
 use crate::stats::Stats;
 
@@ -34,6 +34,7 @@ pub async fn accept_loop(
     service: Arc<CacheService>,
     limits: ConnLimits,
     max_connections: Arc<Semaphore>,
+    draining: Draining,
     conns: &mut JoinSet<()>,
 ) {
     while let Some(incoming) = endpoint.accept().await {
@@ -46,6 +47,7 @@ pub async fn accept_loop(
             continue;
         };
         let service = service.clone();
+        let mut draining = draining.clone();
         conns.spawn(async move {
             let peer = incoming.remote_address().to_string();
             let conn = match incoming.await {
@@ -58,7 +60,11 @@ pub async fn accept_loop(
             Stats::add(&stats.open_connections, 1);
             let mut streams = JoinSet::new();
             loop {
-                match conn.accept_bi().await {
+                let accepted = tokio::select! {
+                    accepted = conn.accept_bi() => accepted,
+                    _ = draining.wait_for(|d| *d) => break,
+                };
+                match accepted {
                     Ok((send, recv)) => {
                         streams.spawn(serve_connection(
                             recv,
@@ -66,6 +72,7 @@ pub async fn accept_loop(
                             service.clone(),
                             limits,
                             peer.clone(),
+                            draining.clone(),
                         ));
                     }
                     Err(e) => {
@@ -75,7 +82,8 @@ pub async fn accept_loop(
                 }
                 while streams.try_join_next().is_some() {}
             }
-            streams.abort_all();
+            // Streams already accepted finish their requests (bounded by the shutdown grace).
+            while streams.join_next().await.is_some() {}
             stats
                 .open_connections
                 .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);

@@ -8,7 +8,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
-use super::{ConnLimits, error_frame, serve_connection};
+use super::{ConnLimits, Draining, error_frame, serve_connection};
 use crate::service::CacheService;
 use crate::stats::Stats;
 
@@ -18,6 +18,7 @@ pub async fn accept_loop(
     service: Arc<CacheService>,
     limits: ConnLimits,
     max_connections: Arc<Semaphore>,
+    draining: Draining,
     conns: &mut JoinSet<()>,
 ) {
     loop {
@@ -46,10 +47,11 @@ pub async fn accept_loop(
             continue;
         };
         let service = service.clone();
+        let draining = draining.clone();
         conns.spawn(async move {
             Stats::add(&stats.open_connections, 1);
             let (rd, wr) = stream.into_split();
-            serve_connection(rd, wr, service, limits, addr.to_string()).await;
+            serve_connection(rd, wr, service, limits, addr.to_string(), draining).await;
             stats
                 .open_connections
                 .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
