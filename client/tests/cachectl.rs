@@ -8,6 +8,7 @@ use shardcache_server::{Listeners, Server};
 async fn server(dir: &std::path::Path) -> (String, tokio::sync::oneshot::Sender<()>) {
     let config = Config {
         listen: "127.0.0.1:0".parse().unwrap(),
+        admin_listen: None,
         datasets: vec![DatasetConfig::new(
             "ds",
             format!("file://{}", dir.display()),

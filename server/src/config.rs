@@ -65,6 +65,7 @@ enum Kind {
 const SCALAR_KEYS: &[(&str, Kind)] = &[
     ("listen", Kind::Str),
     ("quic_listen", Kind::Str),
+    ("admin_listen", Kind::Str),
     ("ram_cache", Kind::Str),
     ("block_size", Kind::Str),
     ("metadata_ttl", Kind::Str),
@@ -166,6 +167,8 @@ pub struct Config {
     pub listen: SocketAddr,
     /// QUIC data plane (needs TLS).
     pub quic_listen: Option<SocketAddr>,
+    /// `/metrics`, `/healthz`, `/readyz`.
+    pub admin_listen: Option<SocketAddr>,
     pub datasets: Vec<DatasetConfig>,
     /// RAM tier budget in bytes.
     #[serde(deserialize_with = "de_size")]
@@ -204,6 +207,7 @@ impl Default for Config {
         Config {
             listen: "127.0.0.1:7070".parse().expect("valid default address"),
             quic_listen: None,
+            admin_listen: Some("127.0.0.1:7073".parse().expect("valid default address")),
             datasets: Vec::new(),
             ram_cache: 1 << 30,
             block_size: 4 << 20,

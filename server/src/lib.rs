@@ -4,11 +4,13 @@
 //! - [`origin`]: object-store access with pinned versions, deadlines and bounded retries;
 //! - [`cache`]: block identity, the RAM tier with single-flight fills, the version cache;
 //! - [`service`]: the read path from a `DATASET/KEY` range to checksummed chunks;
-//! - [`transport`]: the data plane over TCP and QUIC.
+//! - [`transport`]: the data plane over TCP and QUIC;
+//! - [`stats`] and [`admin`]: Prometheus metrics, `/metrics`, `/healthz`, `/readyz`.
 //!
 //! [`Server::run`] takes already-bound listeners and a shutdown future, so tests bind
 //! `127.0.0.1:0` and the binary binds the configured addresses.
 
+pub mod admin;
 pub mod cache;
 pub mod config;
 pub mod error;
@@ -54,6 +56,7 @@ pub enum BuildError {
 pub struct Listeners {
     pub tcp: TcpListener,
     pub quic: Option<std::net::UdpSocket>,
+    pub admin: Option<TcpListener>,
 }
 
 impl Listeners {
@@ -68,7 +71,13 @@ impl Listeners {
             })?),
             None => None,
         };
-        Ok(Listeners { tcp, quic })
+        let admin = match config.admin_listen {
+            Some(addr) => Some(TcpListener::bind(addr).await.map_err(|e| {
+                std::io::Error::new(e.kind(), format!("cannot listen on admin {addr}: {e}"))
+            })?),
+            None => None,
+        };
+        Ok(Listeners { tcp, quic, admin })
     }
 
     pub fn tcp_addr(&self) -> std::io::Result<SocketAddr> {
@@ -77,6 +86,10 @@ impl Listeners {
 
     pub fn quic_addr(&self) -> Option<SocketAddr> {
         self.quic.as_ref().and_then(|s| s.local_addr().ok())
+    }
+
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().and_then(|s| s.local_addr().ok())
     }
 }
 
@@ -134,7 +147,7 @@ impl Server {
         }
         let service = Arc::new(CacheService::new(
             origins,
-            RamTier::new(config.ram_cache),
+            RamTier::new(config.ram_cache, stats.ram_evictions.clone()),
             VersionCache::new(config.metadata_cache_entries),
             stats.clone(),
             config.readahead_blocks,
@@ -212,6 +225,13 @@ impl Server {
                 None => std::future::pending().await,
             }
         };
+        // The admin endpoint runs until the drain starts, beside the data plane.
+        let admin = match listeners.admin {
+            Some(listener) => Some(tokio::spawn(
+                Arc::new(admin::Admin::new(self.service.clone())).serve(listener, draining.clone()),
+            )),
+            None => None,
+        };
         tokio::select! {
             () = tcp => {}
             () = quic => {}
@@ -228,6 +248,9 @@ impl Server {
         }
         if let Some(ep) = &endpoint {
             ep.close(0u32.into(), b"server shutting down");
+        }
+        if let Some(admin) = admin {
+            let _ = admin.await;
         }
         Ok(())
     }

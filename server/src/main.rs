@@ -37,6 +37,9 @@ struct ServeArgs {
     /// QUIC data plane address (needs --tls-cert/--tls-key or --insecure-dev-tls).
     #[arg(long, value_name = "ADDR")]
     quic_listen: Option<String>,
+    /// Admin endpoint: /metrics, /healthz, /readyz [default: 127.0.0.1:7073].
+    #[arg(long, value_name = "ADDR")]
+    admin_listen: Option<String>,
     /// A dataset, NAME=URL (repeatable); URL is file:///…, s3://…, gs://…, az://… or memory://
     /// [default: local=./data].
     #[arg(long, value_name = "NAME=URL")]
@@ -95,6 +98,7 @@ impl ServeArgs {
         let pairs = [
             ("listen", self.listen),
             ("quic_listen", self.quic_listen),
+            ("admin_listen", self.admin_listen),
             ("ram_cache", self.ram_cache),
             ("block_size", self.block_size),
             ("metadata_ttl", self.metadata_ttl),
@@ -157,6 +161,7 @@ async fn serve(config: Config, workers: usize) -> anyhow::Result<()> {
         node_id = config.node_id.as_deref().unwrap_or_default(),
         tcp = %listeners.tcp_addr()?,
         quic = ?listeners.quic_addr(),
+        admin = ?listeners.admin_addr(),
         ram_cache = config.ram_cache,
         workers,
         "shardcache serving"

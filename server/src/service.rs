@@ -82,6 +82,10 @@ impl CacheService {
         self.origins.keys().map(String::as_str)
     }
 
+    pub fn origins(&self) -> impl Iterator<Item = &Arc<Origin>> {
+        self.origins.values()
+    }
+
     fn origin(&self, dataset: &str) -> Result<Arc<Origin>> {
         self.origins
             .get(dataset)
@@ -191,12 +195,16 @@ impl CacheService {
         let from = ctx.start.max(block_start) - block_start;
         let to = ctx.end.min(block_start + block.len() as u64) - block_start;
         let offset = block_start + from;
-        let served = if how == Filled::Hit {
-            &self.stats.served_bytes_ram
+        let (bytes, chunks) = if how == Filled::Hit {
+            (&self.stats.served_bytes_ram, &self.stats.served_chunks_ram)
         } else {
-            &self.stats.served_bytes_origin
+            (
+                &self.stats.served_bytes_origin,
+                &self.stats.served_chunks_origin,
+            )
         };
-        Stats::add(served, to - from);
+        Stats::add(bytes, to - from);
+        Stats::add(chunks, 1);
         if from == 0 && to == block.len() as u64 {
             return Ok(DataChunk {
                 offset,

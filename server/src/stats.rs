@@ -1,27 +1,59 @@
-//! Server-wide counters of what the read path did. Plain atomics, cheap to bump on the hot path;
-//! the metrics endpoint and the tests read them.
+//! What the server did, as Prometheus metrics.
+//!
+//! Every counter the read path bumps is a prometheus metric resolved once at start-up (label
+//! values included), so the hot path pays one atomic add. The same values back
+//! [`Stats::snapshot`], which tests read directly, and `/metrics`, which scrapes the registry.
+//! Names carry their unit (`_bytes`, `_seconds`, `_total`); the table of them is in
+//! `docs/metrics.md`.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use prometheus::{
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry,
+};
 
-#[derive(Debug, Default)]
+/// Buckets for request latencies: 100 µs to ~50 s.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0, 25.0, 50.0,
+];
+
 pub struct Stats {
-    pub origin_get_requests: AtomicU64,
-    pub origin_head_requests: AtomicU64,
-    pub origin_bytes: AtomicU64,
-    pub origin_errors: AtomicU64,
-    pub origin_retries: AtomicU64,
-    pub ram_hits: AtomicU64,
-    pub ram_misses: AtomicU64,
-    pub served_bytes_ram: AtomicU64,
-    pub served_bytes_origin: AtomicU64,
-    pub single_flight_waits: AtomicU64,
-    pub rejected_requests: AtomicU64,
-    pub open_connections: AtomicU64,
-    pub requests: AtomicU64,
-    pub failed_requests: AtomicU64,
+    registry: Registry,
+
+    pub served_bytes_ram: IntCounter,
+    pub served_bytes_origin: IntCounter,
+    pub served_chunks_ram: IntCounter,
+    pub served_chunks_origin: IntCounter,
+
+    pub ram_hits: IntCounter,
+    pub ram_misses: IntCounter,
+    pub ram_evictions: IntCounter,
+    pub single_flight_waits: IntCounter,
+    pub tier_used_bytes: IntGaugeVec,
+    pub tier_capacity_bytes: IntGaugeVec,
+
+    pub origin_get_requests: IntCounter,
+    pub origin_head_requests: IntCounter,
+    pub origin_bytes: IntCounter,
+    pub origin_errors: IntCounter,
+    pub origin_timeouts: IntCounter,
+    pub origin_retries: IntCounter,
+    pub origin_get_duration: Histogram,
+    pub origin_head_duration: Histogram,
+
+    pub checksum_failures: IntCounter,
+    pub peers: IntGaugeVec,
+
+    pub requests: IntCounter,
+    pub failed_requests: IntCounter,
+    pub read_duration: Histogram,
+    pub stat_duration: Histogram,
+    pub rejected_requests: IntCounter,
+    pub rejected_connections: IntCounter,
+    pub open_connections: IntGauge,
 }
 
-/// A point-in-time copy of [`Stats`].
+/// A point-in-time copy of the counters tests look at.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct StatsSnapshot {
     pub origin_get_requests: u64,
@@ -31,6 +63,7 @@ pub struct StatsSnapshot {
     pub origin_retries: u64,
     pub ram_hits: u64,
     pub ram_misses: u64,
+    pub ram_evictions: u64,
     pub served_bytes_ram: u64,
     pub served_bytes_origin: u64,
     pub single_flight_waits: u64,
@@ -40,28 +73,200 @@ pub struct StatsSnapshot {
     pub failed_requests: u64,
 }
 
+impl Default for Stats {
+    fn default() -> Stats {
+        Stats::new()
+    }
+}
+
 impl Stats {
-    pub fn add(counter: &AtomicU64, n: u64) {
-        counter.fetch_add(n, Ordering::Relaxed);
+    pub fn new() -> Stats {
+        let registry = Registry::new();
+        let reg = |c: Box<dyn prometheus::core::Collector>| {
+            registry.register(c).expect("metric names are unique");
+        };
+        let counter_vec = |name: &str, help: &str, labels: &[&str]| {
+            let v = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+            reg(Box::new(v.clone()));
+            v
+        };
+        let gauge_vec = |name: &str, help: &str, labels: &[&str]| {
+            let v = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+            reg(Box::new(v.clone()));
+            v
+        };
+        let counter = |name: &str, help: &str| {
+            let c = IntCounter::new(name, help).expect("valid metric");
+            reg(Box::new(c.clone()));
+            c
+        };
+        let histogram_vec = |name: &str, help: &str, label: &str| {
+            let opts = HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec());
+            let h = HistogramVec::new(opts, &[label]).expect("valid metric");
+            reg(Box::new(h.clone()));
+            h
+        };
+
+        let served_bytes = counter_vec(
+            "shardcache_served_bytes_total",
+            "Bytes sent to clients, by where the block came from",
+            &["source"],
+        );
+        let served_chunks = counter_vec(
+            "shardcache_served_chunks_total",
+            "Data chunks (block pieces) sent to clients, by where the block came from",
+            &["source"],
+        );
+        // Sources that exist in the design but not in this build stay at 0, so dashboards can
+        // sum over every source from the start.
+        for source in ["disk", "peer"] {
+            served_bytes.with_label_values(&[source]);
+            served_chunks.with_label_values(&[source]);
+        }
+        let hits = counter_vec(
+            "shardcache_tier_hits_total",
+            "Block lookups found in a tier",
+            &["tier"],
+        );
+        let misses = counter_vec(
+            "shardcache_tier_misses_total",
+            "Block lookups not found in a tier",
+            &["tier"],
+        );
+        let evictions = counter_vec(
+            "shardcache_tier_evictions_total",
+            "Blocks evicted from a tier to stay within its budget",
+            &["tier"],
+        );
+        let origin_requests = counter_vec(
+            "shardcache_origin_requests_total",
+            "Requests sent to origins (each retry counts), by operation",
+            &["op"],
+        );
+        let origin_errors = counter_vec(
+            "shardcache_origin_errors_total",
+            "Origin request attempts that failed, by kind",
+            &["kind"],
+        );
+        let origin_duration = histogram_vec(
+            "shardcache_origin_request_duration_seconds",
+            "Duration of origin request attempts that completed, by operation",
+            "op",
+        );
+        let request_duration = histogram_vec(
+            "shardcache_request_duration_seconds",
+            "Duration of data-plane requests from arrival to last byte queued, by operation",
+            "op",
+        );
+        let rejected = counter_vec(
+            "shardcache_rejected_requests_total",
+            "Requests and connections refused at a configured limit, by reason",
+            &["reason"],
+        );
+        let peers = gauge_vec("shardcache_peers", "Cluster peers by state", &["state"]);
+        peers.with_label_values(&["up"]);
+        peers.with_label_values(&["down"]);
+        let build = gauge_vec("shardcache_build_info", "Build information", &["version"]);
+        build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+
+        Stats {
+            served_bytes_ram: served_bytes.with_label_values(&["ram"]),
+            served_bytes_origin: served_bytes.with_label_values(&["origin"]),
+            served_chunks_ram: served_chunks.with_label_values(&["ram"]),
+            served_chunks_origin: served_chunks.with_label_values(&["origin"]),
+            ram_hits: hits.with_label_values(&["ram"]),
+            ram_misses: misses.with_label_values(&["ram"]),
+            ram_evictions: evictions.with_label_values(&["ram"]),
+            single_flight_waits: counter(
+                "shardcache_single_flight_waits_total",
+                "Block misses that waited on another reader's fill instead of asking the origin",
+            ),
+            tier_used_bytes: gauge_vec(
+                "shardcache_tier_used_bytes",
+                "Bytes held by a cache tier",
+                &["tier"],
+            ),
+            tier_capacity_bytes: gauge_vec(
+                "shardcache_tier_capacity_bytes",
+                "Byte budget of a cache tier",
+                &["tier"],
+            ),
+            origin_get_requests: origin_requests.with_label_values(&["get"]),
+            origin_head_requests: origin_requests.with_label_values(&["head"]),
+            origin_bytes: counter(
+                "shardcache_origin_bytes_total",
+                "Object bytes received from origins",
+            ),
+            origin_errors: origin_errors.with_label_values(&["error"]),
+            origin_timeouts: origin_errors.with_label_values(&["timeout"]),
+            origin_retries: counter(
+                "shardcache_origin_retries_total",
+                "Origin request attempts that were retries of a failed attempt",
+            ),
+            origin_get_duration: origin_duration.with_label_values(&["get"]),
+            origin_head_duration: origin_duration.with_label_values(&["head"]),
+            checksum_failures: counter(
+                "shardcache_checksum_failures_total",
+                "Stored blocks whose CRC32C did not match when read back (dropped and refetched)",
+            ),
+            peers,
+            requests: counter("shardcache_requests_total", "Data-plane requests received"),
+            failed_requests: counter(
+                "shardcache_failed_requests_total",
+                "Data-plane requests that ended with an error frame",
+            ),
+            read_duration: request_duration.with_label_values(&["read"]),
+            stat_duration: request_duration.with_label_values(&["stat"]),
+            rejected_requests: rejected.with_label_values(&["requests_per_connection"]),
+            rejected_connections: rejected.with_label_values(&["connections"]),
+            open_connections: {
+                let g = IntGauge::new(
+                    "shardcache_open_connections",
+                    "Open data-plane connections (TCP connections and QUIC connections)",
+                )
+                .expect("valid metric");
+                reg(Box::new(g.clone()));
+                g
+            },
+            registry,
+        }
+    }
+
+    pub fn add(counter: &IntCounter, n: u64) {
+        counter.inc_by(n);
+    }
+
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// The registry in Prometheus text format.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        let families = self.registry.gather();
+        if let Err(e) = prometheus::TextEncoder::new().encode_utf8(&families, &mut out) {
+            tracing::warn!(error = %e, "cannot encode metrics");
+        }
+        out
     }
 
     pub fn snapshot(&self) -> StatsSnapshot {
-        let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
         StatsSnapshot {
-            origin_get_requests: g(&self.origin_get_requests),
-            origin_head_requests: g(&self.origin_head_requests),
-            origin_bytes: g(&self.origin_bytes),
-            origin_errors: g(&self.origin_errors),
-            origin_retries: g(&self.origin_retries),
-            ram_hits: g(&self.ram_hits),
-            ram_misses: g(&self.ram_misses),
-            served_bytes_ram: g(&self.served_bytes_ram),
-            served_bytes_origin: g(&self.served_bytes_origin),
-            single_flight_waits: g(&self.single_flight_waits),
-            rejected_requests: g(&self.rejected_requests),
-            open_connections: g(&self.open_connections),
-            requests: g(&self.requests),
-            failed_requests: g(&self.failed_requests),
+            origin_get_requests: self.origin_get_requests.get(),
+            origin_head_requests: self.origin_head_requests.get(),
+            origin_bytes: self.origin_bytes.get(),
+            origin_errors: self.origin_errors.get() + self.origin_timeouts.get(),
+            origin_retries: self.origin_retries.get(),
+            ram_hits: self.ram_hits.get(),
+            ram_misses: self.ram_misses.get(),
+            ram_evictions: self.ram_evictions.get(),
+            served_bytes_ram: self.served_bytes_ram.get(),
+            served_bytes_origin: self.served_bytes_origin.get(),
+            single_flight_waits: self.single_flight_waits.get(),
+            rejected_requests: self.rejected_requests.get() + self.rejected_connections.get(),
+            open_connections: self.open_connections.get().max(0) as u64,
+            requests: self.requests.get(),
+            failed_requests: self.failed_requests.get(),
         }
     }
 }

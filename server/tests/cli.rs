@@ -28,6 +28,20 @@ fn spawn(cwd: &Path, args: &[&str], env: &[(&str, String)]) -> Child {
     cmd.spawn().expect("spawn shardcache")
 }
 
+/// A blocking HTTP/1.1 GET; the whole response as text.
+fn http_get(addr: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
 fn wait_ready(addr: &str) -> BlockingClient {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
@@ -44,8 +58,18 @@ fn zero_configuration_serves_the_local_data_directory() {
     let dir = tempfile::tempdir().unwrap();
     let addr = format!("127.0.0.1:{}", free_port());
     // No flags: only the port is moved off the default so tests can run side by side.
-    let mut child = spawn(dir.path(), &[], &[("SHARDCACHE_LISTEN", addr.clone())]);
+    let admin = format!("127.0.0.1:{}", free_port());
+    let mut child = spawn(
+        dir.path(),
+        &[],
+        &[
+            ("SHARDCACHE_LISTEN", addr.clone()),
+            ("SHARDCACHE_ADMIN_LISTEN", admin.clone()),
+        ],
+    );
     let client = wait_ready(&addr);
+    assert!(http_get(&admin, "/healthz").starts_with("HTTP/1.1 200"));
+    assert!(http_get(&admin, "/readyz").starts_with("HTTP/1.1 200"));
     assert!(dir.path().join("data").is_dir(), "./data is created");
     let payload: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
     std::fs::create_dir_all(dir.path().join("data/train")).unwrap();
@@ -81,7 +105,17 @@ fn serve_subcommand_takes_flags_and_file() {
         dir.path().display()
     );
     std::fs::write(dir.path().join("shardcache.toml"), toml).unwrap();
-    let mut child = spawn(dir.path(), &["serve", "--config", "shardcache.toml"], &[]);
+    let mut child = spawn(
+        dir.path(),
+        &[
+            "serve",
+            "--config",
+            "shardcache.toml",
+            "--admin-listen",
+            "127.0.0.1:0",
+        ],
+        &[],
+    );
     let client = wait_ready(&format!("127.0.0.1:{port}"));
     assert_eq!(&client.read("train/a.bin", 2..4).unwrap()[..], b"cd");
     assert_eq!(client.stat("train/a.bin").unwrap().block_size, 1 << 20);
@@ -112,4 +146,59 @@ fn bad_configuration_fails_with_a_message_naming_the_setting() {
         err.contains("dataset \"x\"") && err.contains("not a directory"),
         "{err}"
     );
+}
+
+#[test]
+fn json_logs_name_failures_and_never_show_credentials() {
+    let dir = tempfile::tempdir().unwrap();
+    let closed = free_port();
+    let port = free_port();
+    let secret = "very-secret-value-123";
+    let toml = format!(
+        "listen = \"127.0.0.1:{port}\"\nadmin_listen = \"127.0.0.1:0\"\norigin_retries = 0\n\n[[datasets]]\nname = \"remote\"\norigin = \"s3://bucket/prefix\"\nendpoint = \"http://127.0.0.1:{closed}\"\nallow_http = true\nregion = \"us-east-1\"\naccess_key_id = \"AKIDEXAMPLE\"\nsecret_access_key = \"{secret}\"\n"
+    );
+    std::fs::write(dir.path().join("c.toml"), toml).unwrap();
+    let mut child = spawn(
+        dir.path(),
+        &["serve", "--config", "c.toml", "--log-format", "json"],
+        &[("RUST_LOG", "debug".to_string())],
+    );
+    wait_ready(&format!("127.0.0.1:{port}"));
+    let options = shardcache_client::ClientOptions {
+        retries: 0,
+        ..Default::default()
+    };
+    let client = BlockingClient::connect_with(&format!("127.0.0.1:{port}"), options).unwrap();
+    let err = client.read("remote/some/shard.tar", ..).unwrap_err();
+    assert!(
+        err.to_string().contains("origin of dataset remote failed"),
+        "{err}"
+    );
+    child.kill().unwrap();
+    let out = child.wait_with_output().unwrap();
+    let logs = String::from_utf8_lossy(&out.stderr);
+    assert!(!logs.contains(secret), "the secret key was logged");
+    let lines: Vec<&str> = logs.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(!lines.is_empty());
+    for line in &lines {
+        assert!(
+            line.starts_with('{') && line.ends_with('}'),
+            "not a JSON line: {line}"
+        );
+    }
+    let failures: Vec<&&str> = lines
+        .iter()
+        .filter(|l| l.contains("\"message\":\"request failed\""))
+        .collect();
+    assert_eq!(
+        failures.len(),
+        1,
+        "one log line per failed request: {failures:?}"
+    );
+    let f = failures[0];
+    assert!(
+        f.contains("\"dataset\":\"remote\"") && f.contains("\"key\":\"some/shard.tar\""),
+        "{f}"
+    );
+    assert!(f.contains("OriginUnavailable"), "{f}");
 }

@@ -32,6 +32,7 @@ impl TestServerBuilder {
         let listeners = Listeners::bind(&self.config).await.expect("bind");
         let tcp = listeners.tcp_addr().expect("tcp addr");
         let quic = listeners.quic_addr();
+        let admin = listeners.admin_addr();
         let stats = server.stats();
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
@@ -45,6 +46,7 @@ impl TestServerBuilder {
         TestServer {
             tcp,
             quic,
+            admin,
             stats,
             shutdown: Some(tx),
             task: Some(task),
@@ -56,6 +58,7 @@ impl TestServerBuilder {
 pub struct TestServer {
     pub tcp: SocketAddr,
     pub quic: Option<SocketAddr>,
+    pub admin: Option<SocketAddr>,
     pub stats: Arc<Stats>,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
@@ -68,6 +71,7 @@ impl TestServer {
         let config = Config {
             listen: "127.0.0.1:0".parse().expect("addr"),
             quic_listen: Some("127.0.0.1:0".parse().expect("addr")),
+            admin_listen: Some("127.0.0.1:0".parse().expect("addr")),
             insecure_dev_tls: true,
             ram_cache: 512 << 20,
             origin_timeout: std::time::Duration::from_secs(5),
@@ -86,6 +90,11 @@ impl TestServer {
     /// `quic://host:port` of the QUIC data plane.
     pub fn quic_endpoint(&self) -> String {
         format!("quic://{}", self.quic.expect("quic enabled"))
+    }
+
+    /// GET a path of the admin endpoint: `(status, body)`.
+    pub async fn admin_get(&self, path: &str) -> (u16, String) {
+        crate::http_get(self.admin.expect("admin enabled"), path).await
     }
 
     /// Stop accepting and wait for the server to finish.

@@ -10,6 +10,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use moka::future::Cache;
+use moka::notification::RemovalCause;
+use prometheus::IntCounter;
 
 use super::{Block, BlockKey};
 use crate::error::Error;
@@ -32,10 +34,16 @@ pub struct RamTier {
 }
 
 impl RamTier {
-    pub fn new(capacity: u64) -> RamTier {
+    /// A tier of `capacity` bytes; `evictions` counts blocks dropped to stay within it.
+    pub fn new(capacity: u64, evictions: IntCounter) -> RamTier {
         let cache = Cache::builder()
             .max_capacity(capacity)
             .weigher(|_k: &BlockKey, b: &Block| u32::try_from(b.len()).unwrap_or(u32::MAX))
+            .eviction_listener(move |_k, _v, cause| {
+                if cause == RemovalCause::Size {
+                    evictions.inc();
+                }
+            })
             .build();
         RamTier { cache, capacity }
     }
@@ -104,7 +112,7 @@ mod tests {
 
     #[tokio::test]
     async fn concurrent_misses_share_one_fill() {
-        let tier = RamTier::new(1 << 20);
+        let tier = RamTier::new(1 << 20, IntCounter::new("t", "t").unwrap());
         let fills = Arc::new(AtomicU32::new(0));
         let mut tasks = Vec::new();
         for _ in 0..32 {
@@ -132,7 +140,7 @@ mod tests {
 
     #[tokio::test]
     async fn failed_fill_is_shared_then_forgotten() {
-        let tier = RamTier::new(1 << 20);
+        let tier = RamTier::new(1 << 20, IntCounter::new("t", "t").unwrap());
         let e = tier
             .get_or_fill(key(2), async { Err(Error::Busy { what: "test" }) })
             .await
@@ -147,7 +155,8 @@ mod tests {
 
     #[tokio::test]
     async fn budget_holds_after_maintenance() {
-        let tier = RamTier::new(64 * 1024);
+        let evictions = IntCounter::new("t", "t").unwrap();
+        let tier = RamTier::new(64 * 1024, evictions.clone());
         for i in 0..64 {
             tier.get_or_fill(key(i), async {
                 Ok(Block::new(Bytes::from(vec![0u8; 4096])))
@@ -158,5 +167,10 @@ mod tests {
         tier.cache.run_pending_tasks().await;
         assert!(tier.used() <= 64 * 1024, "used {}", tier.used());
         assert!(tier.used() > 0);
+        assert!(
+            evictions.get() >= 48,
+            "evictions counted: {}",
+            evictions.get()
+        );
     }
 }

@@ -64,6 +64,13 @@ impl std::fmt::Debug for Origin {
     }
 }
 
+/// Which origin operation an attempt is, for its metrics.
+#[derive(Clone, Copy)]
+enum Op {
+    Get,
+    Head,
+}
+
 /// Outcome of one attempt, before retry classification.
 enum Attempt<T> {
     Done(T),
@@ -108,13 +115,22 @@ impl Origin {
         })
     }
 
+    /// Whether the origin answers at all: one HEAD of a key that should not exist, within
+    /// `timeout`. Found and not found both count as answering.
+    pub async fn probe(&self, timeout: Duration) -> Result<(), String> {
+        let path = Path::from(".shardcache-readiness-probe");
+        match tokio::time::timeout(timeout, self.store.head(&path)).await {
+            Ok(Ok(_)) | Ok(Err(object_store::Error::NotFound { .. })) => Ok(()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err(format!("no answer within {timeout:?}")),
+        }
+    }
+
     /// The current version of `key` (a HEAD).
     pub async fn head(&self, key: &str) -> Result<Version> {
         let path = self.path(key)?;
         let meta = self
-            .with_retry(key, &self.stats.origin_head_requests, || {
-                self.store.head(&path)
-            })
+            .with_retry(key, Op::Head, || self.store.head(&path))
             .await?;
         Ok(Version {
             size: meta.size,
@@ -147,9 +163,7 @@ impl Origin {
             let bytes = result.bytes().await?;
             Ok((found, size, bytes))
         };
-        let (found, size, bytes) = self
-            .with_retry(key, &self.stats.origin_get_requests, fetch)
-            .await?;
+        let (found, size, bytes) = self.with_retry(key, Op::Get, fetch).await?;
         let changed = |found: String| Error::VersionChanged {
             dataset: self.dataset.clone(),
             key: key.to_string(),
@@ -168,12 +182,7 @@ impl Origin {
 
     /// Run `op` with a deadline per attempt and bounded retries. Missing objects and failed
     /// preconditions are answers, not failures: they are returned at once.
-    async fn with_retry<T, F, Fut>(
-        &self,
-        key: &str,
-        counter: &std::sync::atomic::AtomicU64,
-        op: F,
-    ) -> Result<T>
+    async fn with_retry<T, F, Fut>(&self, key: &str, kind: Op, op: F) -> Result<T>
     where
         F: Fn() -> Fut,
         Fut: Future<Output = object_store::Result<T>>,
@@ -186,8 +195,23 @@ impl Origin {
                 let delay = self.retry.delay(attempt - 1, RetryPolicy::random_jitter());
                 tokio::time::sleep(delay).await;
             }
+            let (counter, duration) = match kind {
+                Op::Get => (
+                    &self.stats.origin_get_requests,
+                    &self.stats.origin_get_duration,
+                ),
+                Op::Head => (
+                    &self.stats.origin_head_requests,
+                    &self.stats.origin_head_duration,
+                ),
+            };
             Stats::add(counter, 1);
-            last = match tokio::time::timeout(self.retry.attempt_timeout, op()).await {
+            let started = std::time::Instant::now();
+            let outcome = tokio::time::timeout(self.retry.attempt_timeout, op()).await;
+            if let Ok(Ok(_)) = &outcome {
+                duration.observe(started.elapsed().as_secs_f64());
+            }
+            last = match outcome {
                 Ok(Ok(v)) => Attempt::Done(v),
                 Ok(Err(object_store::Error::NotFound { .. })) => {
                     return Err(Error::NotFound {
@@ -213,7 +237,7 @@ impl Origin {
                     tracing::warn!(dataset = %self.dataset, key, attempt, error = %e, "origin request failed");
                 }
                 Attempt::TimedOut => {
-                    Stats::add(&self.stats.origin_errors, 1);
+                    Stats::add(&self.stats.origin_timeouts, 1);
                     tracing::warn!(dataset = %self.dataset, key, attempt, timeout = ?self.retry.attempt_timeout, "origin request timed out");
                 }
             }

@@ -142,6 +142,11 @@ async fn handle(
     let id = framed.request_id;
     let stats = service.stats().clone();
     Stats::add(&stats.requests, 1);
+    let started = std::time::Instant::now();
+    let duration = match &framed.frame {
+        Frame::Stat(_) => stats.stat_duration.clone(),
+        _ => stats.read_duration.clone(),
+    };
     let send = |frame: Frame| {
         let tx = tx.clone();
         async move {
@@ -201,6 +206,7 @@ async fn handle(
         }))
         .await;
     }
+    duration.observe(started.elapsed().as_secs_f64());
 }
 
 fn log_failure(path: &str, e: &Error) {

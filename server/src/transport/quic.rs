@@ -41,7 +41,7 @@ pub async fn accept_loop(
         while conns.try_join_next().is_some() {}
         let stats = service.stats().clone();
         let Ok(permit) = max_connections.clone().try_acquire_owned() else {
-            Stats::add(&stats.rejected_requests, 1);
+            Stats::add(&stats.rejected_connections, 1);
             tracing::warn!(peer = %incoming.remote_address(), "quic connection refused: max_connections reached");
             incoming.refuse();
             continue;
@@ -57,7 +57,7 @@ pub async fn accept_loop(
                     return;
                 }
             };
-            Stats::add(&stats.open_connections, 1);
+            stats.open_connections.inc();
             let mut streams = JoinSet::new();
             loop {
                 let accepted = tokio::select! {
@@ -84,9 +84,7 @@ pub async fn accept_loop(
             }
             // Streams already accepted finish their requests (bounded by the shutdown grace).
             while streams.join_next().await.is_some() {}
-            stats
-                .open_connections
-                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            stats.open_connections.dec();
             drop(permit);
         });
     }

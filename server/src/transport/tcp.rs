@@ -35,7 +35,7 @@ pub async fn accept_loop(
         let _ = stream.set_nodelay(true);
         let stats = service.stats().clone();
         let Ok(permit) = max_connections.clone().try_acquire_owned() else {
-            Stats::add(&stats.rejected_requests, 1);
+            Stats::add(&stats.rejected_connections, 1);
             tracing::warn!(peer = %addr, "connection refused: max_connections reached");
             conns.spawn(async move {
                 let mut stream = stream;
@@ -49,12 +49,10 @@ pub async fn accept_loop(
         let service = service.clone();
         let draining = draining.clone();
         conns.spawn(async move {
-            Stats::add(&stats.open_connections, 1);
+            stats.open_connections.inc();
             let (rd, wr) = stream.into_split();
             serve_connection(rd, wr, service, limits, addr.to_string(), draining).await;
-            stats
-                .open_connections
-                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            stats.open_connections.dec();
             drop(permit);
         });
     }

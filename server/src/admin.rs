@@ -1,0 +1,146 @@
+//! The admin endpoint (`--admin-listen`): `/metrics`, `/healthz`, `/readyz`.
+//!
+//! - `/metrics`: every metric in Prometheus text format; tier gauges are read at scrape time.
+//! - `/healthz`: 200 while the process serves at all (liveness).
+//! - `/readyz`: 200 when every dataset's origin answers, 503 naming the ones that do not
+//!   (readiness). A probe is a HEAD of a key that should not exist: "found" and "not found" both
+//!   prove the origin answers. Results are kept for a few seconds so frequent probes do not turn
+//!   into origin traffic.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tokio::sync::Mutex;
+use tokio::task::JoinSet;
+
+use crate::service::CacheService;
+use crate::transport::Draining;
+
+/// How long a readiness verdict is reused.
+const READY_CACHE: Duration = Duration::from_secs(5);
+/// Deadline of one readiness probe of one origin.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+
+pub struct Admin {
+    service: Arc<CacheService>,
+    ready: Mutex<Option<(Instant, Result<(), String>)>>,
+}
+
+impl Admin {
+    pub fn new(service: Arc<CacheService>) -> Admin {
+        Admin {
+            service,
+            ready: Mutex::new(None),
+        }
+    }
+
+    /// Serve until `draining` turns true.
+    pub async fn serve(self: Arc<Self>, listener: TcpListener, mut draining: Draining) {
+        let mut conns = JoinSet::new();
+        loop {
+            while conns.try_join_next().is_some() {}
+            let accepted = tokio::select! {
+                a = listener.accept() => a,
+                _ = draining.wait_for(|d| *d) => break,
+            };
+            let Ok((stream, _)) = accepted else {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            };
+            let admin = self.clone();
+            conns.spawn(async move {
+                let service = hyper::service::service_fn(move |req| {
+                    let admin = admin.clone();
+                    async move { Ok::<_, Infallible>(admin.route(req).await) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+        conns.abort_all();
+    }
+
+    async fn route(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
+        if req.method() != Method::GET && req.method() != Method::HEAD {
+            return text(StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD\n".into());
+        }
+        match req.uri().path() {
+            "/metrics" => {
+                let mut resp = text(StatusCode::OK, self.metrics());
+                resp.headers_mut().insert(
+                    hyper::header::CONTENT_TYPE,
+                    hyper::header::HeaderValue::from_static("text/plain; version=0.0.4"),
+                );
+                resp
+            }
+            "/healthz" => text(StatusCode::OK, "ok\n".into()),
+            "/readyz" => match self.readiness().await {
+                Ok(()) => text(StatusCode::OK, "ready\n".into()),
+                Err(why) => text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("not ready: {why}\n"),
+                ),
+            },
+            _ => text(
+                StatusCode::NOT_FOUND,
+                "not found: try /metrics, /healthz, /readyz\n".into(),
+            ),
+        }
+    }
+
+    /// The metrics text, with gauges refreshed.
+    pub fn metrics(&self) -> String {
+        let stats = self.service.stats();
+        let ram = self.service.ram();
+        stats
+            .tier_used_bytes
+            .with_label_values(&["ram"])
+            .set(ram.used() as i64);
+        stats
+            .tier_capacity_bytes
+            .with_label_values(&["ram"])
+            .set(ram.capacity() as i64);
+        stats.encode()
+    }
+
+    async fn readiness(&self) -> Result<(), String> {
+        let mut cached = self.ready.lock().await;
+        if let Some((at, verdict)) = cached.as_ref()
+            && at.elapsed() < READY_CACHE
+        {
+            return verdict.clone();
+        }
+        let probes = self.service.origins().map(|origin| async move {
+            (
+                origin.dataset().to_string(),
+                origin.probe(PROBE_TIMEOUT).await,
+            )
+        });
+        let failed: Vec<String> = futures::future::join_all(probes)
+            .await
+            .into_iter()
+            .filter_map(|(name, result)| result.err().map(|e| format!("dataset {name}: {e}")))
+            .collect();
+        let verdict = if failed.is_empty() {
+            Ok(())
+        } else {
+            Err(failed.join("; "))
+        };
+        *cached = Some((Instant::now(), verdict.clone()));
+        verdict
+    }
+}
+
+fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    *resp.status_mut() = status;
+    resp
+}
