@@ -153,3 +153,38 @@ async fn health_and_readiness() {
         "{body}"
     );
 }
+
+#[tokio::test]
+async fn dashboards_only_use_metrics_the_server_exports() {
+    let server = TestServer::builder()
+        .dataset(DatasetConfig::new("m", "memory://"))
+        .start()
+        .await;
+    let (_, text) = server.admin_get("/metrics").await;
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../helm/shardcache/dashboards");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let json = std::fs::read_to_string(&path).unwrap();
+        let mut rest = json.as_str();
+        while let Some(at) = rest.find("shardcache_") {
+            let name: String = rest[at..]
+                .chars()
+                .take_while(|c| c.is_ascii_lowercase() || *c == '_')
+                .collect();
+            rest = &rest[at + name.len()..];
+            let base = ["_bucket", "_count", "_sum"]
+                .iter()
+                .find_map(|s| name.strip_suffix(s))
+                .filter(|b| text.contains(&format!("# TYPE {b} histogram")))
+                .unwrap_or(&name);
+            assert!(
+                text.contains(&format!("# TYPE {base} ")),
+                "{} uses {name}, which /metrics does not export",
+                path.display()
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked >= 15, "only {checked} metric references found");
+}
