@@ -161,7 +161,8 @@ async fn dashboards_only_use_metrics_the_server_exports() {
         .start()
         .await;
     let (_, text) = server.admin_get("/metrics").await;
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../helm/shardcache/dashboards");
+    let dir =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../helm/shardcache/dashboards");
     let mut checked = 0;
     for entry in std::fs::read_dir(&dir).unwrap() {
         let path = entry.unwrap().path();

@@ -5,6 +5,7 @@
 //! the CRC32C computed when it was filled; it travels with the block to the client.
 
 mod key;
+pub mod policy;
 mod ram;
 mod versions;
 
