@@ -68,6 +68,10 @@ const SCALAR_KEYS: &[(&str, Kind)] = &[
     ("admin_listen", Kind::Str),
     ("ram_cache", Kind::Str),
     ("block_size", Kind::Str),
+    ("disk_cache", Kind::Str),
+    ("disk_cache_size", Kind::Str),
+    ("disk_eviction", Kind::Str),
+    ("disk_write_queue", Kind::Int),
     ("metadata_ttl", Kind::Str),
     ("node_id", Kind::Str),
     ("tls_cert", Kind::Str),
@@ -173,6 +177,15 @@ pub struct Config {
     /// RAM tier budget in bytes.
     #[serde(deserialize_with = "de_size")]
     pub ram_cache: u64,
+    /// Disk tier directory (off when unset).
+    pub disk_cache: Option<PathBuf>,
+    /// Disk tier budget in bytes (required with `disk_cache`).
+    #[serde(deserialize_with = "de_opt_size")]
+    pub disk_cache_size: Option<u64>,
+    /// Disk tier policy: `epoch-aware` or `lru`.
+    pub disk_eviction: crate::cache::policy::PolicyKind,
+    /// Background disk writes in flight; blocks beyond it are not written (bounds memory).
+    pub disk_write_queue: usize,
     /// Default block size in bytes.
     #[serde(deserialize_with = "de_size")]
     pub block_size: u64,
@@ -211,6 +224,10 @@ impl Default for Config {
             datasets: Vec::new(),
             ram_cache: 1 << 30,
             block_size: 4 << 20,
+            disk_cache: None,
+            disk_cache_size: None,
+            disk_eviction: crate::cache::policy::PolicyKind::EpochAware,
+            disk_write_queue: 16,
             metadata_ttl: Duration::from_secs(30),
             metadata_cache_entries: 256 * 1024,
             node_id: None,
@@ -351,6 +368,11 @@ impl Config {
                     d.name
                 )));
             }
+        }
+        if self.disk_cache.is_some() && self.disk_cache_size.is_none() {
+            return Err(ConfigError::new(
+                "disk_cache needs disk_cache_size: the disk tier's byte budget, e.g. 500GiB",
+            ));
         }
         if self.tls_cert.is_some() != self.tls_key.is_some() {
             return Err(ConfigError::new(

@@ -29,7 +29,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
-use crate::cache::{RamTier, VersionCache};
+use crate::cache::{DiskConfig, DiskTier, RamTier, VersionCache};
 use crate::config::{Config, DEFAULT_DATASET};
 use crate::origin::{DatasetSettings, Origin, RetryPolicy, StoreError, build_store};
 use crate::service::CacheService;
@@ -50,6 +50,28 @@ pub enum BuildError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Tls(#[from] TlsError),
+}
+
+/// The disk tier, if configured. A directory that cannot be opened does not stop the server:
+/// it serves from RAM and origin, says so in the log, and reports the tier degraded.
+fn open_disk_tier(config: &Config, stats: &Arc<Stats>) -> Option<Arc<DiskTier>> {
+    let root = config.disk_cache.clone()?;
+    let disk = DiskConfig {
+        root,
+        budget: config.disk_cache_size.unwrap_or(0),
+        policy: config.disk_eviction,
+        block_size: config.block_size,
+        write_queue: config.disk_write_queue,
+    };
+    match DiskTier::open(&disk, stats.clone()) {
+        Ok(tier) => Some(Arc::new(tier)),
+        Err(e) => {
+            tracing::warn!(root = %disk.root.display(), error = %e, "disk tier unavailable: serving from RAM and origin");
+            stats.tier_degraded.with_label_values(&["disk"]).set(1);
+            stats.disk_errors.inc();
+            None
+        }
+    }
 }
 
 /// Sockets the server serves on, bound before [`Server::run`].
@@ -145,10 +167,12 @@ impl Server {
                 stats.clone(),
             )));
         }
+        let disk = open_disk_tier(&config, &stats);
         let service = Arc::new(CacheService::new(
             origins,
             RamTier::new(config.ram_cache, stats.ram_evictions.clone()),
-            VersionCache::new(config.metadata_cache_entries),
+            disk.clone(),
+            VersionCache::new(config.metadata_cache_entries, disk),
             stats.clone(),
             config.readahead_blocks,
         ));

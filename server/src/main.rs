@@ -47,6 +47,18 @@ struct ServeArgs {
     /// RAM tier budget, e.g. 8GiB [default: 1GiB].
     #[arg(long, value_name = "SIZE")]
     ram_cache: Option<String>,
+    /// Disk tier directory [default: off].
+    #[arg(long, value_name = "DIR")]
+    disk_cache: Option<PathBuf>,
+    /// Disk tier budget, e.g. 500GiB (required with --disk-cache).
+    #[arg(long, value_name = "SIZE")]
+    disk_cache_size: Option<String>,
+    /// Disk tier policy: epoch-aware or lru [default: epoch-aware].
+    #[arg(long, value_name = "POLICY")]
+    disk_eviction: Option<String>,
+    /// Background disk writes in flight [default: 16].
+    #[arg(long, value_name = "N")]
+    disk_write_queue: Option<String>,
     /// Default block size [default: 4MiB].
     #[arg(long, value_name = "SIZE")]
     block_size: Option<String>,
@@ -101,6 +113,10 @@ impl ServeArgs {
             ("admin_listen", self.admin_listen),
             ("ram_cache", self.ram_cache),
             ("block_size", self.block_size),
+            ("disk_cache", path(self.disk_cache)),
+            ("disk_cache_size", self.disk_cache_size),
+            ("disk_eviction", self.disk_eviction),
+            ("disk_write_queue", self.disk_write_queue),
             ("metadata_ttl", self.metadata_ttl),
             ("metadata_cache_entries", self.metadata_cache_entries),
             ("node_id", self.node_id),

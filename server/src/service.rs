@@ -4,6 +4,8 @@
 //! then walks the blocks that cover it: each from the RAM tier, or filled from the origin once
 //! however many readers miss it at the same time. Up to `readahead` blocks of one read are
 //! fetched ahead of the one being sent, so a cold read keeps several ranged GETs in flight.
+//! A RAM miss looks in the disk tier (if configured) before the origin, inside the same
+//! single-flight fill; blocks filled from the origin are offered to the disk tier.
 //!
 //! If the origin turns out to hold another version before any byte was sent, the read starts
 //! over once at the new version; after bytes went out it ends with `PreconditionFailed`, because
@@ -16,7 +18,9 @@ use bytes::Bytes;
 use futures::stream::{self, BoxStream, StreamExt};
 use shardcache_proto::{DataChunk, ObjectInfo, ObjectPath, ReadRequest, ReadStart};
 
-use crate::cache::{Block, BlockKey, Filled, ObjectId, RamTier, VersionCache};
+use crate::cache::{
+    Block, BlockKey, DiskTier, FillSource, Filled, ObjectId, RamTier, VersionCache,
+};
 use crate::error::{Error, Result};
 use crate::origin::{Origin, Version};
 use crate::stats::Stats;
@@ -28,6 +32,7 @@ const INLINE_CRC_LIMIT: usize = 1 << 20;
 pub struct CacheService {
     origins: HashMap<String, Arc<Origin>>,
     ram: RamTier,
+    disk: Option<Arc<DiskTier>>,
     versions: VersionCache,
     stats: Arc<Stats>,
     readahead: usize,
@@ -53,6 +58,7 @@ impl CacheService {
     pub fn new(
         origins: Vec<Arc<Origin>>,
         ram: RamTier,
+        disk: Option<Arc<DiskTier>>,
         versions: VersionCache,
         stats: Arc<Stats>,
         readahead: usize,
@@ -64,10 +70,15 @@ impl CacheService {
         CacheService {
             origins,
             ram,
+            disk,
             versions,
             stats,
             readahead: readahead.max(1),
         }
+    }
+
+    pub fn disk(&self) -> Option<&Arc<DiskTier>> {
+        self.disk.as_ref()
     }
 
     pub fn stats(&self) -> &Arc<Stats> {
@@ -195,13 +206,16 @@ impl CacheService {
         let from = ctx.start.max(block_start) - block_start;
         let to = ctx.end.min(block_start + block.len() as u64) - block_start;
         let offset = block_start + from;
-        let (bytes, chunks) = if how == Filled::Hit {
-            (&self.stats.served_bytes_ram, &self.stats.served_chunks_ram)
-        } else {
-            (
+        let (bytes, chunks) = match (how, block.source) {
+            (Filled::Hit, _) => (&self.stats.served_bytes_ram, &self.stats.served_chunks_ram),
+            (_, FillSource::Disk) => (
+                &self.stats.served_bytes_disk,
+                &self.stats.served_chunks_disk,
+            ),
+            (_, FillSource::Origin) => (
                 &self.stats.served_bytes_origin,
                 &self.stats.served_chunks_origin,
-            )
+            ),
         };
         Stats::add(bytes, to - from);
         Stats::add(chunks, 1);
@@ -232,8 +246,17 @@ impl CacheService {
         let bs = ctx.origin.settings().block_size;
         let range = index * bs..((index + 1) * bs).min(ctx.version.size);
         let fill = async {
+            if let Some(disk) = &self.disk
+                && let Some(block) = disk.get(&key).await
+            {
+                return Ok(block);
+            }
             let data = ctx.origin.get_range(&ctx.key, &ctx.version, range).await?;
-            to_block(data).await
+            let block = to_block(data).await?;
+            if let Some(disk) = &self.disk {
+                disk.admit(key, block.clone());
+            }
+            Ok(block)
         };
         match self.ram.get_or_fill(key, fill).await {
             Ok((block, how)) => {

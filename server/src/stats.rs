@@ -24,11 +24,20 @@ pub struct Stats {
     pub served_bytes_origin: IntCounter,
     pub served_chunks_ram: IntCounter,
     pub served_chunks_origin: IntCounter,
+    pub served_bytes_disk: IntCounter,
+    pub served_chunks_disk: IntCounter,
 
     pub ram_hits: IntCounter,
     pub ram_misses: IntCounter,
     pub ram_evictions: IntCounter,
     pub single_flight_waits: IntCounter,
+    pub disk_hits: IntCounter,
+    pub disk_misses: IntCounter,
+    pub disk_evictions: IntCounter,
+    pub disk_errors: IntCounter,
+    pub disk_admissions_rejected: IntCounter,
+    pub disk_admissions_skipped: IntCounter,
+    pub tier_degraded: IntGaugeVec,
     pub tier_used_bytes: IntGaugeVec,
     pub tier_capacity_bytes: IntGaugeVec,
 
@@ -66,6 +75,9 @@ pub struct StatsSnapshot {
     pub ram_evictions: u64,
     pub served_bytes_ram: u64,
     pub served_bytes_origin: u64,
+    pub served_bytes_disk: u64,
+    pub disk_hits: u64,
+    pub checksum_failures: u64,
     pub single_flight_waits: u64,
     pub rejected_requests: u64,
     pub open_connections: u64,
@@ -117,12 +129,10 @@ impl Stats {
             "Data chunks (block pieces) sent to clients, by where the block came from",
             &["source"],
         );
-        // Sources that exist in the design but not in this build stay at 0, so dashboards can
-        // sum over every source from the start.
-        for source in ["disk", "peer"] {
-            served_bytes.with_label_values(&[source]);
-            served_chunks.with_label_values(&[source]);
-        }
+        // Peers exist in the design but not in this build: the source stays at 0, so dashboards
+        // can sum over every source from the start.
+        served_bytes.with_label_values(&["peer"]);
+        served_chunks.with_label_values(&["peer"]);
         let hits = counter_vec(
             "shardcache_tier_hits_total",
             "Block lookups found in a tier",
@@ -163,6 +173,16 @@ impl Stats {
             "Requests and connections refused at a configured limit, by reason",
             &["reason"],
         );
+        let tier_errors = counter_vec(
+            "shardcache_tier_errors_total",
+            "I/O errors of a cache tier (each one degrades the tier, never a read)",
+            &["tier"],
+        );
+        let admissions = counter_vec(
+            "shardcache_tier_admissions_declined_total",
+            "Blocks a tier did not store, by reason (policy: not admitted; busy: write queue full)",
+            &["tier", "reason"],
+        );
         let peers = gauge_vec("shardcache_peers", "Cluster peers by state", &["state"]);
         peers.with_label_values(&["up"]);
         peers.with_label_values(&["down"]);
@@ -174,6 +194,19 @@ impl Stats {
             served_bytes_origin: served_bytes.with_label_values(&["origin"]),
             served_chunks_ram: served_chunks.with_label_values(&["ram"]),
             served_chunks_origin: served_chunks.with_label_values(&["origin"]),
+            served_bytes_disk: served_bytes.with_label_values(&["disk"]),
+            served_chunks_disk: served_chunks.with_label_values(&["disk"]),
+            disk_hits: hits.with_label_values(&["disk"]),
+            disk_misses: misses.with_label_values(&["disk"]),
+            disk_evictions: evictions.with_label_values(&["disk"]),
+            disk_errors: tier_errors.with_label_values(&["disk"]),
+            disk_admissions_rejected: admissions.with_label_values(&["disk", "policy"]),
+            disk_admissions_skipped: admissions.with_label_values(&["disk", "busy"]),
+            tier_degraded: gauge_vec(
+                "shardcache_tier_degraded",
+                "1 while a tier is failing I/O and reads bypass it",
+                &["tier"],
+            ),
             ram_hits: hits.with_label_values(&["ram"]),
             ram_misses: misses.with_label_values(&["ram"]),
             ram_evictions: evictions.with_label_values(&["ram"]),
@@ -262,6 +295,9 @@ impl Stats {
             ram_evictions: self.ram_evictions.get(),
             served_bytes_ram: self.served_bytes_ram.get(),
             served_bytes_origin: self.served_bytes_origin.get(),
+            served_bytes_disk: self.served_bytes_disk.get(),
+            disk_hits: self.disk_hits.get(),
+            checksum_failures: self.checksum_failures.get(),
             single_flight_waits: self.single_flight_waits.get(),
             rejected_requests: self.rejected_requests.get() + self.rejected_connections.get(),
             open_connections: self.open_connections.get().max(0) as u64,

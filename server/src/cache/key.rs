@@ -36,18 +36,31 @@ pub struct BlockKey {
     pub index: u64,
 }
 
+/// Where a block's bytes were read from when it was filled into RAM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FillSource {
+    Origin,
+    Disk,
+}
+
 /// A cached block: its bytes and their CRC32C.
 #[derive(Debug, Clone)]
 pub struct Block {
     pub data: Bytes,
     pub crc32c: u32,
+    pub source: FillSource,
 }
 
 impl Block {
-    /// A block whose checksum is computed now (call off the async threads for large blocks).
+    /// A block fetched from the origin, checksummed now (call off the async threads for large
+    /// blocks).
     pub fn new(data: Bytes) -> Block {
         let crc32c = crc32c::crc32c(&data);
-        Block { data, crc32c }
+        Block {
+            data,
+            crc32c,
+            source: FillSource::Origin,
+        }
     }
 
     pub fn len(&self) -> usize {

@@ -4,11 +4,13 @@
 //! block index, so a new version of an object never hits blocks of the old one. Every block keeps
 //! the CRC32C computed when it was filled; it travels with the block to the client.
 
+pub mod disk;
 mod key;
 pub mod policy;
 mod ram;
 mod versions;
 
-pub use key::{Block, BlockKey, ObjectId};
+pub use disk::{DiskConfig, DiskTier};
+pub use key::{Block, BlockKey, FillSource, ObjectId};
 pub use ram::{Filled, RamTier};
 pub use versions::VersionCache;

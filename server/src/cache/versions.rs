@@ -10,6 +10,7 @@ use std::sync::Arc;
 use moka::future::Cache;
 use tokio::time::Instant;
 
+use crate::cache::DiskTier;
 use crate::error::Error;
 use crate::origin::{Origin, Version};
 
@@ -22,12 +23,16 @@ struct Entry {
 #[derive(Clone)]
 pub struct VersionCache {
     cache: Cache<(String, String), Entry>,
+    /// Where versions of immutable datasets are also saved, so a restarted node serves them
+    /// without asking the origin.
+    disk: Option<Arc<DiskTier>>,
 }
 
 impl VersionCache {
-    pub fn new(max_entries: u64) -> VersionCache {
+    pub fn new(max_entries: u64, disk: Option<Arc<DiskTier>>) -> VersionCache {
         VersionCache {
             cache: Cache::builder().max_capacity(max_entries).build(),
+            disk,
         }
     }
 
@@ -44,7 +49,19 @@ impl VersionCache {
         let entry = self
             .cache
             .try_get_with(id, async {
+                let disk = self.disk.as_ref().filter(|_| settings.immutable);
+                if let Some(disk) = disk
+                    && let Some(version) = disk.load_version(origin.dataset(), key).await
+                {
+                    return Ok(Entry {
+                        version,
+                        fetched: Instant::now(),
+                    });
+                }
                 let version = origin.head(key).await?;
+                if let Some(disk) = disk {
+                    disk.store_version(origin.dataset(), key, &version);
+                }
                 Ok::<_, Error>(Entry {
                     version,
                     fetched: Instant::now(),
@@ -99,7 +116,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn revalidates_after_ttl() {
         let (origin, store, stats) = setup(false).await;
-        let versions = VersionCache::new(100);
+        let versions = VersionCache::new(100, None);
         let v1 = versions.get(&origin, "k").await.unwrap();
         store
             .put(&Path::from("k"), PutPayload::from_static(b"v2 longer"))
@@ -120,7 +137,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn immutable_datasets_never_revalidate() {
         let (origin, _store, stats) = setup(true).await;
-        let versions = VersionCache::new(100);
+        let versions = VersionCache::new(100, None);
         versions.get(&origin, "k").await.unwrap();
         tokio::time::advance(Duration::from_secs(3600)).await;
         versions.get(&origin, "k").await.unwrap();
