@@ -51,6 +51,26 @@ pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
     (status, body)
 }
 
+/// Every block file (`*.blk`) under a disk tier's directory.
+pub fn block_files(root: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let Ok(shards) = std::fs::read_dir(root.join("blocks")) else {
+        return out;
+    };
+    for shard in shards.flatten() {
+        let Ok(files) = std::fs::read_dir(shard.path()) else {
+            continue;
+        };
+        for f in files.flatten() {
+            if f.path().extension().is_some_and(|e| e == "blk") {
+                out.push(f.path());
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
 /// Install the TLS provider and a test log subscriber (once per process).
 pub fn init() {
     static ONCE: std::sync::Once = std::sync::Once::new();

@@ -33,6 +33,7 @@ impl TestServerBuilder {
         let tcp = listeners.tcp_addr().expect("tcp addr");
         let quic = listeners.quic_addr();
         let admin = listeners.admin_addr();
+        let disk_root = self.config.disk_cache.clone();
         let stats = server.stats();
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
@@ -47,6 +48,7 @@ impl TestServerBuilder {
             tcp,
             quic,
             admin,
+            disk_root,
             stats,
             shutdown: Some(tx),
             task: Some(task),
@@ -59,6 +61,7 @@ pub struct TestServer {
     pub tcp: SocketAddr,
     pub quic: Option<SocketAddr>,
     pub admin: Option<SocketAddr>,
+    pub disk_root: Option<std::path::PathBuf>,
     pub stats: Arc<Stats>,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
@@ -116,5 +119,31 @@ impl Drop for TestServer {
         if let Some(task) = self.task.take() {
             task.abort();
         }
+    }
+}
+
+impl TestServer {
+    /// Wait until the disk tier holds `blocks` blocks (background writes finished), or panic.
+    pub async fn wait_disk_blocks(&self, blocks: u64) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            let files = self.disk_files();
+            if files >= blocks {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "disk tier holds {files} of {blocks} blocks"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Block files in the disk tier's directory.
+    pub fn disk_files(&self) -> u64 {
+        let Some(root) = &self.disk_root else {
+            return 0;
+        };
+        crate::block_files(root).len() as u64
     }
 }
