@@ -151,12 +151,16 @@ struct Sketch {
 
 impl Sketch {
     fn new(capacity: usize) -> Sketch {
-        let width = (capacity * 4).next_power_of_two().max(1024);
+        // 4 counters per block, within [1 Ki, 4 Mi] per row (16 MiB for all four rows at most).
+        let width = capacity
+            .saturating_mul(4)
+            .clamp(1024, 1 << 22)
+            .next_power_of_two();
         Sketch {
             rows: std::array::from_fn(|_| vec![0u8; width]),
             mask: width - 1,
             samples: 0,
-            reset_at: capacity * 10,
+            reset_at: capacity.saturating_mul(10),
         }
     }
 
