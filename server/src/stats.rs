@@ -183,6 +183,12 @@ impl Stats {
             "Blocks a tier did not store, by reason (policy: not admitted; busy: write queue full)",
             &["tier", "reason"],
         );
+        let tier_degraded = gauge_vec(
+            "shardcache_tier_degraded",
+            "1 while a tier is failing I/O and reads bypass it",
+            &["tier"],
+        );
+        tier_degraded.with_label_values(&["disk"]).set(0);
         let peers = gauge_vec("shardcache_peers", "Cluster peers by state", &["state"]);
         peers.with_label_values(&["up"]);
         peers.with_label_values(&["down"]);
@@ -202,11 +208,7 @@ impl Stats {
             disk_errors: tier_errors.with_label_values(&["disk"]),
             disk_admissions_rejected: admissions.with_label_values(&["disk", "policy"]),
             disk_admissions_skipped: admissions.with_label_values(&["disk", "busy"]),
-            tier_degraded: gauge_vec(
-                "shardcache_tier_degraded",
-                "1 while a tier is failing I/O and reads bypass it",
-                &["tier"],
-            ),
+            tier_degraded,
             ram_hits: hits.with_label_values(&["ram"]),
             ram_misses: misses.with_label_values(&["ram"]),
             ram_evictions: evictions.with_label_values(&["ram"]),
