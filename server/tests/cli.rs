@@ -1,20 +1,14 @@
 //! The `shardcache` binary as an operator runs it: zero configuration, clear config errors, a
 //! clean exit on SIGTERM.
 
-use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use shardcache_client::BlockingClient;
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+mod common;
+use common::{free_port, http_get, wait_ready};
 
 fn spawn(cwd: &Path, args: &[&str], env: &[(&str, String)]) -> Child {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_shardcache"));
@@ -26,31 +20,6 @@ fn spawn(cwd: &Path, args: &[&str], env: &[(&str, String)]) -> Child {
         cmd.env(k, v);
     }
     cmd.spawn().expect("spawn shardcache")
-}
-
-/// A blocking HTTP/1.1 GET; the whole response as text.
-fn http_get(addr: &str, path: &str) -> String {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    out
-}
-
-fn wait_ready(addr: &str) -> BlockingClient {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        match BlockingClient::connect(addr) {
-            Ok(c) => return c,
-            Err(e) if Instant::now() > deadline => panic!("server never came up: {e}"),
-            Err(_) => std::thread::sleep(Duration::from_millis(50)),
-        }
-    }
 }
 
 #[test]

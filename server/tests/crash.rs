@@ -1,23 +1,17 @@
 //! SIGKILL while the disk tier is filling, then a restart: only correct bytes are served, no
 //! damaged or half-written block file survives, and the kept blocks are used.
 
-use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use shardcache_client::BlockingClient;
 
+mod common;
+use common::{free_port, http_get, wait_ready};
+
 const OBJECTS: usize = 24;
 const SIZE: usize = 3 << 20;
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 fn object(i: usize) -> Vec<u8> {
     (0..SIZE).map(|b| ((b * 31 + i * 7) % 251) as u8).collect()
@@ -35,27 +29,8 @@ fn start(cwd: &Path, port: u16, admin: u16) -> Child {
         .expect("spawn shardcache")
 }
 
-fn connect(port: u16) -> BlockingClient {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        match BlockingClient::connect(&format!("127.0.0.1:{port}")) {
-            Ok(c) => return c,
-            Err(e) if Instant::now() > deadline => panic!("server never came up: {e}"),
-            Err(_) => std::thread::sleep(Duration::from_millis(50)),
-        }
-    }
-}
-
 fn metric(admin: u16, series: &str) -> f64 {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", admin)).unwrap();
-    write!(
-        s,
-        "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut text = String::new();
-    s.read_to_string(&mut text).unwrap();
+    let text = http_get(&format!("127.0.0.1:{admin}"), "/metrics");
     text.lines()
         .find_map(|l| l.strip_prefix(series).and_then(|r| r.strip_prefix(' ')))
         .and_then(|v| v.trim().parse().ok())
@@ -91,7 +66,7 @@ fn sigkill_during_heavy_filling_then_restart_serves_only_correct_bytes() {
     std::fs::write(dir.path().join("c.toml"), toml).unwrap();
     let (port, admin) = (free_port(), free_port());
     let mut child = start(dir.path(), port, admin);
-    connect(port);
+    wait_ready(&format!("127.0.0.1:{port}"));
 
     // Eight readers fill the disk tier as fast as they can; the server dies under them.
     let readers: Vec<_> = (0..8)
@@ -124,7 +99,7 @@ fn sigkill_during_heavy_filling_then_restart_serves_only_correct_bytes() {
 
     let (port, admin) = (free_port(), free_port());
     let mut child = start(dir.path(), port, admin);
-    let client = connect(port);
+    let client = wait_ready(&format!("127.0.0.1:{port}"));
     let (_, temps) = block_files(&cache);
     assert_eq!(temps, 0, "half-written files are removed at start");
     for i in 0..OBJECTS {

@@ -51,6 +51,46 @@ pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
     (status, body)
 }
 
+/// An S3 dataset whose endpoint is `addr`, where no real S3 server runs: an origin that stalls
+/// (see [`black_hole`]) or refuses connections (a closed port).
+pub fn s3_dataset_at(
+    name: &str,
+    addr: std::net::SocketAddr,
+) -> shardcache_server::config::DatasetConfig {
+    let mut d = shardcache_server::config::DatasetConfig::new(name, "s3://bucket");
+    d.endpoint = Some(format!("http://{addr}"));
+    d.allow_http = Some(true);
+    d.region = Some("us-east-1".into());
+    d.access_key_id = Some("k".into());
+    d.secret_access_key = Some(shardcache_server::config::Secret("s".into()));
+    d
+}
+
+/// A loopback listener that accepts connections and never answers: a stalled origin. Stops
+/// when the returned task is dropped or aborted.
+pub async fn black_hole() -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
+    let hole = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = hole.local_addr().expect("addr");
+    let task = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = hole.accept().await {
+            held.push(s);
+        }
+    });
+    (addr, task)
+}
+
+/// A loopback port with nothing listening: an origin that refuses connections.
+pub async fn closed_port() -> std::net::SocketAddr {
+    tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+}
+
 /// Every block file (`*.blk`) under a disk tier's directory.
 pub fn block_files(root: &std::path::Path) -> Vec<std::path::PathBuf> {
     let mut out = Vec::new();

@@ -6,10 +6,11 @@ use bytes::BufMut;
 use shardcache_client::{Client, ClientOptions, ErrorCode};
 use shardcache_proto::frame::{self, HEADER_LEN, MAX_RESPONSE_PAYLOAD};
 use shardcache_proto::{Frame, FrameCodec, Framed, ReadRequest};
-use shardcache_server::config::DatasetConfig;
-use shardcache_testsuite::{S3Origin, TestServer, bytes_for};
+use shardcache_testsuite::{
+    S3Origin, TestServer, black_hole, bytes_for, closed_port, s3_dataset_at,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 
 async fn setup() -> (S3Origin, TestServer, Client) {
     let origin = S3Origin::start(&["bucket"]).await;
@@ -180,22 +181,9 @@ async fn malformed_and_oversized_frames_close_only_that_connection() {
 #[tokio::test]
 async fn requests_over_the_per_connection_limit_are_told_to_retry() {
     // A black-hole origin keeps requests in flight.
-    let hole = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let hole_addr = hole.local_addr().unwrap();
-    let _hole = tokio::spawn(async move {
-        let mut held = Vec::new();
-        while let Ok((s, _)) = hole.accept().await {
-            held.push(s);
-        }
-    });
-    let mut d = DatasetConfig::new("slow", "s3://bucket");
-    d.endpoint = Some(format!("http://{hole_addr}"));
-    d.allow_http = Some(true);
-    d.region = Some("us-east-1".into());
-    d.access_key_id = Some("k".into());
-    d.secret_access_key = Some(shardcache_server::config::Secret("s".into()));
+    let (hole, _hole) = black_hole().await;
     let server = TestServer::builder()
-        .dataset(d)
+        .dataset(s3_dataset_at("slow", hole))
         .config(|c| {
             c.max_requests_per_connection = 2;
             c.origin_timeout = Duration::from_secs(3);
@@ -242,36 +230,15 @@ async fn requests_over_the_per_connection_limit_are_told_to_retry() {
 
 #[tokio::test]
 async fn origin_that_times_out_or_refuses_gives_a_clear_error() {
-    let hole = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let hole_addr = hole.local_addr().unwrap();
-    let _hole = tokio::spawn(async move {
-        let mut held = Vec::new();
-        while let Ok((s, _)) = hole.accept().await {
-            held.push(s);
-        }
-    });
-    // A port with nothing listening.
-    let closed = TcpListener::bind("127.0.0.1:0")
-        .await
-        .unwrap()
-        .local_addr()
-        .unwrap();
-    let s3 = |name: &str, addr: std::net::SocketAddr| {
-        let mut d = DatasetConfig::new(name, "s3://bucket");
-        d.endpoint = Some(format!("http://{addr}"));
-        d.allow_http = Some(true);
-        d.region = Some("us-east-1".into());
-        d.access_key_id = Some("k".into());
-        d.secret_access_key = Some(shardcache_server::config::Secret("s".into()));
-        d
-    };
+    let (hole, _hole) = black_hole().await;
+    let closed = closed_port().await;
     let origin = S3Origin::start(&["bucket"]).await;
     origin
         .put("bucket", "data/good", bytes_for(3, 100_000))
         .await;
     let server = TestServer::builder()
-        .dataset(s3("stalled", hole_addr))
-        .dataset(s3("refused", closed))
+        .dataset(s3_dataset_at("stalled", hole))
+        .dataset(s3_dataset_at("refused", closed))
         .dataset(origin.dataset("ds", "bucket", "data"))
         .config(|c| {
             c.origin_timeout = Duration::from_millis(300);

@@ -2,7 +2,7 @@
 
 use shardcache_client::Client;
 use shardcache_server::config::DatasetConfig;
-use shardcache_testsuite::{S3Origin, TestServer, bytes_for};
+use shardcache_testsuite::{S3Origin, TestServer, bytes_for, closed_port, s3_dataset_at};
 
 /// The value of one sample line (`name{labels} value`) in Prometheus text.
 fn sample(text: &str, series: &str) -> f64 {
@@ -113,17 +113,7 @@ async fn counters_match_the_workload() {
 #[tokio::test]
 async fn health_and_readiness() {
     let origin = S3Origin::start(&["bucket"]).await;
-    let closed = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .unwrap()
-        .local_addr()
-        .unwrap();
-    let mut dead = DatasetConfig::new("dead", "s3://bucket");
-    dead.endpoint = Some(format!("http://{closed}"));
-    dead.allow_http = Some(true);
-    dead.region = Some("us-east-1".into());
-    dead.access_key_id = Some("k".into());
-    dead.secret_access_key = Some(shardcache_server::config::Secret("s".into()));
+    let dead = s3_dataset_at("dead", closed_port().await);
 
     let healthy = TestServer::builder()
         .dataset(origin.dataset("ds", "bucket", ""))
