@@ -11,9 +11,11 @@ use shardcache_proto::{
     DataChunk, ErrorCode, Frame, ObjectInfo, ReadRequest, ReadStart, StatRequest,
 };
 
-use crate::conn::{BufPool, Conn, QuicConn, Responses, TcpConn};
+use crate::conn::{BufPool, Conn, LocalConn, QuicConn, Responses, TcpConn};
 use crate::endpoint::{Endpoint, Transport};
 use crate::error::{ClientError, Result};
+use crate::local::{Registration, read_into_region, register};
+use crate::pinned::{PinnedBuffer, Pinning};
 use crate::reader::ObjectReader;
 
 /// How a [`Client`] connects and behaves.
@@ -75,6 +77,9 @@ struct Inner {
     pool: Arc<BufPool>,
 }
 
+/// Size of the scratch buffer each local-path connection registers for `read`/`read_into`.
+const LOCAL_SCRATCH: usize = 16 << 20;
+
 /// Idle receive buffers a client keeps for reuse.
 const POOLED_BUFFERS: usize = 16;
 
@@ -92,6 +97,7 @@ impl Client {
         let n = match endpoint.transport {
             Transport::Tcp => options.connections.max(1),
             Transport::Quic => options.connections.clamp(1, 4),
+            Transport::Local => options.connections.clamp(1, 8),
         };
         let slots = (0..n).map(|_| tokio::sync::Mutex::new(None)).collect();
         let client = Client {
@@ -131,6 +137,15 @@ impl Client {
             Transport::Quic => Conn::Quic(
                 QuicConn::connect(&self.inner.options, &ep.address, ep.host(), &name).await?,
             ),
+            Transport::Local => {
+                // A scratch buffer registered with the server carries `read`'s bytes.
+                let scratch = PinnedBuffer::with_pinning(LOCAL_SCRATCH, Pinning::Preferred)?;
+                let conn = register(&ep.address, &scratch, self.inner.pool.clone()).await?;
+                Conn::Local(LocalConn {
+                    conn,
+                    scratch: tokio::sync::Mutex::new(scratch),
+                })
+            }
         });
         *guard = Some(conn.clone());
         Ok(conn)
@@ -192,6 +207,12 @@ impl Client {
         length: Option<u64>,
         if_match: Option<String>,
     ) -> Result<ReadStream> {
+        if self.inner.endpoint.transport == Transport::Local {
+            return Err(ClientError::Unsupported {
+                what: "read_stream (bytes over the socket)",
+                endpoint: self.inner.endpoint.to_string(),
+            });
+        }
         let req = ReadRequest {
             path: path.into(),
             offset,
@@ -238,6 +259,10 @@ impl Client {
         length: Option<u64>,
         if_match: Option<String>,
     ) -> Result<(ObjectInfo, Bytes)> {
+        if self.inner.endpoint.transport == Transport::Local {
+            let read = || self.local_read(path, offset, length, if_match.clone());
+            return self.retrying(if_match.is_some(), read).await;
+        }
         self.retrying(if_match.is_some(), || async {
             let mut stream = self
                 .read_stream(path, offset, length, if_match.clone())
@@ -271,6 +296,11 @@ impl Client {
     /// the end of the object).
     pub async fn read_into(&self, path: &str, offset: u64, buf: &mut [u8]) -> Result<usize> {
         let want = buf.len() as u64;
+        if self.inner.endpoint.transport == Transport::Local {
+            let (_, bytes) = self.read_pinned(path, offset, Some(want), None).await?;
+            buf[..bytes.len()].copy_from_slice(&bytes);
+            return Ok(bytes.len());
+        }
         let buf = std::sync::Mutex::new(buf);
         let buf = &buf;
         self.retrying(false, || async move {
@@ -285,6 +315,108 @@ impl Client {
             Ok(filled)
         })
         .await
+    }
+
+    /// Read from `range` into `buf`, up to its length; returns the bytes placed. Over a local
+    /// socket the server writes straight into the buffer's shared memory (registered on first
+    /// use) and only completions cross the socket; over TCP or QUIC the chunks are copied in.
+    /// Every chunk's CRC32C is checked in place.
+    pub async fn read_into_buffer(
+        &self,
+        path: &str,
+        range: impl RangeBounds<u64>,
+        buf: &mut PinnedBuffer,
+    ) -> Result<usize> {
+        let (offset, length) = bounds(range)?;
+        let want = length.map_or(buf.len() as u64, |l| l.min(buf.len() as u64));
+        if self.inner.endpoint.transport != Transport::Local {
+            let mut stream = self.read_stream(path, offset, Some(want), None).await?;
+            let mut filled = 0usize;
+            while let Some(chunk) = stream.next_chunk().await? {
+                let at = (chunk.offset - offset) as usize;
+                buf.as_mut_slice()[at..at + chunk.data.len()].copy_from_slice(&chunk.data);
+                filled = at + chunk.data.len();
+            }
+            return Ok(filled);
+        }
+        let socket = self.inner.endpoint.address.clone();
+        let mut attempt = 0;
+        loop {
+            let registered = buf
+                .registration
+                .take()
+                .filter(|r| r.socket == socket && !r.conn.is_closed());
+            let registration = match registered {
+                Some(r) => r,
+                None => Registration {
+                    conn: register(&socket, buf, self.inner.pool.clone()).await?,
+                    socket: socket.clone(),
+                },
+            };
+            let req = ReadRequest {
+                path: path.into(),
+                offset,
+                length: Some(want),
+                if_match: None,
+            };
+            let idle = self.inner.options.idle_timeout;
+            let result = read_into_region(&registration.conn, req, 0, buf, idle).await;
+            buf.registration = Some(registration);
+            match result {
+                Ok((_, n)) => return Ok(n as usize),
+                Err(e) if e.is_retryable() && attempt < self.inner.options.retries => attempt += 1,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// A range through a local connection's scratch buffer, window by window, every window
+    /// pinned to the version the first one found.
+    async fn local_read(
+        &self,
+        path: &str,
+        offset: u64,
+        length: Option<u64>,
+        if_match: Option<String>,
+    ) -> Result<(ObjectInfo, Bytes)> {
+        let slot = self.inner.next.fetch_add(1, Ordering::Relaxed) % self.inner.slots.len();
+        let conn = self.conn_at(slot).await?;
+        let Conn::Local(local) = &*conn else {
+            return Err(self.protocol("local read on a non-local connection"));
+        };
+        let mut scratch = local.scratch.lock().await;
+        let window = scratch.len() as u64;
+        let idle = self.inner.options.idle_timeout;
+        let (mut pos, mut pin, mut info, mut out) = (offset, if_match, None, BytesMut::new());
+        loop {
+            let want = match length {
+                Some(l) => (offset + l).saturating_sub(pos).min(window),
+                None => window,
+            };
+            let req = ReadRequest {
+                path: path.into(),
+                offset: pos,
+                length: Some(want),
+                if_match: pin.clone(),
+            };
+            let (start, n) = read_into_region(&local.conn, req, 0, &mut scratch, idle).await?;
+            if info.is_none() {
+                let end = length.map_or(start.info.size, |l| (offset + l).min(start.info.size));
+                out.reserve(end.saturating_sub(offset) as usize);
+                pin = (!start.info.etag.is_empty())
+                    .then(|| start.info.etag.clone())
+                    .or(pin);
+                info = Some(start.info.clone());
+            }
+            out.extend_from_slice(&scratch.as_slice()[..n as usize]);
+            pos += n;
+            let size = start.info.size;
+            let end = length.map_or(size, |l| (offset + l).min(size));
+            if n == 0 || pos >= end {
+                break;
+            }
+        }
+        Ok((info.unwrap_or_default(), out.freeze()))
     }
 
     /// A reader over the whole object, pinned to its current version, that fetches the next

@@ -8,6 +8,8 @@ use crate::error::ClientError;
 pub enum Transport {
     Tcp,
     Quic,
+    /// A Unix socket of a co-located server: the shared-memory path.
+    Local,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,6 +25,18 @@ impl Endpoint {
             endpoint: s.to_string(),
             reason: reason.into(),
         };
+        if let Some(path) = s
+            .strip_prefix("unix://")
+            .or_else(|| (s.starts_with('/') || s.starts_with("./")).then_some(s))
+        {
+            if path.is_empty() {
+                return Err(err("empty socket path"));
+            }
+            return Ok(Endpoint {
+                transport: Transport::Local,
+                address: path.to_string(),
+            });
+        }
         let (transport, address) = if let Some(rest) = s.strip_prefix("quic://") {
             (Transport::Quic, rest)
         } else if let Some(rest) = s.strip_prefix("tcp://") {
@@ -60,6 +74,7 @@ impl fmt::Display for Endpoint {
         match self.transport {
             Transport::Tcp => write!(f, "tcp://{}", self.address),
             Transport::Quic => write!(f, "quic://{}", self.address),
+            Transport::Local => write!(f, "unix://{}", self.address),
         }
     }
 }

@@ -24,6 +24,13 @@ pub enum ClientError {
     InvalidPath(#[from] PathError),
     #[error("tls: {reason}")]
     Tls { reason: String },
+    #[error("pinned buffer: {reason}")]
+    Buffer { reason: String },
+    #[error("{what} is not available over {endpoint}")]
+    Unsupported {
+        what: &'static str,
+        endpoint: String,
+    },
 }
 
 impl ClientError {

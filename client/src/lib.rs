@@ -13,11 +13,14 @@ mod conn;
 pub use conn::quic_endpoint;
 mod endpoint;
 mod error;
+mod local;
+mod pinned;
 mod reader;
 
 pub use blocking::{BlockingClient, BlockingReader};
 pub use client::{Client, ClientOptions, ReadStream};
 pub use endpoint::{Endpoint, Transport};
 pub use error::{ClientError, Result};
+pub use pinned::{PinnedBuffer, PinnedBufferPool, Pinning, PooledBuffer};
 pub use reader::ObjectReader;
 pub use shardcache_proto::{ErrorCode, ObjectInfo};

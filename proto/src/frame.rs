@@ -47,6 +47,11 @@ const T_STAT_OK: u8 = 0x81;
 const T_READ_START: u8 = 0x82;
 const T_DATA: u8 = 0x83;
 const T_ERROR: u8 = 0xFF;
+// Local shared-memory path (Unix socket only).
+const T_REGISTER: u8 = 0x03;
+const T_READ_INTO: u8 = 0x04;
+const T_REGISTERED: u8 = 0x84;
+const T_PLACED: u8 = 0x86;
 
 /// Why a byte sequence could not be decoded into a frame.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -208,6 +213,39 @@ pub struct ErrorFrame {
     pub message: String,
 }
 
+/// Local path: the first frame on a Unix-socket connection, sent together with the region's
+/// file descriptor (SCM_RIGHTS): a shared-memory region of `size` bytes the server may write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Register {
+    pub size: u64,
+}
+
+/// Local path: the server mapped the region.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Registered {
+    pub size: u64,
+    /// Largest region the server accepts.
+    pub max_region: u64,
+}
+
+/// Local path: read like [`ReadRequest`], placing the bytes in the registered region at
+/// `region_offset` instead of sending them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadInto {
+    pub read: ReadRequest,
+    pub region_offset: u64,
+}
+
+/// Local path: `len` bytes of the object at `offset` are now in the region at `region_offset`,
+/// with the CRC32C they had in the cache. Replaces [`Frame::Data`] on the local path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Placed {
+    pub offset: u64,
+    pub region_offset: u64,
+    pub len: u64,
+    pub crc32c: u32,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Frame {
     Read(ReadRequest),
@@ -216,6 +254,10 @@ pub enum Frame {
     ReadStart(ReadStart),
     Data(DataChunk),
     Error(ErrorFrame),
+    Register(Register),
+    Registered(Registered),
+    ReadInto(ReadInto),
+    Placed(Placed),
 }
 
 impl Frame {
@@ -227,12 +269,19 @@ impl Frame {
             Frame::ReadStart(_) => T_READ_START,
             Frame::Data(_) => T_DATA,
             Frame::Error(_) => T_ERROR,
+            Frame::Register(_) => T_REGISTER,
+            Frame::Registered(_) => T_REGISTERED,
+            Frame::ReadInto(_) => T_READ_INTO,
+            Frame::Placed(_) => T_PLACED,
         }
     }
 
     /// Whether this frame is a request (client to server).
     pub fn is_request(&self) -> bool {
-        matches!(self, Frame::Read(_) | Frame::Stat(_))
+        matches!(
+            self,
+            Frame::Read(_) | Frame::Stat(_) | Frame::ReadInto(_) | Frame::Register(_)
+        )
     }
 }
 
@@ -277,12 +326,21 @@ pub fn encode(framed: &Framed) -> Encoded {
     let mut fields = BytesMut::with_capacity(64);
     let mut body = Bytes::new();
     match &framed.frame {
-        Frame::Read(r) => {
-            fields.put_u64(r.offset);
-            fields.put_u64(r.length.unwrap_or(u64::MAX));
-            put_str(&mut fields, &r.path);
-            put_str(&mut fields, r.if_match.as_deref().unwrap_or(""));
-            fields.put_u8(u8::from(r.if_match.is_some()));
+        Frame::Read(r) => put_read(&mut fields, r),
+        Frame::ReadInto(r) => {
+            fields.put_u64(r.region_offset);
+            put_read(&mut fields, &r.read);
+        }
+        Frame::Register(r) => fields.put_u64(r.size),
+        Frame::Registered(r) => {
+            fields.put_u64(r.size);
+            fields.put_u64(r.max_region);
+        }
+        Frame::Placed(p) => {
+            fields.put_u64(p.offset);
+            fields.put_u64(p.region_offset);
+            fields.put_u64(p.len);
+            fields.put_u32(p.crc32c);
         }
         Frame::Stat(s) => put_str(&mut fields, &s.path),
         Frame::StatOk(info) => put_info(&mut fields, info),
@@ -371,18 +429,31 @@ fn decode_payload(kind: u8, payload: BytesMut) -> Result<Frame, DecodeError> {
             })
         }
         T_DATA => {
-            let offset = r.u64()?;
-            let crc32c = r.u32()?;
-            let data = std::mem::take(&mut r.buf).freeze();
-            if data.len() > MAX_DATA_CHUNK {
-                return Err(r.malformed(format!("data chunk of {} bytes", data.len())));
-            }
-            return Ok(Frame::Data(DataChunk {
-                offset,
-                crc32c,
-                data,
-            }));
+            return decode_data_payload(std::mem::take(&mut r.buf).freeze()).map(Frame::Data);
         }
+        T_REGISTER => Frame::Register(Register { size: r.u64()? }),
+        T_READ_INTO => {
+            let region_offset = r.u64()?;
+            match decode_payload(T_READ, std::mem::take(&mut r.buf))? {
+                Frame::Read(read) => {
+                    return Ok(Frame::ReadInto(ReadInto {
+                        read,
+                        region_offset,
+                    }));
+                }
+                _ => return Err(r.malformed("not a read".into())),
+            }
+        }
+        T_REGISTERED => Frame::Registered(Registered {
+            size: r.u64()?,
+            max_region: r.u64()?,
+        }),
+        T_PLACED => Frame::Placed(Placed {
+            offset: r.u64()?,
+            region_offset: r.u64()?,
+            len: r.u64()?,
+            crc32c: r.u32()?,
+        }),
         T_ERROR => {
             let code = ErrorCode::from_u16(r.u16()?);
             let message = r.string(MAX_STRING_LEN)?;
@@ -404,6 +475,10 @@ fn kind_name(kind: u8) -> &'static str {
         T_READ_START => "read-start",
         T_DATA => "data",
         T_ERROR => "error",
+        T_REGISTER => "register",
+        T_REGISTERED => "registered",
+        T_READ_INTO => "read-into",
+        T_PLACED => "placed",
         _ => "unknown",
     }
 }
@@ -415,6 +490,14 @@ fn put_str(buf: &mut BytesMut, s: &str) {
     }
     buf.put_u16(end as u16);
     buf.extend_from_slice(&s.as_bytes()[..end]);
+}
+
+fn put_read(buf: &mut BytesMut, r: &ReadRequest) {
+    buf.put_u64(r.offset);
+    buf.put_u64(r.length.unwrap_or(u64::MAX));
+    put_str(buf, &r.path);
+    put_str(buf, r.if_match.as_deref().unwrap_or(""));
+    buf.put_u8(u8::from(r.if_match.is_some()));
 }
 
 fn put_info(buf: &mut BytesMut, info: &ObjectInfo) {
@@ -521,7 +604,16 @@ pub fn peek_header(buf: &[u8], max_payload: usize) -> Result<Header, DecodeError
     let kind = buf[1];
     if !matches!(
         kind,
-        T_READ | T_STAT | T_STAT_OK | T_READ_START | T_DATA | T_ERROR
+        T_READ
+            | T_STAT
+            | T_STAT_OK
+            | T_READ_START
+            | T_DATA
+            | T_ERROR
+            | T_REGISTER
+            | T_REGISTERED
+            | T_READ_INTO
+            | T_PLACED
     ) {
         return Err(DecodeError::UnknownType { kind });
     }
@@ -678,6 +770,28 @@ mod tests {
                 proptest::collection::vec(any::<u8>(), 0..4096)
             )
                 .prop_map(|(offset, data)| Frame::Data(DataChunk::new(offset, Bytes::from(data)))),
+            any::<u64>().prop_map(|size| Frame::Register(Register { size })),
+            (any::<u64>(), any::<u64>())
+                .prop_map(|(size, max_region)| Frame::Registered(Registered { size, max_region })),
+            (".{0,100}", any::<u64>(), any::<u64>()).prop_map(|(path, offset, region_offset)| {
+                Frame::ReadInto(ReadInto {
+                    read: ReadRequest {
+                        path,
+                        offset,
+                        length: Some(7),
+                        if_match: None,
+                    },
+                    region_offset,
+                })
+            }),
+            (any::<u64>(), any::<u64>(), any::<u64>(), any::<u32>()).prop_map(
+                |(offset, region_offset, len, crc32c)| Frame::Placed(Placed {
+                    offset,
+                    region_offset,
+                    len,
+                    crc32c
+                })
+            ),
             (any::<u16>(), ".{0,200}").prop_map(|(code, message)| Frame::Error(ErrorFrame {
                 code: ErrorCode::from_u16(code),
                 message
@@ -724,7 +838,7 @@ mod tests {
         }
 
         #[test]
-        fn random_payloads_behind_valid_headers_never_panic(kind in prop::sample::select(vec![T_READ, T_STAT, T_STAT_OK, T_READ_START, T_DATA, T_ERROR]), payload in proptest::collection::vec(any::<u8>(), 0..256)) {
+        fn random_payloads_behind_valid_headers_never_panic(kind in prop::sample::select(vec![T_READ, T_STAT, T_STAT_OK, T_READ_START, T_DATA, T_ERROR, T_REGISTER, T_REGISTERED, T_READ_INTO, T_PLACED]), payload in proptest::collection::vec(any::<u8>(), 0..256)) {
             let mut buf = BytesMut::new();
             buf.put_u8(VERSION);
             buf.put_u8(kind);

@@ -14,6 +14,6 @@ pub mod path;
 
 pub use frame::{
     DataChunk, DecodeError, ErrorCode, ErrorFrame, Frame, FrameCodec, Framed, Header, ObjectInfo,
-    ReadRequest, ReadStart, StatRequest,
+    Placed, ReadInto, ReadRequest, ReadStart, Register, Registered, StatRequest,
 };
 pub use path::{ObjectPath, PathError};

@@ -66,6 +66,9 @@ const SCALAR_KEYS: &[(&str, Kind)] = &[
     ("listen", Kind::Str),
     ("quic_listen", Kind::Str),
     ("admin_listen", Kind::Str),
+    ("local_socket", Kind::Str),
+    ("local_max_clients", Kind::Int),
+    ("local_max_region", Kind::Str),
     ("ram_cache", Kind::Str),
     ("block_size", Kind::Str),
     ("disk_cache", Kind::Str),
@@ -173,6 +176,13 @@ pub struct Config {
     pub quic_listen: Option<SocketAddr>,
     /// `/metrics`, `/healthz`, `/readyz`.
     pub admin_listen: Option<SocketAddr>,
+    /// Unix socket of the local shared-memory path (off when unset).
+    pub local_socket: Option<PathBuf>,
+    /// Local clients (each maps one region) at once.
+    pub local_max_clients: usize,
+    /// Largest region a local client may register, in bytes.
+    #[serde(deserialize_with = "de_size")]
+    pub local_max_region: u64,
     pub datasets: Vec<DatasetConfig>,
     /// RAM tier budget in bytes.
     #[serde(deserialize_with = "de_size")]
@@ -221,6 +231,9 @@ impl Default for Config {
             listen: "127.0.0.1:7070".parse().expect("valid default address"),
             quic_listen: None,
             admin_listen: Some("127.0.0.1:7073".parse().expect("valid default address")),
+            local_socket: None,
+            local_max_clients: 256,
+            local_max_region: 4 << 30,
             datasets: Vec::new(),
             ram_cache: 1 << 30,
             block_size: 4 << 20,

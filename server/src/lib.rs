@@ -79,6 +79,7 @@ pub struct Listeners {
     pub tcp: TcpListener,
     pub quic: Option<std::net::UdpSocket>,
     pub admin: Option<TcpListener>,
+    pub local: Option<tokio::net::UnixListener>,
 }
 
 impl Listeners {
@@ -99,7 +100,16 @@ impl Listeners {
             })?),
             None => None,
         };
-        Ok(Listeners { tcp, quic, admin })
+        let local = match &config.local_socket {
+            Some(path) => Some(bind_unix(path)?),
+            None => None,
+        };
+        Ok(Listeners {
+            tcp,
+            quic,
+            admin,
+            local,
+        })
     }
 
     pub fn tcp_addr(&self) -> std::io::Result<SocketAddr> {
@@ -113,6 +123,23 @@ impl Listeners {
     pub fn admin_addr(&self) -> Option<SocketAddr> {
         self.admin.as_ref().and_then(|s| s.local_addr().ok())
     }
+}
+
+/// Bind a Unix socket, replacing a stale socket file left by an earlier run (but never another
+/// kind of file).
+fn bind_unix(path: &std::path::Path) -> std::io::Result<tokio::net::UnixListener> {
+    use std::os::unix::fs::FileTypeExt;
+    if let Ok(meta) = std::fs::symlink_metadata(path)
+        && meta.file_type().is_socket()
+    {
+        std::fs::remove_file(path)?;
+    }
+    tokio::net::UnixListener::bind(path).map_err(|e| {
+        std::io::Error::new(
+            e.kind(),
+            format!("cannot listen on {}: {e}", path.display()),
+        )
+    })
 }
 
 /// A configured server, ready to run.
@@ -256,9 +283,31 @@ impl Server {
             )),
             None => None,
         };
+        let mut local_conns = JoinSet::new();
+        let local = async {
+            match listeners.local {
+                Some(listener) => {
+                    let local_limits = transport::local::LocalLimits {
+                        max_region: self.config.local_max_region,
+                    };
+                    transport::local::accept_loop(
+                        listener,
+                        self.service.clone(),
+                        limits,
+                        local_limits,
+                        Arc::new(Semaphore::new(self.config.local_max_clients)),
+                        draining.clone(),
+                        &mut local_conns,
+                    )
+                    .await
+                }
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             () = tcp => {}
             () = quic => {}
+            () = local => {}
             () = shutdown => tracing::info!("shutting down"),
         }
         // Connections stop reading new requests, finish the ones in flight, and close.
@@ -266,6 +315,7 @@ impl Server {
         let drain = async {
             while tcp_conns.join_next().await.is_some() {}
             while quic_conns.join_next().await.is_some() {}
+            while local_conns.join_next().await.is_some() {}
         };
         if tokio::time::timeout(SHUTDOWN_GRACE, drain).await.is_err() {
             tracing::warn!("closing connections still open after the shutdown grace period");

@@ -40,6 +40,15 @@ struct ServeArgs {
     /// Admin endpoint: /metrics, /healthz, /readyz [default: 127.0.0.1:7073].
     #[arg(long, value_name = "ADDR")]
     admin_listen: Option<String>,
+    /// Unix socket for co-located clients (shared-memory transfers) [default: off].
+    #[arg(long, value_name = "PATH")]
+    local_socket: Option<PathBuf>,
+    /// Local clients at once [default: 256].
+    #[arg(long, value_name = "N")]
+    local_max_clients: Option<String>,
+    /// Largest shared-memory region per local client [default: 4GiB].
+    #[arg(long, value_name = "SIZE")]
+    local_max_region: Option<String>,
     /// A dataset, NAME=URL (repeatable); URL is file:///…, s3://…, gs://…, az://… or memory://
     /// [default: local=./data].
     #[arg(long, value_name = "NAME=URL")]
@@ -111,6 +120,9 @@ impl ServeArgs {
             ("listen", self.listen),
             ("quic_listen", self.quic_listen),
             ("admin_listen", self.admin_listen),
+            ("local_socket", path(self.local_socket)),
+            ("local_max_clients", self.local_max_clients),
+            ("local_max_region", self.local_max_region),
             ("ram_cache", self.ram_cache),
             ("block_size", self.block_size),
             ("disk_cache", path(self.disk_cache)),
@@ -178,6 +190,7 @@ async fn serve(config: Config, workers: usize) -> anyhow::Result<()> {
         tcp = %listeners.tcp_addr()?,
         quic = ?listeners.quic_addr(),
         admin = ?listeners.admin_addr(),
+        local = ?config.local_socket,
         ram_cache = config.ram_cache,
         workers,
         "shardcache serving"

@@ -34,6 +34,7 @@ impl TestServerBuilder {
         let quic = listeners.quic_addr();
         let admin = listeners.admin_addr();
         let disk_root = self.config.disk_cache.clone();
+        let local_socket = self.config.local_socket.clone();
         let stats = server.stats();
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
@@ -49,6 +50,7 @@ impl TestServerBuilder {
             quic,
             admin,
             disk_root,
+            local_socket,
             stats,
             shutdown: Some(tx),
             task: Some(task),
@@ -62,6 +64,7 @@ pub struct TestServer {
     pub quic: Option<SocketAddr>,
     pub admin: Option<SocketAddr>,
     pub disk_root: Option<std::path::PathBuf>,
+    pub local_socket: Option<std::path::PathBuf>,
     pub stats: Arc<Stats>,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use shardcache_client::{Client, ClientOptions};
+use shardcache_client::{Client, ClientOptions, Transport};
 
 #[derive(Parser)]
 #[command(
@@ -14,7 +14,8 @@ use shardcache_client::{Client, ClientOptions};
     about = "Operate and read from shardcache servers"
 )]
 struct Cli {
-    /// Data-plane endpoint: host:port (TCP) or quic://host:port.
+    /// Data-plane endpoint: host:port (TCP), quic://host:port, or a Unix socket path (the local
+    /// shared-memory path).
     #[arg(
         long,
         global = true,
@@ -95,11 +96,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             offset,
             length,
         } => {
-            // Chunks go to stdout as they arrive: memory stays at one block whatever the size.
-            let mut stream = client.read_stream(&path, offset, length, None).await?;
             let mut out = std::io::stdout().lock();
-            while let Some(chunk) = stream.next_chunk().await? {
-                out.write_all(&chunk.data)?;
+            if client.endpoint().transport == Transport::Local {
+                // The local path places bytes in shared memory, a window at a time.
+                let (_, bytes) = client.read_pinned(&path, offset, length, None).await?;
+                out.write_all(&bytes)?;
+            } else {
+                // Chunks go to stdout as they arrive: memory stays at one block whatever the size.
+                let mut stream = client.read_stream(&path, offset, length, None).await?;
+                while let Some(chunk) = stream.next_chunk().await? {
+                    out.write_all(&chunk.data)?;
+                }
             }
             out.flush()?;
         }

@@ -22,6 +22,14 @@ use crate::error::{ClientError, Result};
 pub enum Conn {
     Tcp(TcpConn),
     Quic(QuicConn),
+    /// A Unix-socket connection with its registered scratch buffer (the local path).
+    Local(LocalConn),
+}
+
+/// A local-path connection: requests over the socket, bytes through `scratch`.
+pub struct LocalConn {
+    pub conn: TcpConn,
+    pub scratch: tokio::sync::Mutex<crate::pinned::PinnedBuffer>,
 }
 
 impl Conn {
@@ -29,6 +37,7 @@ impl Conn {
         let inner = match self {
             Conn::Tcp(c) => ResponsesInner::Tcp(c.request(frame).await?),
             Conn::Quic(c) => ResponsesInner::Quic(c.request(frame).await?),
+            Conn::Local(c) => ResponsesInner::Tcp(c.conn.request(frame).await?),
         };
         Ok(Responses {
             inner,
@@ -41,6 +50,7 @@ impl Conn {
         match self {
             Conn::Tcp(c) => c.is_closed(),
             Conn::Quic(c) => c.is_closed(),
+            Conn::Local(c) => c.conn.is_closed(),
         }
     }
 
@@ -48,6 +58,7 @@ impl Conn {
         match self {
             Conn::Tcp(c) => c.endpoint(),
             Conn::Quic(c) => c.endpoint(),
+            Conn::Local(c) => c.conn.endpoint(),
         }
     }
 }

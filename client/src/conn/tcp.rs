@@ -1,4 +1,4 @@
-//! A multiplexed TCP connection.
+//! A multiplexed connection over a byte stream: TCP, or a Unix socket on the local path.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -7,9 +7,8 @@ use std::sync::{Arc, Mutex};
 use bytes::BufMut;
 use shardcache_proto::frame::{HEADER_LEN, MAX_RESPONSE_PAYLOAD, decode_data_payload, encode};
 use shardcache_proto::{Frame, FrameCodec, Framed};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
@@ -45,7 +44,7 @@ impl Shared {
 
 pub struct TcpConn {
     shared: Arc<Shared>,
-    writer: tokio::sync::Mutex<OwnedWriteHalf>,
+    writer: tokio::sync::Mutex<Box<dyn AsyncWrite + Send + Unpin>>,
     next_id: AtomicU32,
     reader: JoinHandle<()>,
 }
@@ -66,6 +65,15 @@ impl TcpConn {
             })?;
         let _ = stream.set_nodelay(true);
         let (rd, wr) = stream.into_split();
+        Ok(TcpConn::from_halves(rd, wr, endpoint, pool))
+    }
+
+    /// A multiplexed connection over any ordered byte stream (TCP, a Unix socket).
+    pub fn from_halves<R, W>(rd: R, wr: W, endpoint: &str, pool: Arc<BufPool>) -> TcpConn
+    where
+        R: AsyncRead + Unpin + Send + 'static,
+        W: AsyncWrite + Unpin + Send + 'static,
+    {
         let shared = Arc::new(Shared {
             endpoint: endpoint.to_string(),
             pending: Mutex::new(HashMap::new()),
@@ -73,12 +81,12 @@ impl TcpConn {
             reason: Mutex::new(None),
         });
         let reader = tokio::spawn(read_loop(rd, shared.clone(), pool));
-        Ok(TcpConn {
+        TcpConn {
             shared,
-            writer: tokio::sync::Mutex::new(wr),
+            writer: tokio::sync::Mutex::new(Box::new(wr)),
             next_id: AtomicU32::new(1),
             reader,
-        })
+        }
     }
 
     pub fn endpoint(&self) -> &str {
@@ -125,7 +133,7 @@ impl TcpConn {
     }
 }
 
-async fn read_loop(mut rd: OwnedReadHalf, shared: Arc<Shared>, pool: Arc<BufPool>) {
+async fn read_loop<R: AsyncRead + Unpin>(mut rd: R, shared: Arc<Shared>, pool: Arc<BufPool>) {
     let mut codec = FrameCodec::new(MAX_RESPONSE_PAYLOAD);
     let lost = |reason: String| ClientError::ConnectionLost {
         endpoint: shared.endpoint.clone(),

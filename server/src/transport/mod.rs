@@ -6,7 +6,9 @@
 //! one writer task, so frames of concurrent requests interleave whole. A malformed or oversized
 //! frame closes that connection and nothing else.
 
+pub mod local;
 pub mod quic;
+pub mod shm;
 pub mod tcp;
 pub mod tls;
 
@@ -15,7 +17,10 @@ use std::sync::Arc;
 use bytes::Buf;
 use futures::StreamExt;
 use shardcache_proto::frame::{Encoded, MAX_REQUEST_PAYLOAD, encode};
-use shardcache_proto::{ErrorCode, ErrorFrame, Frame, FrameCodec, Framed};
+use shardcache_proto::{
+    DataChunk, ErrorCode, ErrorFrame, Frame, FrameCodec, Framed, Placed, ReadInto, ReadRequest,
+};
+use std::future::Future;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::task::JoinSet;
@@ -23,6 +28,10 @@ use tokio::task::JoinSet;
 use crate::error::Error;
 use crate::service::CacheService;
 use crate::stats::Stats;
+use shm::Region;
+
+/// Copies into a client region larger than this run on the blocking pool.
+const COPY_INLINE_LIMIT: usize = 256 * 1024;
 
 /// Response frames queued per connection before request handlers wait for the writer.
 const WRITE_QUEUE: usize = 16;
@@ -45,6 +54,7 @@ pub async fn serve_connection<R, W>(
     limits: ConnLimits,
     peer: String,
     mut draining: Draining,
+    region: Option<Arc<Region>>,
 ) where
     R: AsyncRead + Unpin + Send,
     W: AsyncWrite + Unpin + Send + 'static,
@@ -80,7 +90,13 @@ pub async fn serve_connection<R, W>(
             }
             match inflight.clone().try_acquire_owned() {
                 Ok(permit) => {
-                    handlers.spawn(handle(framed, service.clone(), tx.clone(), permit));
+                    handlers.spawn(handle(
+                        framed,
+                        service.clone(),
+                        tx.clone(),
+                        permit,
+                        region.clone(),
+                    ));
                 }
                 Err(_) => {
                     Stats::add(&stats.rejected_requests, 1);
@@ -138,6 +154,7 @@ async fn handle(
     service: Arc<CacheService>,
     tx: mpsc::Sender<Encoded>,
     _permit: OwnedSemaphorePermit,
+    region: Option<Arc<Region>>,
 ) {
     let id = framed.request_id;
     let stats = service.stats().clone();
@@ -171,31 +188,28 @@ async fn handle(
         }
         Frame::Read(req) => {
             let path = req.path.clone();
-            let result = match service.read(req).await {
-                Ok(mut resp) => {
-                    let mut result = Ok(());
-                    if send(Frame::ReadStart(resp.start)).await {
-                        while let Some(chunk) = resp.chunks.next().await {
-                            match chunk {
-                                Ok(chunk) => {
-                                    if !send(Frame::Data(chunk)).await {
-                                        break;
-                                    }
-                                }
-                                Err(e) => {
-                                    result = Err(e);
-                                    break;
-                                }
-                            }
-                        }
-                    }
-                    result
-                }
-                Err(e) => Err(e),
+            let result = stream_read(&service, req, &send, |chunk| async {
+                Ok(Frame::Data(chunk))
+            })
+            .await;
+            (path, result)
+        }
+        Frame::ReadInto(req) => {
+            let path = req.read.path.clone();
+            let result = match region {
+                Some(region) => read_into(&service, req, region, &send).await,
+                None => Err(Error::BadRequest {
+                    reason: "read-into needs the local socket and a registered region".into(),
+                }),
             };
             (path, result)
         }
-        _ => return,
+        _ => (
+            String::new(),
+            Err(Error::BadRequest {
+                reason: "this connection does not take that frame".into(),
+            }),
+        ),
     };
     if let Err(e) = result {
         Stats::add(&stats.failed_requests, 1);
@@ -207,6 +221,85 @@ async fn handle(
         .await;
     }
     duration.observe(started.elapsed().as_secs_f64());
+}
+
+/// Send a read's `ReadStart`, then one frame per chunk as `place` makes it.
+async fn stream_read<S, SF, P, PF>(
+    service: &Arc<CacheService>,
+    req: ReadRequest,
+    send: &S,
+    place: P,
+) -> Result<(), Error>
+where
+    S: Fn(Frame) -> SF,
+    SF: Future<Output = bool>,
+    P: Fn(DataChunk) -> PF,
+    PF: Future<Output = Result<Frame, Error>>,
+{
+    let mut resp = service.read(req).await?;
+    if !send(Frame::ReadStart(resp.start)).await {
+        return Ok(());
+    }
+    while let Some(chunk) = resp.chunks.next().await {
+        let frame = place(chunk?).await?;
+        if !send(frame).await {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// A read whose bytes are copied into the client's region; only `Placed` notices go back.
+async fn read_into<S, SF>(
+    service: &Arc<CacheService>,
+    req: ReadInto,
+    region: Arc<Region>,
+    send: &S,
+) -> Result<(), Error>
+where
+    S: Fn(Frame) -> SF,
+    SF: Future<Output = bool>,
+{
+    let base = req.region_offset;
+    // The whole range must fit before anything is read or written.
+    let want = req.read.length.unwrap_or(u64::MAX);
+    let room = region.len().saturating_sub(base);
+    if base > region.len() || (req.read.length.is_some() && !region.fits(base, want)) {
+        return Err(Error::BadRequest {
+            reason: format!(
+                "{want} bytes at region offset {base} do not fit the region of {} bytes",
+                region.len()
+            ),
+        });
+    }
+    let first = req.read.offset;
+    let read = ReadRequest {
+        length: Some(want.min(room)),
+        ..req.read
+    };
+    stream_read(service, read, send, |chunk| {
+        let region = region.clone();
+        async move {
+            let at = base + (chunk.offset - first);
+            let (offset, len, crc32c) = (chunk.offset, chunk.data.len() as u64, chunk.crc32c);
+            let copy = move || region.write(at, &chunk.data);
+            let copied = if len as usize <= COPY_INLINE_LIMIT {
+                copy()
+            } else {
+                tokio::task::spawn_blocking(copy)
+                    .await
+                    .unwrap_or_else(|e| Err(e.to_string()))
+            };
+            copied.map_err(|reason| Error::BadRequest { reason })?;
+            Ok(Frame::Placed(Placed {
+                offset,
+                region_offset: at,
+                len,
+                crc32c,
+            }))
+        }
+    })
+    .await
 }
 
 fn log_failure(path: &str, e: &Error) {

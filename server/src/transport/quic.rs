@@ -73,6 +73,7 @@ pub async fn accept_loop(
                             limits,
                             peer.clone(),
                             draining.clone(),
+                            None,
                         ));
                     }
                     Err(e) => {

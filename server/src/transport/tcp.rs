@@ -51,7 +51,7 @@ pub async fn accept_loop(
         conns.spawn(async move {
             stats.open_connections.inc();
             let (rd, wr) = stream.into_split();
-            serve_connection(rd, wr, service, limits, addr.to_string(), draining).await;
+            serve_connection(rd, wr, service, limits, addr.to_string(), draining, None).await;
             stats.open_connections.dec();
             drop(permit);
         });
