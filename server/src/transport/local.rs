@@ -25,7 +25,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use super::shm::Region;
-use super::{ConnLimits, Draining, error_frame, serve_connection};
+use super::{ConnLimits, Draining, refuse, serve_connection};
 use crate::service::CacheService;
 use crate::stats::Stats;
 
@@ -61,13 +61,8 @@ pub async fn accept_loop(
         let stats = service.stats().clone();
         let Ok(permit) = max_clients.clone().try_acquire_owned() else {
             Stats::add(&stats.rejected_connections, 1);
-            conns.spawn(async move {
-                let mut stream = stream;
-                let msg = "server at local_max_clients; retry later".to_string();
-                let _ = stream
-                    .write_all(&error_frame(0, ErrorCode::Busy, msg).to_vec())
-                    .await;
-            });
+            let msg = "server at local_max_clients; retry later".to_string();
+            conns.spawn(refuse(stream, ErrorCode::Busy, msg));
             continue;
         };
         let service = service.clone();
@@ -94,8 +89,7 @@ async fn serve_local(
         Ok(Ok(region)) => region,
         Ok(Err(reason)) => {
             tracing::info!(%peer, reason, "local client refused");
-            let frame = error_frame(0, ErrorCode::BadRequest, reason);
-            let _ = stream.write_all(&frame.to_vec()).await;
+            refuse(stream, ErrorCode::BadRequest, reason).await;
             return;
         }
         Err(_) => {

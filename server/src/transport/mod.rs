@@ -141,6 +141,31 @@ pub async fn serve_connection<R, W>(
     let _ = writer.await;
 }
 
+/// Answer a connection that is refused (at a limit, or on a bad handshake) with one error
+/// frame, then close it gracefully: write side first, then drain what the peer already sent
+/// (for at most a second), so the peer reads the error instead of a connection reset.
+async fn refuse<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
+    code: ErrorCode,
+    message: String,
+) {
+    let _ = stream
+        .write_all(&error_frame(0, code, message).to_vec())
+        .await;
+    let _ = stream.shutdown().await;
+    let drain = async {
+        let mut sink = [0u8; 4096];
+        let mut left: usize = 64 * 1024;
+        while left > 0 {
+            match stream.read(&mut sink).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => left = left.saturating_sub(n),
+            }
+        }
+    };
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), drain).await;
+}
+
 fn error_frame(request_id: u32, code: ErrorCode, message: String) -> Encoded {
     encode(&Framed {
         request_id,

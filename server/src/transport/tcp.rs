@@ -3,12 +3,11 @@
 use std::sync::Arc;
 
 use shardcache_proto::ErrorCode;
-use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
-use super::{ConnLimits, Draining, error_frame, serve_connection};
+use super::{ConnLimits, Draining, refuse, serve_connection};
 use crate::service::CacheService;
 use crate::stats::Stats;
 
@@ -37,13 +36,8 @@ pub async fn accept_loop(
         let Ok(permit) = max_connections.clone().try_acquire_owned() else {
             Stats::add(&stats.rejected_connections, 1);
             tracing::warn!(peer = %addr, "connection refused: max_connections reached");
-            conns.spawn(async move {
-                let mut stream = stream;
-                let msg = "server at max_connections; retry later".to_string();
-                let frame = error_frame(0, ErrorCode::Busy, msg);
-                let _ = stream.write_all(&frame.to_vec()).await;
-                let _ = stream.shutdown().await;
-            });
+            let msg = "server at max_connections; retry later".to_string();
+            conns.spawn(refuse(stream, ErrorCode::Busy, msg));
             continue;
         };
         let service = service.clone();
