@@ -10,6 +10,8 @@
 mod blocking;
 mod client;
 mod conn;
+#[cfg(feature = "cuda")]
+mod cuda;
 pub use conn::quic_endpoint;
 mod endpoint;
 mod error;
@@ -19,6 +21,8 @@ mod reader;
 
 pub use blocking::{BlockingClient, BlockingReader};
 pub use client::{Client, ClientOptions, ReadStream};
+#[cfg(feature = "cuda")]
+pub use cuda::cuda_driver_available;
 pub use endpoint::{Endpoint, Transport};
 pub use error::{ClientError, Result};
 pub use pinned::{PinnedBuffer, PinnedBufferPool, Pinning, PooledBuffer};

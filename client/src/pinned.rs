@@ -30,6 +30,9 @@ pub struct PinnedBuffer {
     pinned: bool,
     /// The local connection this buffer is registered on, once used with a local server.
     pub(crate) registration: Option<crate::local::Registration>,
+    /// Registered with the CUDA driver (feature `cuda`).
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    pub(crate) cuda_registered: bool,
 }
 
 // SAFETY: the buffer owns its mapping; shared access goes through `&self` (read-only views)
@@ -91,6 +94,7 @@ impl PinnedBuffer {
             fd,
             pinned: false,
             registration: None,
+            cuda_registered: false,
         };
         // SAFETY: locking exactly the mapping made above.
         match unsafe { rustix::mm::mlock(buf.ptr.as_ptr().cast(), len) } {
@@ -162,6 +166,8 @@ impl Drop for PinnedBuffer {
     fn drop(&mut self) {
         // The server's mapping (if registered) stays valid until it unmaps; ours goes now.
         self.registration = None;
+        #[cfg(feature = "cuda")]
+        self.unregister_cuda();
         self.unlock();
         // SAFETY: unmapping exactly the mapping made in `with_pinning`, once; the slices handed
         // out borrow `self`, so none outlives this.
