@@ -3,19 +3,28 @@
 //! - [`Client`]: async `stat`, `read`, `read_into`, and `open` for a seekable [`ObjectReader`]
 //!   with readahead; over TCP (`host:port`) or QUIC (`quic://host:port`).
 //! - [`BlockingClient`]: the same for synchronous code, with a std `Read + Seek` reader.
+//! - The local path: given a Unix socket path (`/run/shardcache.sock`), the client registers
+//!   shared memory with a co-located server, which copies blocks straight into it;
+//!   [`Client::read_into_buffer`] reads into a page-locked [`PinnedBuffer`] (or one from a
+//!   [`PinnedBufferPool`]); with the `cuda` feature a buffer can also be registered with the CUDA
+//!   driver (`PinnedBuffer::register_cuda`).
 //!
 //! Every chunk is checked against the CRC32C the server sent with it; a mismatch is an error
 //! ([`ClientError::Checksum`]) and the request is retried, never returned as data.
+
+#![deny(unsafe_code)]
 
 mod blocking;
 mod client;
 mod conn;
 #[cfg(feature = "cuda")]
+#[allow(unsafe_code)] // CUDA driver calls: see the module's SAFETY notes
 mod cuda;
 pub use conn::quic_endpoint;
 mod endpoint;
 mod error;
 mod local;
+#[allow(unsafe_code)] // memfd mapping and mlock: see the module's SAFETY notes
 mod pinned;
 mod reader;
 

@@ -10,6 +10,8 @@
 //! [`Server::run`] takes already-bound listeners and a shutdown future, so tests bind
 //! `127.0.0.1:0` and the binary binds the configured addresses.
 
+#![deny(unsafe_code)]
+
 pub mod admin;
 pub mod cache;
 pub mod config;

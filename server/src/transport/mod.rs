@@ -8,6 +8,7 @@
 
 pub mod local;
 pub mod quic;
+#[allow(unsafe_code)] // mapping client regions: see the module's SAFETY notes
 pub mod shm;
 pub mod tcp;
 pub mod tls;
