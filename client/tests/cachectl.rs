@@ -7,6 +7,7 @@ use shardcache_server::{Listeners, Server};
 
 async fn server(dir: &std::path::Path) -> (String, tokio::sync::oneshot::Sender<()>) {
     let config = Config {
+        local_socket: Some(dir.join("shardcache.sock")),
         listen: "127.0.0.1:0".parse().unwrap(),
         admin_listen: None,
         datasets: vec![DatasetConfig::new(
@@ -91,4 +92,32 @@ async fn cat_failures_exit_nonzero_with_the_servers_message() {
     let out = cachectl(&["--data", "127.0.0.1:1", "cat", "ds/a"]).await;
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot connect"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_socket_path_selects_the_local_shared_memory_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let payload: Vec<u8> = (0..20_000_000u32).map(|i| (i * 13 % 256) as u8).collect();
+    std::fs::write(dir.path().join("shard.tar"), &payload).unwrap();
+    let (_addr, _stop) = server(dir.path()).await;
+    let socket = dir.path().join("shardcache.sock").display().to_string();
+    let out = cachectl(&["--data", &socket, "cat", "ds/shard.tar"]).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.stdout == payload);
+    let out = cachectl(&[
+        "--data",
+        &socket,
+        "cat",
+        "ds/shard.tar",
+        "--offset",
+        "17000000",
+        "--length",
+        "5",
+    ])
+    .await;
+    assert_eq!(out.stdout, payload[17_000_000..17_000_005]);
 }
