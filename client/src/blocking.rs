@@ -57,6 +57,11 @@ impl BlockingClient {
         &self.client
     }
 
+    /// Run any async call of [`BlockingClient::client`] to completion on this client's runtime.
+    pub fn block_on<F: std::future::Future>(&self, f: F) -> F::Output {
+        self.runtime.block_on(f)
+    }
+
     pub fn stat(&self, path: &str) -> Result<ObjectInfo> {
         self.runtime.block_on(self.client.stat(path))
     }

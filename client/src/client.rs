@@ -295,24 +295,39 @@ impl Client {
     /// Read from `offset` into `buf`, up to its length; returns the bytes written (fewer only at
     /// the end of the object).
     pub async fn read_into(&self, path: &str, offset: u64, buf: &mut [u8]) -> Result<usize> {
+        self.read_into_pinned(path, offset, buf, None).await
+    }
+
+    /// [`Client::read_into`] at a pinned version (`if_match`, an ETag from `stat`).
+    pub async fn read_into_pinned(
+        &self,
+        path: &str,
+        offset: u64,
+        buf: &mut [u8],
+        if_match: Option<String>,
+    ) -> Result<usize> {
         let want = buf.len() as u64;
         if self.inner.endpoint.transport == Transport::Local {
-            let (_, bytes) = self.read_pinned(path, offset, Some(want), None).await?;
+            let (_, bytes) = self.read_pinned(path, offset, Some(want), if_match).await?;
             buf[..bytes.len()].copy_from_slice(&bytes);
             return Ok(bytes.len());
         }
         let buf = std::sync::Mutex::new(buf);
         let buf = &buf;
-        self.retrying(false, || async move {
-            let mut stream = self.read_stream(path, offset, Some(want), None).await?;
-            let mut filled = 0usize;
-            while let Some(chunk) = stream.next_chunk().await? {
-                let at = (chunk.offset - offset) as usize;
-                let mut guard = buf.lock().expect("lock");
-                guard[at..at + chunk.data.len()].copy_from_slice(&chunk.data);
-                filled = at + chunk.data.len();
+        let pinned = if_match.is_some();
+        self.retrying(pinned, || {
+            let if_match = if_match.clone();
+            async move {
+                let mut stream = self.read_stream(path, offset, Some(want), if_match).await?;
+                let mut filled = 0usize;
+                while let Some(chunk) = stream.next_chunk().await? {
+                    let at = (chunk.offset - offset) as usize;
+                    let mut guard = buf.lock().expect("lock");
+                    guard[at..at + chunk.data.len()].copy_from_slice(&chunk.data);
+                    filled = at + chunk.data.len();
+                }
+                Ok(filled)
             }
-            Ok(filled)
         })
         .await
     }

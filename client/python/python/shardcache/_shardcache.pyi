@@ -1,0 +1,30 @@
+from typing import Optional, TypedDict
+
+__version__: str
+
+class NativeError(Exception): ...
+
+class _Info(TypedDict):
+    size: int
+    etag: str
+    last_modified_ms: int
+    block_size: int
+
+class Client:
+    def __init__(
+        self,
+        endpoint: str,
+        *,
+        connections: int = 4,
+        insecure: bool = False,
+        tls_ca: Optional[str] = None,
+        timeout: float = 60.0,
+        retries: int = 2,
+    ) -> None: ...
+    @property
+    def endpoint(self) -> str: ...
+    def read(self, path: str, offset: int = 0, length: Optional[int] = None, if_match: Optional[str] = None) -> bytes: ...
+    def _read_into_address(
+        self, path: str, address: int, length: int, offset: int = 0, if_match: Optional[str] = None
+    ) -> int: ...
+    def stat(self, path: str) -> _Info: ...

@@ -1,0 +1,125 @@
+"""ShardDataset: a PyTorch-style iterable dataset over shards served by shardcache.
+
+Works without torch installed (then it is a plain iterable). With torch it is an
+``IterableDataset``: it splits the shards across ``torch.distributed`` ranks and DataLoader
+workers with no overlap and no gap, reshuffles them every epoch from ``(seed, epoch)``
+(``set_epoch``), and yields either ``decode(path, data)`` or raw shard file objects.
+"""
+
+import os
+import random
+from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple, Union
+
+from ._client import Client
+
+try:  # torch is optional
+    import torch.utils.data as _tud
+
+    _Base = _tud.IterableDataset
+except ImportError:  # pragma: no cover - exercised where torch is absent
+    _tud = None
+    _Base = object
+
+
+def _rank_world() -> Tuple[int, int]:
+    """(rank, world size) from torch.distributed when initialised, else RANK/WORLD_SIZE."""
+    try:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            return dist.get_rank(), dist.get_world_size()
+    except ImportError:
+        pass
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+def _worker() -> Tuple[int, int]:
+    """(worker id, workers) of the current DataLoader worker, (0, 1) outside one."""
+    if _tud is not None:
+        info = _tud.get_worker_info()
+        if info is not None:
+            return info.id, info.num_workers
+    return 0, 1
+
+
+def split_shards(
+    shards: Sequence[str], *, epoch: int, seed: int, shuffle: bool, rank: int, world: int, worker: int, workers: int
+) -> List[str]:
+    """This reader's shards for an epoch: the epoch's order (a permutation from (seed, epoch)
+    when shuffling), then every ``world * workers``-th shard starting at this reader's slot.
+    Over all ranks and workers the slices cover every shard exactly once."""
+    if not (0 <= rank < world and 0 <= worker < workers):
+        raise ValueError(f"rank {rank}/{world} or worker {worker}/{workers} out of range")
+    order = list(shards)
+    if shuffle:
+        random.Random(seed * 1_000_003 + epoch).shuffle(order)
+    slot = rank * workers + worker
+    return order[slot :: world * workers]
+
+
+class ShardDataset(_Base):  # type: ignore[misc, valid-type]
+    """Iterate over shards read through shardcache.
+
+    ``client`` is a Client or an endpoint string (each worker process connects on its own).
+    ``decode(path, data: bytes)`` returns what to yield for a shard (it may yield many samples
+    by returning an iterable and setting ``flatten=True``); without it the dataset yields
+    ``(path, file object)`` pairs for streaming parsers (tarfile, WebDataset).
+    """
+
+    def __init__(
+        self,
+        client: Union[Client, str],
+        shards: Sequence[str],
+        *,
+        shuffle: bool = False,
+        seed: int = 0,
+        decode: Optional[Callable[[str, bytes], Any]] = None,
+        flatten: bool = False,
+    ) -> None:
+        super().__init__()
+        self._endpoint = client.endpoint if isinstance(client, Client) else client
+        self._client: Optional[Client] = client if isinstance(client, Client) else None
+        self.shards = list(shards)
+        self.shuffle = shuffle
+        self.seed = seed
+        self.decode = decode
+        self.flatten = flatten
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Reshuffle for ``epoch`` (call before iterating, on every rank, like DistributedSampler)."""
+        self.epoch = epoch
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_client"] = None  # reconnect in the worker
+        return state
+
+    def client(self) -> Client:
+        if self._client is None:
+            self._client = Client(self._endpoint)
+        return self._client
+
+    def my_shards(self) -> List[str]:
+        """The shards this rank and worker read this epoch."""
+        rank, world = _rank_world()
+        worker, workers = _worker()
+        return split_shards(
+            self.shards, epoch=self.epoch, seed=self.seed, shuffle=self.shuffle,
+            rank=rank, world=world, worker=worker, workers=workers,
+        )
+
+    def __iter__(self) -> Iterator[Any]:
+        client = self.client()
+        for path in self.my_shards():
+            if self.decode is None:
+                yield path, client.open(path)
+                continue
+            out = self.decode(path, client.read(path))
+            if self.flatten:
+                yield from out
+            else:
+                yield out
+
+    def __len__(self) -> int:
+        return len(self.shards)

@@ -1,0 +1,198 @@
+//! Native part of the `shardcache` Python package: the blocking Rust client, with the GIL
+//! released around every call that waits on I/O. The Python layer (`python/shardcache`) adds
+//! error classes, file objects, the dataset and the fsspec filesystem.
+#![deny(unsafe_code)]
+
+use pyo3::exceptions::{PyException, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict};
+use shardcache_client::{BlockingClient, ClientError, ClientOptions, ErrorCode};
+
+pyo3::create_exception!(
+    _shardcache,
+    NativeError,
+    PyException,
+    "An error of the native client: args are (kind, message); the Python layer turns it into a ShardcacheError subclass."
+);
+
+/// The kind of a client error, as the Python layer maps it to exception classes.
+fn kind(e: &ClientError) -> &'static str {
+    match e {
+        ClientError::Server { code, .. } => match code {
+            ErrorCode::NotFound | ErrorCode::UnknownDataset => "not_found",
+            ErrorCode::InvalidKey | ErrorCode::BadRequest | ErrorCode::RangeNotSatisfiable => {
+                "invalid"
+            }
+            ErrorCode::PreconditionFailed => "version_changed",
+            ErrorCode::Busy => "busy",
+            ErrorCode::OriginUnavailable => "unavailable",
+            ErrorCode::TooLarge => "invalid",
+            _ => "server",
+        },
+        ClientError::Timeout { .. } => "timeout",
+        ClientError::Connect { .. } | ClientError::ConnectionLost { .. } => "connection",
+        ClientError::Checksum { .. } => "checksum",
+        ClientError::Endpoint { .. } | ClientError::InvalidPath(_) => "invalid",
+        _ => "client",
+    }
+}
+
+fn to_py(e: ClientError) -> PyErr {
+    NativeError::new_err((kind(&e), e.to_string()))
+}
+
+/// A connection to a shardcache server (TCP `host:port`, `quic://host:port`, or a Unix socket
+/// path for the local shared-memory path).
+#[pyclass(name = "Client", module = "shardcache._shardcache", frozen)]
+struct Client {
+    inner: BlockingClient,
+    endpoint: String,
+}
+
+#[pymethods]
+impl Client {
+    #[new]
+    #[pyo3(signature = (endpoint, *, connections = 4, insecure = false, tls_ca = None, timeout = 60.0, retries = 2))]
+    fn new(
+        py: Python<'_>,
+        endpoint: String,
+        connections: usize,
+        insecure: bool,
+        tls_ca: Option<std::path::PathBuf>,
+        timeout: f64,
+        retries: u32,
+    ) -> PyResult<Client> {
+        if !(timeout > 0.0 && timeout.is_finite()) {
+            return Err(PyValueError::new_err(
+                "timeout must be a positive number of seconds",
+            ));
+        }
+        let options = ClientOptions {
+            connections,
+            insecure_skip_verify: insecure,
+            tls_ca,
+            idle_timeout: std::time::Duration::from_secs_f64(timeout),
+            retries,
+            ..ClientOptions::default()
+        };
+        let inner = py
+            .detach(|| BlockingClient::connect_with(&endpoint, options))
+            .map_err(to_py)?;
+        Ok(Client { inner, endpoint })
+    }
+
+    #[getter]
+    fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
+    /// Bytes of `path` from `offset` (to the end when `length` is None), at version `if_match`
+    /// when given.
+    #[pyo3(signature = (path, offset = 0, length = None, if_match = None))]
+    fn read<'py>(
+        &self,
+        py: Python<'py>,
+        path: String,
+        offset: u64,
+        length: Option<u64>,
+        if_match: Option<String>,
+    ) -> PyResult<Bound<'py, PyBytes>> {
+        let client = &self.inner;
+        let (_, bytes) = py
+            .detach(|| {
+                client.block_on(client.client().read_pinned(&path, offset, length, if_match))
+            })
+            .map_err(to_py)?;
+        Ok(PyBytes::new(py, &bytes))
+    }
+
+    /// Read into `length` bytes of memory at `address`, which the caller keeps exported and
+    /// writable for the duration of the call (the Python layer does, from a buffer object).
+    #[pyo3(signature = (path, address, length, offset = 0, if_match = None))]
+    fn _read_into_address(
+        &self,
+        py: Python<'_>,
+        path: String,
+        address: usize,
+        length: usize,
+        offset: u64,
+        if_match: Option<String>,
+    ) -> PyResult<usize> {
+        if length == 0 {
+            return Ok(0);
+        }
+        if address == 0 {
+            return Err(PyValueError::new_err("null buffer address"));
+        }
+        let buf = raw::slice(address, length);
+        let client = &self.inner;
+        py.detach(|| {
+            client.block_on(
+                client
+                    .client()
+                    .read_into_pinned(&path, offset, buf, if_match),
+            )
+        })
+        .map_err(to_py)
+    }
+
+    /// Size, ETag, last modification (ms since the epoch) and block size of `path`.
+    fn stat<'py>(&self, py: Python<'py>, path: String) -> PyResult<Bound<'py, PyDict>> {
+        let client = &self.inner;
+        let info = py.detach(|| client.stat(&path)).map_err(to_py)?;
+        let d = PyDict::new(py);
+        d.set_item("size", info.size)?;
+        d.set_item("etag", info.etag)?;
+        d.set_item("last_modified_ms", info.last_modified_ms)?;
+        d.set_item("block_size", info.block_size)?;
+        Ok(d)
+    }
+
+    /// Benchmark baseline: read each of `paths` into one Rust-owned buffer of `size` bytes,
+    /// `rounds` times, in Rust alone (no Python per read); returns the seconds taken.
+    fn _bench_read_into(
+        &self,
+        py: Python<'_>,
+        paths: Vec<String>,
+        rounds: usize,
+        size: usize,
+    ) -> PyResult<f64> {
+        let client = &self.inner;
+        py.detach(|| {
+            // Touched before the clock starts, like the caller's preallocated numpy buffer.
+            let mut buf = vec![1u8; size];
+            let started = std::time::Instant::now();
+            for _ in 0..rounds {
+                for path in &paths {
+                    client.block_on(client.client().read_into(path, 0, &mut buf))?;
+                }
+            }
+            Ok(started.elapsed().as_secs_f64())
+        })
+        .map_err(to_py)
+    }
+
+    fn __repr__(&self) -> String {
+        format!("Client({:?})", self.endpoint)
+    }
+}
+
+/// The one place that turns an address from Python into a slice.
+#[allow(unsafe_code)]
+mod raw {
+    /// A mutable slice over `length` bytes at `address`.
+    pub fn slice(address: usize, length: usize) -> &'static mut [u8] {
+        // SAFETY: the Python layer passes the address of a writable buffer it has exported
+        // (ctypes `from_buffer`, which also stops the owner from resizing it) and keeps that
+        // export alive until this call returns; the slice is only used within the call.
+        unsafe { std::slice::from_raw_parts_mut(address as *mut u8, length) }
+    }
+}
+
+#[pymodule]
+fn _shardcache(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<Client>()?;
+    m.add("NativeError", m.py().get_type::<NativeError>())?;
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    Ok(())
+}

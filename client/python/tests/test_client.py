@@ -1,0 +1,113 @@
+import pickle
+import threading
+
+import numpy as np
+import pytest
+
+import shardcache
+from shardcache import (
+    Client,
+    InvalidRequestError,
+    NotFoundError,
+    ShardcacheConnectionError,
+    ShardcacheError,
+)
+
+
+@pytest.fixture(params=["tcp", "local"])
+def client(request, server):
+    return Client(server.endpoint if request.param == "tcp" else server.socket)
+
+
+def test_reads_are_byte_exact(client, server):
+    for key, want in server.files.items():
+        path = f"ds/{key}"
+        assert client.read(path) == want
+        assert client.stat(path).size == len(want)
+        if len(want) > 10:
+            assert client.read(path, 3, 7) == want[3:10]
+            assert client.read(path, len(want) - 2) == want[-2:]
+            assert client.read(path, 1, 10 * len(want)) == want[1:]
+
+
+def test_read_into_any_writable_buffer(client, server):
+    want = server.files["train/shard-000005.bin"]
+    path = "ds/train/shard-000005.bin"
+    ba = bytearray(len(want))
+    assert client.read_into(path, ba) == len(want)
+    assert bytes(ba) == want
+    arr = np.zeros(1000, dtype=np.uint8)
+    assert client.read_into(path, arr, offset=500) == 1000
+    assert arr.tobytes() == want[500:1500]
+    f32 = np.zeros(256, dtype=np.float32)  # 1024 bytes, any dtype works
+    assert client.read_into(path, f32, offset=4) == 1024
+    assert f32.tobytes() == want[4:1028]
+    big = bytearray(len(want) + 100)
+    view = memoryview(big)[50:]
+    assert client.read_into(path, view) == len(want), "short count at the end of the object"
+    assert bytes(big[50 : 50 + len(want)]) == want
+    with pytest.raises(TypeError):
+        client.read_into(path, b"read-only bytes")
+    with pytest.raises(TypeError):
+        client.read_into(path, np.zeros((10, 10), dtype=np.uint8)[:, ::2])
+
+
+def test_file_objects_read_seek_tell(client, server):
+    want = server.files["train/shard-000004.bin"]
+    with client.open("ds/train/shard-000004.bin") as f:
+        assert f.read(10) == want[:10]
+        assert f.tell() == 10
+        f.seek(256 * 1024 - 3)
+        assert f.read(6) == want[256 * 1024 - 3 : 256 * 1024 + 3]
+        f.seek(-5, 2)
+        assert f.read() == want[-5:]
+        f.seek(0)
+        buf = bytearray(100)
+        assert f.readinto(buf) == 100 and bytes(buf) == want[:100]
+        f.seek(0)
+        assert f.read() == want
+
+
+def test_errors_map_to_python_exceptions(client):
+    with pytest.raises(FileNotFoundError) as e:
+        client.read("ds/train/missing.bin")
+    assert isinstance(e.value, NotFoundError) and isinstance(e.value, ShardcacheError)
+    assert "missing.bin" in str(e.value)
+    with pytest.raises(FileNotFoundError, match="unknown dataset"):
+        client.stat("nope/x")
+    with pytest.raises(ValueError, match=r"'\.\.'") as e:
+        client.read("ds/../etc/passwd")
+    assert isinstance(e.value, InvalidRequestError)
+    with pytest.raises(InvalidRequestError, match="past the end"):
+        client.read("ds/train/shard-000002.bin", 10_000)
+
+
+def test_connection_errors():
+    with pytest.raises(ConnectionError) as e:
+        Client("127.0.0.1:1")
+    assert isinstance(e.value, ShardcacheConnectionError)
+    with pytest.raises(ValueError):
+        Client("not an endpoint")
+    with pytest.raises(ValueError):
+        Client("127.0.0.1:1", timeout=0)
+
+
+def test_threads_read_in_parallel_and_clients_pickle(server):
+    client = Client(server.endpoint)
+    want = server.files["train/shard-000005.bin"]
+    results = []
+
+    def work():
+        for _ in range(5):
+            results.append(client.read("ds/train/shard-000005.bin") == want)
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results == [True] * 20
+    again = pickle.loads(pickle.dumps(client))
+    assert again.read("ds/train/shard-000002.bin") == server.files["train/shard-000002.bin"]
+    assert repr(again) == f"shardcache.Client({server.endpoint!r})"
+    assert shardcache.__version__

@@ -1,0 +1,26 @@
+import tarfile
+
+import fsspec
+import pytest
+
+
+def test_fsspec_open_and_tarfile(server):
+    with fsspec.open("shardcache://ds/train/samples.tar", "rb", endpoint=server.endpoint) as f:
+        with tarfile.open(fileobj=f, mode="r:") as tar:
+            names = tar.getnames()
+            assert names == [f"{n:04d}.txt" for n in range(5)]
+            assert tar.extractfile("0002.txt").read() == b"sample 2\n" * 3
+
+
+def test_fsspec_filesystem_is_registered(server):
+    fs = fsspec.filesystem("shardcache", endpoint=server.endpoint)
+    info = fs.info("shardcache://ds/train/shard-000003.bin")
+    assert info["size"] == 256 * 1024 and info["type"] == "file"
+    assert fs.cat_file("ds/train/shard-000003.bin", start=10, end=20) == server.files["train/shard-000003.bin"][10:20]
+    assert fs.cat_file("ds/train/shard-000003.bin", start=-4) == server.files["train/shard-000003.bin"][-4:]
+    with pytest.raises(FileNotFoundError):
+        fs.info("ds/train/none.bin")
+    with pytest.raises(NotImplementedError, match="control plane"):
+        fs.ls("ds/train")
+    with pytest.raises(PermissionError):
+        fs.open("ds/train/shard-000003.bin", "wb")
