@@ -180,6 +180,30 @@ impl Client {
         }
     }
 
+    /// Tell the server which objects will be read next, in order (a loader's upcoming shards),
+    /// so it loads them into its cache in the background. Returns how many it queued (a busy
+    /// server declines hints rather than queueing them without bound).
+    pub async fn prefetch(&self, paths: &[String]) -> Result<u32> {
+        let mut accepted = 0;
+        for batch in paths.chunks(shardcache_proto::frame::MAX_PREFETCH_PATHS) {
+            let frame = Frame::Prefetch(shardcache_proto::Prefetch {
+                paths: batch.to_vec(),
+            });
+            let mut responses = self.send(frame).await?;
+            match responses.next().await? {
+                Frame::Prefetched(p) => accepted += p.accepted,
+                Frame::Error(e) => {
+                    return Err(ClientError::Server {
+                        code: e.code,
+                        message: e.message,
+                    });
+                }
+                other => return Err(self.unexpected(&other)),
+            }
+        }
+        Ok(accepted)
+    }
+
     /// Size and version of an object.
     pub async fn stat(&self, path: &str) -> Result<ObjectInfo> {
         self.retrying(false, || async {

@@ -52,6 +52,11 @@ const T_REGISTER: u8 = 0x03;
 const T_READ_INTO: u8 = 0x04;
 const T_REGISTERED: u8 = 0x84;
 const T_PLACED: u8 = 0x86;
+// Prefetch hints.
+const T_PREFETCH: u8 = 0x05;
+const T_PREFETCHED: u8 = 0x87;
+/// Most paths one prefetch frame may name.
+pub const MAX_PREFETCH_PATHS: usize = 256;
 
 /// Why a byte sequence could not be decoded into a frame.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -246,6 +251,19 @@ pub struct Placed {
     pub crc32c: u32,
 }
 
+/// A hint: these objects will be read next, in this order (a data loader's upcoming shards).
+/// The server may load them into its cache in the background; it answers at once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Prefetch {
+    pub paths: Vec<String>,
+}
+
+/// The answer to [`Prefetch`]: how many of the paths the server queued (0 when it is busy).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Prefetched {
+    pub accepted: u32,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Frame {
     Read(ReadRequest),
@@ -258,6 +276,8 @@ pub enum Frame {
     Registered(Registered),
     ReadInto(ReadInto),
     Placed(Placed),
+    Prefetch(Prefetch),
+    Prefetched(Prefetched),
 }
 
 impl Frame {
@@ -273,6 +293,8 @@ impl Frame {
             Frame::Registered(_) => T_REGISTERED,
             Frame::ReadInto(_) => T_READ_INTO,
             Frame::Placed(_) => T_PLACED,
+            Frame::Prefetch(_) => T_PREFETCH,
+            Frame::Prefetched(_) => T_PREFETCHED,
         }
     }
 
@@ -280,7 +302,11 @@ impl Frame {
     pub fn is_request(&self) -> bool {
         matches!(
             self,
-            Frame::Read(_) | Frame::Stat(_) | Frame::ReadInto(_) | Frame::Register(_)
+            Frame::Read(_)
+                | Frame::Stat(_)
+                | Frame::ReadInto(_)
+                | Frame::Register(_)
+                | Frame::Prefetch(_)
         )
     }
 }
@@ -336,6 +362,13 @@ pub fn encode(framed: &Framed) -> Encoded {
             fields.put_u64(r.size);
             fields.put_u64(r.max_region);
         }
+        Frame::Prefetch(p) => {
+            fields.put_u16(p.paths.len().min(MAX_PREFETCH_PATHS) as u16);
+            for path in p.paths.iter().take(MAX_PREFETCH_PATHS) {
+                put_str(&mut fields, path);
+            }
+        }
+        Frame::Prefetched(p) => fields.put_u32(p.accepted),
         Frame::Placed(p) => {
             fields.put_u64(p.offset);
             fields.put_u64(p.region_offset);
@@ -432,6 +465,18 @@ fn decode_payload(kind: u8, payload: BytesMut) -> Result<Frame, DecodeError> {
             return decode_data_payload(std::mem::take(&mut r.buf).freeze()).map(Frame::Data);
         }
         T_REGISTER => Frame::Register(Register { size: r.u64()? }),
+        T_PREFETCH => {
+            let n = r.u16()? as usize;
+            if n > MAX_PREFETCH_PATHS {
+                return Err(r.malformed(format!("{n} paths exceed {MAX_PREFETCH_PATHS}")));
+            }
+            let mut paths = Vec::with_capacity(n);
+            for _ in 0..n {
+                paths.push(r.string(MAX_PATH_LEN)?);
+            }
+            Frame::Prefetch(Prefetch { paths })
+        }
+        T_PREFETCHED => Frame::Prefetched(Prefetched { accepted: r.u32()? }),
         T_READ_INTO => {
             let region_offset = r.u64()?;
             match decode_payload(T_READ, std::mem::take(&mut r.buf))? {
@@ -479,6 +524,8 @@ fn kind_name(kind: u8) -> &'static str {
         T_REGISTERED => "registered",
         T_READ_INTO => "read-into",
         T_PLACED => "placed",
+        T_PREFETCH => "prefetch",
+        T_PREFETCHED => "prefetched",
         _ => "unknown",
     }
 }
@@ -614,6 +661,8 @@ pub fn peek_header(buf: &[u8], max_payload: usize) -> Result<Header, DecodeError
             | T_REGISTERED
             | T_READ_INTO
             | T_PLACED
+            | T_PREFETCH
+            | T_PREFETCHED
     ) {
         return Err(DecodeError::UnknownType { kind });
     }
@@ -771,6 +820,9 @@ mod tests {
             )
                 .prop_map(|(offset, data)| Frame::Data(DataChunk::new(offset, Bytes::from(data)))),
             any::<u64>().prop_map(|size| Frame::Register(Register { size })),
+            proptest::collection::vec(".{0,40}", 0..10)
+                .prop_map(|paths| Frame::Prefetch(Prefetch { paths })),
+            any::<u32>().prop_map(|accepted| Frame::Prefetched(Prefetched { accepted })),
             (any::<u64>(), any::<u64>())
                 .prop_map(|(size, max_region)| Frame::Registered(Registered { size, max_region })),
             (".{0,100}", any::<u64>(), any::<u64>()).prop_map(|(path, offset, region_offset)| {
@@ -838,7 +890,7 @@ mod tests {
         }
 
         #[test]
-        fn random_payloads_behind_valid_headers_never_panic(kind in prop::sample::select(vec![T_READ, T_STAT, T_STAT_OK, T_READ_START, T_DATA, T_ERROR, T_REGISTER, T_REGISTERED, T_READ_INTO, T_PLACED]), payload in proptest::collection::vec(any::<u8>(), 0..256)) {
+        fn random_payloads_behind_valid_headers_never_panic(kind in prop::sample::select(vec![T_READ, T_STAT, T_STAT_OK, T_READ_START, T_DATA, T_ERROR, T_REGISTER, T_REGISTERED, T_READ_INTO, T_PLACED, T_PREFETCH, T_PREFETCHED]), payload in proptest::collection::vec(any::<u8>(), 0..256)) {
             let mut buf = BytesMut::new();
             buf.put_u8(VERSION);
             buf.put_u8(kind);

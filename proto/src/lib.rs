@@ -14,6 +14,7 @@ pub mod path;
 
 pub use frame::{
     DataChunk, DecodeError, ErrorCode, ErrorFrame, Frame, FrameCodec, Framed, Header, ObjectInfo,
-    Placed, ReadInto, ReadRequest, ReadStart, Register, Registered, StatRequest,
+    Placed, Prefetch, Prefetched, ReadInto, ReadRequest, ReadStart, Register, Registered,
+    StatRequest,
 };
 pub use path::{ObjectPath, PathError};

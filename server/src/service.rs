@@ -36,7 +36,12 @@ pub struct CacheService {
     versions: VersionCache,
     stats: Arc<Stats>,
     readahead: usize,
+    /// Prefetch requests loading in the background at once, server-wide.
+    prefetch_slots: Arc<tokio::sync::Semaphore>,
 }
+
+/// Prefetch requests that may load in the background at once; more are declined.
+const PREFETCH_SLOTS: usize = 4;
 
 /// An accepted read: the version and range, then the chunks in order.
 pub struct ReadResponse {
@@ -74,7 +79,55 @@ impl CacheService {
             versions,
             stats,
             readahead: readahead.max(1),
+            prefetch_slots: Arc::new(tokio::sync::Semaphore::new(PREFETCH_SLOTS)),
         }
+    }
+
+    /// Load `paths` into the cache in the background, one object after another in the given
+    /// order (a loader's upcoming shards). Returns how many were queued: all of them, or 0 when
+    /// `PREFETCH_SLOTS` prefetches are already running (a hint is dropped, never queued
+    /// without bound).
+    pub fn prefetch(self: &Arc<Self>, paths: Vec<String>) -> u32 {
+        let Ok(permit) = self.prefetch_slots.clone().try_acquire_owned() else {
+            Stats::add(&self.stats.prefetch_declined, paths.len() as u64);
+            return 0;
+        };
+        let accepted = paths.len() as u32;
+        let this = self.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            for path in paths {
+                let req = ReadRequest {
+                    path: path.clone(),
+                    offset: 0,
+                    length: None,
+                    if_match: None,
+                };
+                let loaded = match this.read(req).await {
+                    Ok(mut resp) => {
+                        let mut ok = true;
+                        while let Some(chunk) = resp.chunks.next().await {
+                            if chunk.is_err() {
+                                ok = false;
+                                break;
+                            }
+                        }
+                        ok
+                    }
+                    Err(e) => {
+                        tracing::debug!(path, error = %e, "prefetch skipped");
+                        false
+                    }
+                };
+                let counter = if loaded {
+                    &this.stats.prefetch_done
+                } else {
+                    &this.stats.prefetch_failed
+                };
+                Stats::add(counter, 1);
+            }
+        });
+        accepted
     }
 
     pub fn disk(&self) -> Option<&Arc<DiskTier>> {

@@ -51,6 +51,9 @@ pub struct Stats {
     pub origin_head_duration: Histogram,
 
     pub checksum_failures: IntCounter,
+    pub prefetch_done: IntCounter,
+    pub prefetch_failed: IntCounter,
+    pub prefetch_declined: IntCounter,
     pub peers: IntGaugeVec,
 
     pub requests: IntCounter,
@@ -183,6 +186,11 @@ impl Stats {
             "Blocks a tier did not store, by reason (policy: not admitted; busy: write queue full)",
             &["tier", "reason"],
         );
+        let prefetch = counter_vec(
+            "shardcache_prefetch_objects_total",
+            "Objects named in prefetch hints, by outcome (loaded, failed, or declined when busy)",
+            &["outcome"],
+        );
         let tier_degraded = gauge_vec(
             "shardcache_tier_degraded",
             "1 while a tier is failing I/O and reads bypass it",
@@ -244,6 +252,9 @@ impl Stats {
                 "shardcache_checksum_failures_total",
                 "Stored blocks whose CRC32C did not match when read back (dropped and refetched)",
             ),
+            prefetch_done: prefetch.with_label_values(&["loaded"]),
+            prefetch_failed: prefetch.with_label_values(&["failed"]),
+            prefetch_declined: prefetch.with_label_values(&["declined"]),
             peers,
             requests: counter("shardcache_requests_total", "Data-plane requests received"),
             failed_requests: counter(

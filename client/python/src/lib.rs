@@ -136,6 +136,13 @@ impl Client {
         .map_err(to_py)
     }
 
+    /// Hint the objects to be read next, in order; returns how many the server queued.
+    fn prefetch(&self, py: Python<'_>, paths: Vec<String>) -> PyResult<u32> {
+        let client = &self.inner;
+        py.detach(|| client.block_on(client.client().prefetch(&paths)))
+            .map_err(to_py)
+    }
+
     /// Size, ETag, last modification (ms since the epoch) and block size of `path`.
     fn stat<'py>(&self, py: Python<'py>, path: String) -> PyResult<Bound<'py, PyDict>> {
         let client = &self.inner;

@@ -61,3 +61,11 @@ def test_torch_dataloader_workers_split_without_overlap(server):
     ds = ShardDataset(server.endpoint, SHARDS, shuffle=True, seed=0, decode=lambda p, d: p)
     loader = torch.utils.data.DataLoader(ds, num_workers=2, batch_size=None)
     assert sorted(loader) == sorted(SHARDS)
+
+
+def test_prefetch_hints(server):
+    client = Client(server.endpoint)
+    assert client.prefetch(SHARDS) == len(SHARDS)
+    assert client.prefetch([]) == 0
+    ds = ShardDataset(client, SHARDS, prefetch=2, decode=lambda p, d: len(d))
+    assert sum(ds) == sum(len(server.files[s[len("ds/"):]]) for s in SHARDS)

@@ -19,7 +19,8 @@ use bytes::Buf;
 use futures::StreamExt;
 use shardcache_proto::frame::{Encoded, MAX_REQUEST_PAYLOAD, encode};
 use shardcache_proto::{
-    DataChunk, ErrorCode, ErrorFrame, Frame, FrameCodec, Framed, Placed, ReadInto, ReadRequest,
+    DataChunk, ErrorCode, ErrorFrame, Frame, FrameCodec, Framed, Placed, Prefetched, ReadInto,
+    ReadRequest,
 };
 use std::future::Future;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -82,7 +83,7 @@ pub async fn serve_connection<R, W>(
             };
             if !framed.frame.is_request() {
                 tracing::warn!(%peer, "closing connection: response frame sent by a client");
-                let msg = "clients may only send read and stat frames".to_string();
+                let msg = "clients may only send request frames".to_string();
                 let _ = tx
                     .send(error_frame(framed.request_id, ErrorCode::BadRequest, msg))
                     .await;
@@ -219,6 +220,11 @@ async fn handle(
             })
             .await;
             (path, result)
+        }
+        Frame::Prefetch(req) => {
+            let accepted = service.prefetch(req.paths);
+            send(Frame::Prefetched(Prefetched { accepted })).await;
+            (String::new(), Ok(()))
         }
         Frame::ReadInto(req) => {
             let path = req.read.path.clone();

@@ -90,6 +90,12 @@ class Client:
             del holder
             view.release()
 
+    def prefetch(self, paths) -> int:
+        """Tell the server these objects come next, in this order, so it loads them into its
+        cache ahead of the reads. Returns how many it queued (0 when it is busy)."""
+        with _translated():
+            return self._native.prefetch(list(paths))
+
     def stat(self, path: str) -> ObjectInfo:
         """Size and version of an object."""
         with _translated():

@@ -63,7 +63,9 @@ class ShardDataset(_Base):  # type: ignore[misc, valid-type]
     ``client`` is a Client or an endpoint string (each worker process connects on its own).
     ``decode(path, data: bytes)`` returns what to yield for a shard (it may yield many samples
     by returning an iterable and setting ``flatten=True``); without it the dataset yields
-    ``(path, file object)`` pairs for streaming parsers (tarfile, WebDataset).
+    ``(path, file object)`` pairs for streaming parsers (tarfile, WebDataset). Every
+    ``prefetch`` shards, the next ``prefetch`` shards of this reader's order are sent to the
+    server as a prefetch hint (0 turns hints off).
     """
 
     def __init__(
@@ -75,6 +77,7 @@ class ShardDataset(_Base):  # type: ignore[misc, valid-type]
         seed: int = 0,
         decode: Optional[Callable[[str, bytes], Any]] = None,
         flatten: bool = False,
+        prefetch: int = 8,
     ) -> None:
         super().__init__()
         self._endpoint = client.endpoint if isinstance(client, Client) else client
@@ -84,6 +87,7 @@ class ShardDataset(_Base):  # type: ignore[misc, valid-type]
         self.seed = seed
         self.decode = decode
         self.flatten = flatten
+        self.prefetch = prefetch
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -111,7 +115,13 @@ class ShardDataset(_Base):  # type: ignore[misc, valid-type]
 
     def __iter__(self) -> Iterator[Any]:
         client = self.client()
-        for path in self.my_shards():
+        mine = self.my_shards()
+        for i, path in enumerate(mine):
+            # Every `prefetch` shards, tell the server the next window of this reader's order.
+            if self.prefetch > 0 and i % self.prefetch == 0:
+                upcoming = mine[i + 1 : i + 1 + self.prefetch]
+                if upcoming:
+                    client.prefetch(upcoming)
             if self.decode is None:
                 yield path, client.open(path)
                 continue

@@ -1,0 +1,54 @@
+//! Prefetch hints: the server loads the named objects in order in the background, so the reads
+//! that follow make no origin request; hints never block or grow without bound.
+
+use std::time::Duration;
+
+use shardcache_client::Client;
+use shardcache_testsuite::{S3Origin, TestServer, bytes_for};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hinted_objects_are_cached_before_they_are_read() {
+    let origin = S3Origin::start(&["bucket"]).await;
+    let names: Vec<String> = (0..5).map(|i| format!("shard-{i}")).collect();
+    for (i, n) in names.iter().enumerate() {
+        origin.put("bucket", n, bytes_for(i as u64, 3 << 20)).await;
+    }
+    let server = TestServer::builder()
+        .dataset(origin.dataset("ds", "bucket", ""))
+        .start()
+        .await;
+    let client = Client::connect(&server.tcp_endpoint()).await.unwrap();
+    let mut paths: Vec<String> = names.iter().map(|n| format!("ds/{n}")).collect();
+    paths.push("ds/not-there".into()); // a bad hint costs nothing
+    assert_eq!(client.prefetch(&paths).await.unwrap(), 6);
+
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while names
+        .iter()
+        .any(|n| origin.counts("bucket", n).get_bytes < 3 << 20)
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "prefetch did not load every object"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let gets = origin.total().gets;
+    for (i, p) in paths[..5].iter().enumerate() {
+        assert!(client.read(p, ..).await.unwrap()[..] == bytes_for(i as u64, 3 << 20)[..]);
+    }
+    assert_eq!(
+        origin.total().gets,
+        gets,
+        "reads after the hint hit the cache"
+    );
+    let (_, m) = server.admin_get("/metrics").await;
+    assert!(
+        m.contains("shardcache_prefetch_objects_total{outcome=\"loaded\"} 5"),
+        "{m}"
+    );
+    assert!(
+        m.contains("shardcache_prefetch_objects_total{outcome=\"failed\"} 1"),
+        "{m}"
+    );
+}
