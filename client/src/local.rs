@@ -144,7 +144,8 @@ pub(crate) async fn read_into_region(
     while placed < start.length {
         match next().await? {
             Frame::Placed(p) => {
-                let expected_at = region_offset + (p.offset - start.offset.min(p.offset));
+                // Chunks arrive in order: each continues the range and its place in the region.
+                let expected_at = region_offset + placed;
                 let end = p
                     .region_offset
                     .checked_add(p.len)
@@ -177,6 +178,5 @@ pub(crate) async fn read_into_region(
             other => return Err(protocol(format!("unexpected frame {other:?}"))),
         }
     }
-    let _ = &mut *buf;
     Ok((start, placed))
 }

@@ -188,7 +188,7 @@ impl Client {
 #[allow(unsafe_code)]
 mod raw {
     /// A mutable slice over `length` bytes at `address`.
-    pub fn slice(address: usize, length: usize) -> &'static mut [u8] {
+    pub fn slice<'a>(address: usize, length: usize) -> &'a mut [u8] {
         // SAFETY: the Python layer passes the address of a writable buffer it has exported
         // (ctypes `from_buffer`, which also stops the owner from resizing it) and keeps that
         // export alive until this call returns; the slice is only used within the call.
