@@ -156,6 +156,16 @@ fn try_cmd(cmd: &str, args: &[&str]) -> bool {
         .is_ok_and(|s| s.success())
 }
 
+/// Runs a command when dropped: undoes `chattr +i` or a mount even when an assertion fails.
+struct Undo(&'static str, Vec<String>);
+
+impl Drop for Undo {
+    fn drop(&mut self) {
+        let args: Vec<&str> = self.1.iter().map(String::as_str).collect();
+        try_cmd(self.0, &args);
+    }
+}
+
 async fn degraded_but_serving(dir: &Path) {
     let origin = origin().await;
     let s = server(dataset(&origin, false), dir, 1 << 30).await;
