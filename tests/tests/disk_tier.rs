@@ -190,38 +190,27 @@ async fn a_read_only_cache_directory_degrades_to_ram_and_origin() {
     std::fs::create_dir_all(dir.path().join("blocks")).unwrap();
     std::fs::create_dir_all(dir.path().join("versions")).unwrap();
     // Immutable directories refuse new entries even to root, where plain modes do not.
-    if !try_cmd(
-        "chattr",
-        &["+i", dir.path().join("blocks").to_str().unwrap()],
-    ) {
+    let blocks = dir.path().join("blocks").display().to_string();
+    if !try_cmd("chattr", &["+i", &blocks]) {
         eprintln!("skipped: chattr +i is not available here (needs root and ext4/xfs)");
         return;
     }
+    let _undo = Undo("chattr", vec!["-i".into(), blocks]);
     degraded_but_serving(dir.path()).await;
-    try_cmd(
-        "chattr",
-        &["-i", dir.path().join("blocks").to_str().unwrap()],
-    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_cache_disk_degrades_to_ram_and_origin() {
     let dir = tempfile::tempdir().unwrap();
     // A 512 KiB filesystem under a 1 GiB budget: writes fail with ENOSPC.
+    let mountpoint = dir.path().display().to_string();
     if !try_cmd(
         "mount",
-        &[
-            "-t",
-            "tmpfs",
-            "-o",
-            "size=512k",
-            "tmpfs",
-            dir.path().to_str().unwrap(),
-        ],
+        &["-t", "tmpfs", "-o", "size=512k", "tmpfs", &mountpoint],
     ) {
         eprintln!("skipped: cannot mount a small tmpfs here (needs root)");
         return;
     }
+    let _undo = Undo("umount", vec![mountpoint]);
     degraded_but_serving(dir.path()).await;
-    try_cmd("umount", &[dir.path().to_str().unwrap()]);
 }
