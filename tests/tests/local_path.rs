@@ -194,24 +194,7 @@ async fn only_notices_cross_the_socket() {
     .await;
     let (frames, _) = read_frames(&mut s, |_| true).await;
     assert!(matches!(frames[0], Frame::Registered(r) if r.size == 16 << 20));
-    let req = ReadInto {
-        read: ReadRequest {
-            path: "ds/obj".into(),
-            offset: 0,
-            length: None,
-            if_match: None,
-        },
-        region_offset: 0,
-    };
-    s.write_all(
-        &encode(&Framed {
-            request_id: 1,
-            frame: Frame::ReadInto(req),
-        })
-        .to_vec(),
-    )
-    .await
-    .unwrap();
+    send_read_into(&mut s, 1, 0, None).await;
     let mut placed = 0u64;
     let (frames, socket_bytes) = read_frames(&mut s, |f| {
         if let Frame::Placed(p) = f {
@@ -229,6 +212,29 @@ async fn only_notices_cross_the_socket() {
     let mut got = vec![0u8; SIZE];
     rustix::io::pread(&fd, &mut got, 0).unwrap();
     assert!(got[..] == bytes_for(4, SIZE)[..]);
+}
+
+/// Send a `ReadInto` of `ds/obj` placing `length` bytes (all when None) at `region_offset`.
+async fn send_read_into(s: &mut UnixStream, id: u32, region_offset: u64, length: Option<u64>) {
+    let read = ReadRequest {
+        path: "ds/obj".into(),
+        offset: 0,
+        length,
+        if_match: None,
+    };
+    let frame = Frame::ReadInto(ReadInto {
+        read,
+        region_offset,
+    });
+    s.write_all(
+        &encode(&Framed {
+            request_id: id,
+            frame,
+        })
+        .to_vec(),
+    )
+    .await
+    .unwrap();
 }
 
 fn region_mappings() -> usize {
@@ -285,24 +291,7 @@ async fn lying_and_vanishing_clients_hurt_nobody_else() {
         (2, 0, Some(2 << 20)),
         (3, u64::MAX - 4, Some(10)),
     ] {
-        let req = ReadInto {
-            read: ReadRequest {
-                path: "ds/obj".into(),
-                offset: 0,
-                length,
-                if_match: None,
-            },
-            region_offset,
-        };
-        s.write_all(
-            &encode(&Framed {
-                request_id: id,
-                frame: Frame::ReadInto(req),
-            })
-            .to_vec(),
-        )
-        .await
-        .unwrap();
+        send_read_into(&mut s, id, region_offset, length).await;
         let (frames, _) = read_frames(&mut s, |f| matches!(f, Frame::Error(_))).await;
         expect_refused(frames, "do not fit the region");
     }
@@ -323,24 +312,7 @@ async fn lying_and_vanishing_clients_hurt_nobody_else() {
             before + 1,
             "the server mapped the region"
         );
-        let req = ReadInto {
-            read: ReadRequest {
-                path: "ds/obj".into(),
-                offset: 0,
-                length: None,
-                if_match: None,
-            },
-            region_offset: 0,
-        };
-        s.write_all(
-            &encode(&Framed {
-                request_id: 1,
-                frame: Frame::ReadInto(req),
-            })
-            .to_vec(),
-        )
-        .await
-        .unwrap();
+        send_read_into(&mut s, 1, 0, None).await;
     }
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while region_mappings() > before {
