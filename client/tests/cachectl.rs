@@ -34,6 +34,35 @@ async fn cachectl(args: &[&str]) -> std::process::Output {
         .unwrap()
 }
 
+/// `cachectl cat` of the whole object and of 10 bytes at `at`, through `data`.
+async fn assert_cat(data: &str, payload: &[u8], at: usize) {
+    let out = cachectl(&["--data", data, "cat", "ds/shard.tar"]).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.stdout == payload);
+    let (offset, length) = (at.to_string(), "10".to_string());
+    let args = [
+        "--data",
+        data,
+        "cat",
+        "ds/shard.tar",
+        "--offset",
+        &offset,
+        "--length",
+        &length,
+    ];
+    let out = cachectl(&args).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.stdout, payload[at..at + 10]);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cat_writes_bytes_and_ranges_to_stdout() {
     let dir = tempfile::tempdir().unwrap();
@@ -41,27 +70,7 @@ async fn cat_writes_bytes_and_ranges_to_stdout() {
     std::fs::write(dir.path().join("shard.tar"), &payload).unwrap();
     let (addr, _stop) = server(dir.path()).await;
 
-    let out = cachectl(&["--data", &addr, "cat", "ds/shard.tar"]).await;
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.stdout == payload);
-
-    let out = cachectl(&[
-        "--data",
-        &addr,
-        "cat",
-        "ds/shard.tar",
-        "--offset",
-        "4194300",
-        "--length",
-        "10",
-    ])
-    .await;
-    assert!(out.status.success());
-    assert_eq!(out.stdout, payload[4_194_300..4_194_310]);
+    assert_cat(&addr, &payload, 4_194_300).await;
 
     let out = cachectl(&["--data", &addr, "-o", "json", "stat", "ds/shard.tar"]).await;
     assert!(out.status.success());
@@ -101,23 +110,5 @@ async fn a_socket_path_selects_the_local_shared_memory_path() {
     std::fs::write(dir.path().join("shard.tar"), &payload).unwrap();
     let (_addr, _stop) = server(dir.path()).await;
     let socket = dir.path().join("shardcache.sock").display().to_string();
-    let out = cachectl(&["--data", &socket, "cat", "ds/shard.tar"]).await;
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.stdout == payload);
-    let out = cachectl(&[
-        "--data",
-        &socket,
-        "cat",
-        "ds/shard.tar",
-        "--offset",
-        "17000000",
-        "--length",
-        "5",
-    ])
-    .await;
-    assert_eq!(out.stdout, payload[17_000_000..17_000_005]);
+    assert_cat(&socket, &payload, 17_000_000).await;
 }

@@ -51,14 +51,41 @@ async fn read_all(server: &TestServer) {
     }
 }
 
+/// A first server life: read every object, wait until every block (and, for an immutable
+/// dataset, every version record) is on disk, then stop.
+async fn fill_then_stop(d: DatasetConfig, dir: &Path) {
+    let immutable = d.immutable;
+    let first = server(d, dir, 1 << 30).await;
+    read_all(&first).await;
+    first.wait_disk_blocks(OBJECTS * BLOCKS_PER_OBJECT).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while immutable && version_records(dir) < OBJECTS as usize {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "version records were not written"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    first.stop().await;
+}
+
+fn version_records(dir: &Path) -> usize {
+    let Ok(shards) = std::fs::read_dir(dir.join("versions")) else {
+        return 0;
+    };
+    shards
+        .flatten()
+        .filter_map(|s| std::fs::read_dir(s.path()).ok())
+        .flat_map(|files| files.flatten())
+        .filter(|f| f.path().extension().is_some_and(|e| e == "ver"))
+        .count()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_keeps_the_cache() {
     let origin = origin().await;
     let dir = tempfile::tempdir().unwrap();
-    let first = server(dataset(&origin, false), dir.path(), 1 << 30).await;
-    read_all(&first).await;
-    first.wait_disk_blocks(OBJECTS * BLOCKS_PER_OBJECT).await;
-    first.stop().await;
+    fill_then_stop(dataset(&origin, false), dir.path()).await;
     let gets = origin.total().gets;
 
     let second = server(dataset(&origin, false), dir.path(), 1 << 30).await;
@@ -77,11 +104,7 @@ async fn an_immutable_dataset_is_served_with_the_origin_gone() {
     let origin = origin().await;
     let dir = tempfile::tempdir().unwrap();
     let d = dataset(&origin, true);
-    let first = server(d.clone(), dir.path(), 1 << 30).await;
-    read_all(&first).await;
-    first.wait_disk_blocks(OBJECTS * BLOCKS_PER_OBJECT).await;
-    tokio::time::sleep(Duration::from_millis(200)).await; // version records are written too
-    first.stop().await;
+    fill_then_stop(d.clone(), dir.path()).await;
     let heads = origin.total().heads;
     drop(origin);
 
@@ -100,10 +123,7 @@ async fn an_immutable_dataset_is_served_with_the_origin_gone() {
 async fn a_flipped_byte_is_caught_and_refetched() {
     let origin = origin().await;
     let dir = tempfile::tempdir().unwrap();
-    let first = server(dataset(&origin, false), dir.path(), 1 << 30).await;
-    read_all(&first).await;
-    first.wait_disk_blocks(OBJECTS * BLOCKS_PER_OBJECT).await;
-    first.stop().await;
+    fill_then_stop(dataset(&origin, false), dir.path()).await;
 
     let files = block_files(dir.path());
     let victim = &files[files.len() / 2];

@@ -163,7 +163,24 @@ impl Origin {
             let bytes = result.bytes().await?;
             Ok((found, size, bytes))
         };
-        let (found, size, bytes) = self.with_retry(key, Op::Get, fetch).await?;
+        // A 412 says the version changed; name the version this read pinned in the error.
+        let (found, size, bytes) =
+            self.with_retry(key, Op::Get, fetch)
+                .await
+                .map_err(|e| match e {
+                    Error::VersionChanged {
+                        dataset,
+                        key,
+                        found,
+                        ..
+                    } => Error::VersionChanged {
+                        dataset,
+                        key,
+                        expected: version.etag.clone(),
+                        found,
+                    },
+                    other => other,
+                })?;
         let changed = |found: String| Error::VersionChanged {
             dataset: self.dataset.clone(),
             key: key.to_string(),
@@ -428,7 +445,10 @@ mod tests {
         let mut v = o.head("k").await.unwrap();
         v.etag = "stale".into();
         let e = o.get_range("k", &v, 0..4).await.unwrap_err();
-        assert!(matches!(e, Error::VersionChanged { .. }), "{e}");
+        assert!(
+            matches!(&e, Error::VersionChanged { expected, .. } if expected == "stale"),
+            "{e}"
+        );
         assert_eq!(stats.snapshot().origin_retries, 0);
     }
 }
