@@ -37,3 +37,9 @@ pub use error::{ClientError, Result};
 pub use pinned::{PinnedBuffer, PinnedBufferPool, Pinning, PooledBuffer};
 pub use reader::ObjectReader;
 pub use shardcache_proto::{ErrorCode, ObjectInfo};
+
+/// Multiplexed protocol connections below [`Client`]: one request frame in, that request's
+/// response frames out. Servers use them to talk to their peers.
+pub mod raw {
+    pub use crate::conn::{BufPool, TcpConn, TcpResponses};
+}

@@ -55,6 +55,10 @@ const T_PLACED: u8 = 0x86;
 // Prefetch hints.
 const T_PREFETCH: u8 = 0x05;
 const T_PREFETCHED: u8 = 0x87;
+// Cluster: requests between members.
+const T_PEER_BLOCK: u8 = 0x06;
+const T_PING: u8 = 0x07;
+const T_PONG: u8 = 0x88;
 /// Most paths one prefetch frame may name.
 pub const MAX_PREFETCH_PATHS: usize = 256;
 
@@ -107,6 +111,10 @@ pub enum ErrorCode {
     TooLarge,
     /// The server failed in a way that is not the request's fault.
     Internal,
+    /// A probe for a block found no copy on that member (cluster, not an error to clients).
+    NotCached,
+    /// The request is not allowed from this sender (peer-only requests from a non-member).
+    Forbidden,
     /// A code this build does not know.
     Other(u16),
 }
@@ -124,6 +132,8 @@ impl ErrorCode {
             ErrorCode::Busy => 8,
             ErrorCode::TooLarge => 9,
             ErrorCode::Internal => 10,
+            ErrorCode::NotCached => 11,
+            ErrorCode::Forbidden => 12,
             ErrorCode::Other(code) => code,
         }
     }
@@ -140,6 +150,8 @@ impl ErrorCode {
             8 => ErrorCode::Busy,
             9 => ErrorCode::TooLarge,
             10 => ErrorCode::Internal,
+            11 => ErrorCode::NotCached,
+            12 => ErrorCode::Forbidden,
             other => ErrorCode::Other(other),
         }
     }
@@ -264,6 +276,46 @@ pub struct Prefetched {
     pub accepted: u32,
 }
 
+/// What a member asking another for a block wants it to do on a miss.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PeerMode {
+    /// The receiver is the block's owner: serve it from its tiers, its neighbours or the origin.
+    Fill,
+    /// Serve it only if held in RAM or on disk; otherwise answer [`ErrorCode::NotCached`].
+    Probe,
+}
+
+/// Cluster: block `index` of one version of an object, asked by one member of another. The
+/// answer is one [`Frame::Data`] with the whole block (offset `index * block_size`) or an error.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerBlock {
+    /// `DATASET/KEY`.
+    pub path: String,
+    pub etag: String,
+    pub size: u64,
+    pub last_modified_ms: i64,
+    /// Block size the asker uses; members must agree.
+    pub block_size: u32,
+    pub index: u64,
+    pub mode: PeerMode,
+}
+
+/// Cluster: a liveness probe. Anyone may send it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ping {
+    /// The sender's node id (for logs; not trusted).
+    pub from: String,
+}
+
+/// The answer to [`Ping`]: who answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pong {
+    pub node_id: String,
+    /// Random per process start: tells a node its own address apart, and a restart from a stall.
+    pub instance: u64,
+    pub weight: u32,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Frame {
     Read(ReadRequest),
@@ -278,6 +330,9 @@ pub enum Frame {
     Placed(Placed),
     Prefetch(Prefetch),
     Prefetched(Prefetched),
+    PeerBlock(PeerBlock),
+    Ping(Ping),
+    Pong(Pong),
 }
 
 impl Frame {
@@ -295,6 +350,9 @@ impl Frame {
             Frame::Placed(_) => T_PLACED,
             Frame::Prefetch(_) => T_PREFETCH,
             Frame::Prefetched(_) => T_PREFETCHED,
+            Frame::PeerBlock(_) => T_PEER_BLOCK,
+            Frame::Ping(_) => T_PING,
+            Frame::Pong(_) => T_PONG,
         }
     }
 
@@ -307,6 +365,8 @@ impl Frame {
                 | Frame::ReadInto(_)
                 | Frame::Register(_)
                 | Frame::Prefetch(_)
+                | Frame::PeerBlock(_)
+                | Frame::Ping(_)
         )
     }
 }
@@ -369,6 +429,24 @@ pub fn encode(framed: &Framed) -> Encoded {
             }
         }
         Frame::Prefetched(p) => fields.put_u32(p.accepted),
+        Frame::PeerBlock(b) => {
+            fields.put_u64(b.size);
+            fields.put_i64(b.last_modified_ms);
+            fields.put_u32(b.block_size);
+            fields.put_u64(b.index);
+            fields.put_u8(match b.mode {
+                PeerMode::Fill => 0,
+                PeerMode::Probe => 1,
+            });
+            put_str(&mut fields, &b.path);
+            put_str(&mut fields, &b.etag);
+        }
+        Frame::Ping(p) => put_str(&mut fields, &p.from),
+        Frame::Pong(p) => {
+            fields.put_u64(p.instance);
+            fields.put_u32(p.weight);
+            put_str(&mut fields, &p.node_id);
+        }
         Frame::Placed(p) => {
             fields.put_u64(p.offset);
             fields.put_u64(p.region_offset);
@@ -477,6 +555,38 @@ fn decode_payload(kind: u8, payload: BytesMut) -> Result<Frame, DecodeError> {
             Frame::Prefetch(Prefetch { paths })
         }
         T_PREFETCHED => Frame::Prefetched(Prefetched { accepted: r.u32()? }),
+        T_PEER_BLOCK => {
+            let size = r.u64()?;
+            let last_modified_ms = r.i64()?;
+            let block_size = r.u32()?;
+            let index = r.u64()?;
+            let mode = match r.u8()? {
+                0 => PeerMode::Fill,
+                1 => PeerMode::Probe,
+                m => return Err(r.malformed(format!("unknown mode {m}"))),
+            };
+            Frame::PeerBlock(PeerBlock {
+                path: r.string(MAX_PATH_LEN)?,
+                etag: r.string(MAX_STRING_LEN)?,
+                size,
+                last_modified_ms,
+                block_size,
+                index,
+                mode,
+            })
+        }
+        T_PING => Frame::Ping(Ping {
+            from: r.string(MAX_STRING_LEN)?,
+        }),
+        T_PONG => {
+            let instance = r.u64()?;
+            let weight = r.u32()?;
+            Frame::Pong(Pong {
+                node_id: r.string(MAX_STRING_LEN)?,
+                instance,
+                weight,
+            })
+        }
         T_READ_INTO => {
             let region_offset = r.u64()?;
             match decode_payload(T_READ, std::mem::take(&mut r.buf))? {
@@ -526,6 +636,9 @@ fn kind_name(kind: u8) -> &'static str {
         T_PLACED => "placed",
         T_PREFETCH => "prefetch",
         T_PREFETCHED => "prefetched",
+        T_PEER_BLOCK => "peer-block",
+        T_PING => "ping",
+        T_PONG => "pong",
         _ => "unknown",
     }
 }
@@ -663,6 +776,9 @@ pub fn peek_header(buf: &[u8], max_payload: usize) -> Result<Header, DecodeError
             | T_PLACED
             | T_PREFETCH
             | T_PREFETCHED
+            | T_PEER_BLOCK
+            | T_PING
+            | T_PONG
     ) {
         return Err(DecodeError::UnknownType { kind });
     }
@@ -823,6 +939,40 @@ mod tests {
             proptest::collection::vec(".{0,40}", 0..10)
                 .prop_map(|paths| Frame::Prefetch(Prefetch { paths })),
             any::<u32>().prop_map(|accepted| Frame::Prefetched(Prefetched { accepted })),
+            (
+                ".{0,100}",
+                ".{0,40}",
+                any::<u64>(),
+                any::<i64>(),
+                any::<u32>(),
+                any::<u64>(),
+                any::<bool>()
+            )
+                .prop_map(
+                    |(path, etag, size, last_modified_ms, block_size, index, probe)| {
+                        Frame::PeerBlock(PeerBlock {
+                            path,
+                            etag,
+                            size,
+                            last_modified_ms,
+                            block_size,
+                            index,
+                            mode: if probe {
+                                PeerMode::Probe
+                            } else {
+                                PeerMode::Fill
+                            },
+                        })
+                    }
+                ),
+            ".{0,40}".prop_map(|from| Frame::Ping(Ping { from })),
+            (".{0,40}", any::<u64>(), any::<u32>()).prop_map(|(node_id, instance, weight)| {
+                Frame::Pong(Pong {
+                    node_id,
+                    instance,
+                    weight,
+                })
+            }),
             (any::<u64>(), any::<u64>())
                 .prop_map(|(size, max_region)| Frame::Registered(Registered { size, max_region })),
             (".{0,100}", any::<u64>(), any::<u64>()).prop_map(|(path, offset, region_offset)| {
@@ -890,7 +1040,7 @@ mod tests {
         }
 
         #[test]
-        fn random_payloads_behind_valid_headers_never_panic(kind in prop::sample::select(vec![T_READ, T_STAT, T_STAT_OK, T_READ_START, T_DATA, T_ERROR, T_REGISTER, T_REGISTERED, T_READ_INTO, T_PLACED, T_PREFETCH, T_PREFETCHED]), payload in proptest::collection::vec(any::<u8>(), 0..256)) {
+        fn random_payloads_behind_valid_headers_never_panic(kind in prop::sample::select(vec![T_READ, T_STAT, T_STAT_OK, T_READ_START, T_DATA, T_ERROR, T_REGISTER, T_REGISTERED, T_READ_INTO, T_PLACED, T_PREFETCH, T_PREFETCHED, T_PEER_BLOCK, T_PING, T_PONG]), payload in proptest::collection::vec(any::<u8>(), 0..256)) {
             let mut buf = BytesMut::new();
             buf.put_u8(VERSION);
             buf.put_u8(kind);

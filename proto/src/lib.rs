@@ -14,7 +14,7 @@ pub mod path;
 
 pub use frame::{
     DataChunk, DecodeError, ErrorCode, ErrorFrame, Frame, FrameCodec, Framed, Header, ObjectInfo,
-    Placed, Prefetch, Prefetched, ReadInto, ReadRequest, ReadStart, Register, Registered,
-    StatRequest,
+    PeerBlock, PeerMode, Ping, Placed, Pong, Prefetch, Prefetched, ReadInto, ReadRequest,
+    ReadStart, Register, Registered, StatRequest,
 };
 pub use path::{ObjectPath, PathError};

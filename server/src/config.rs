@@ -59,6 +59,8 @@ enum Kind {
     Str,
     Int,
     Bool,
+    /// Comma-separated strings.
+    List,
 }
 
 /// Scalar settings that flags and variables may set, with their kinds.
@@ -77,6 +79,16 @@ const SCALAR_KEYS: &[(&str, Kind)] = &[
     ("disk_write_queue", Kind::Int),
     ("metadata_ttl", Kind::Str),
     ("node_id", Kind::Str),
+    ("weight", Kind::Int),
+    ("peers", Kind::List),
+    ("peers_file", Kind::Str),
+    ("peer_dns", Kind::Str),
+    ("peer_refresh", Kind::Str),
+    ("peer_probe_interval", Kind::Str),
+    ("peer_timeout", Kind::Str),
+    ("read_neighbours", Kind::Int),
+    ("peer_keep_copies", Kind::Bool),
+    ("tls_ca", Kind::Str),
     ("tls_cert", Kind::Str),
     ("tls_key", Kind::Str),
     ("insecure_dev_tls", Kind::Bool),
@@ -204,7 +216,29 @@ pub struct Config {
     pub metadata_ttl: Duration,
     /// Most object versions remembered at once.
     pub metadata_cache_entries: u64,
+    /// This node's name in the cluster (placement hashes it): stable across restarts.
     pub node_id: Option<String>,
+    /// This node's share of the blocks, relative to the other members' weights.
+    pub weight: u32,
+    /// Members' data-plane addresses (`host:port`); this node's own may be among them.
+    pub peers: Vec<String>,
+    /// A file of member addresses, re-read every `peer_refresh`.
+    pub peers_file: Option<PathBuf>,
+    /// `NAME:PORT` resolved to the members every `peer_refresh` (a headless Service).
+    pub peer_dns: Option<String>,
+    #[serde(deserialize_with = "de_duration")]
+    pub peer_refresh: Duration,
+    #[serde(deserialize_with = "de_duration")]
+    pub peer_probe_interval: Duration,
+    /// Deadline of a peer ping, connection, or block probe; a silent peer is marked down.
+    #[serde(deserialize_with = "de_duration")]
+    pub peer_timeout: Duration,
+    /// Neighbours a block's filler asks before the origin.
+    pub read_neighbours: usize,
+    /// Keep blocks read from peers in this node's RAM tier, so hot blocks spread.
+    pub peer_keep_copies: bool,
+    /// CA that signed the members' certificates.
+    pub tls_ca: Option<PathBuf>,
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
     /// Self-signed certificate, for local trials only.
@@ -244,6 +278,16 @@ impl Default for Config {
             metadata_ttl: Duration::from_secs(30),
             metadata_cache_entries: 256 * 1024,
             node_id: None,
+            weight: 1,
+            peers: Vec::new(),
+            peers_file: None,
+            peer_dns: None,
+            peer_refresh: Duration::from_secs(5),
+            peer_probe_interval: Duration::from_millis(500),
+            peer_timeout: Duration::from_secs(1),
+            read_neighbours: 2,
+            peer_keep_copies: true,
+            tls_ca: None,
             tls_cert: None,
             tls_key: None,
             insecure_dev_tls: false,
@@ -397,6 +441,20 @@ impl Config {
                 "quic_listen needs a certificate: set tls_cert and tls_key, or insecure_dev_tls for local trials",
             ));
         }
+        if let Some(dns) = &self.peer_dns
+            && dns
+                .rsplit_once(':')
+                .is_none_or(|(_, port)| port.parse::<u16>().is_err())
+        {
+            return Err(ConfigError::new(format!(
+                "peer_dns {dns:?}: expected NAME:PORT, e.g. shardcache-headless.ml.svc:7070"
+            )));
+        }
+        if self.peer_probe_interval.is_zero() || self.peer_timeout.is_zero() {
+            return Err(ConfigError::new(
+                "peer_probe_interval and peer_timeout must be longer than zero",
+            ));
+        }
         if self.origin_concurrency == 0 {
             return Err(ConfigError::new("origin_concurrency must be at least 1"));
         }
@@ -452,6 +510,13 @@ fn typed(source: &str, raw: &str, kind: Kind) -> Result<toml::Value, ConfigError
                 ConfigError::new(format!("{source}: {raw:?} is not a whole number"))
             })?)
         }
+        Kind::List => toml::Value::Array(
+            raw.split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(|s| toml::Value::String(s.to_string()))
+                .collect(),
+        ),
         Kind::Bool => toml::Value::Boolean(match raw.to_ascii_lowercase().as_str() {
             "1" | "true" | "yes" | "on" => true,
             "0" | "false" | "no" | "off" => false,

@@ -55,6 +55,19 @@ pub enum Error {
     BadRequest { reason: String },
     #[error("internal error: {reason}")]
     Internal { reason: String },
+    /// A definitive answer relayed from the peer that owns the block (e.g. the origin failed
+    /// there); the code is the peer's.
+    #[error("{message} (from peer {peer})")]
+    Relayed {
+        code: ErrorCode,
+        message: String,
+        peer: String,
+    },
+    /// A probe found no copy here.
+    #[error("block not cached on this node")]
+    NotCached,
+    #[error("forbidden: {reason}")]
+    Forbidden { reason: String },
 }
 
 impl Error {
@@ -73,6 +86,9 @@ impl Error {
             Error::Busy { .. } => ErrorCode::Busy,
             Error::BadRequest { .. } => ErrorCode::BadRequest,
             Error::Internal { .. } => ErrorCode::Internal,
+            Error::Relayed { code, .. } => *code,
+            Error::NotCached => ErrorCode::NotCached,
+            Error::Forbidden { .. } => ErrorCode::Forbidden,
         }
     }
 }

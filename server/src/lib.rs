@@ -3,6 +3,7 @@
 //! - [`config`]: settings from flags, environment and TOML;
 //! - [`origin`]: object-store access with pinned versions, deadlines and bounded retries;
 //! - [`cache`]: block identity, the RAM tier with single-flight fills, the version cache;
+//! - [`cluster`]: membership, rendezvous placement, peer requests;
 //! - [`service`]: the read path from a `DATASET/KEY` range to checksummed chunks;
 //! - [`transport`]: the data plane over TCP and QUIC;
 //! - [`stats`] and [`admin`]: Prometheus metrics, `/metrics`, `/healthz`, `/readyz`.
@@ -14,6 +15,7 @@
 
 pub mod admin;
 pub mod cache;
+pub mod cluster;
 pub mod config;
 pub mod error;
 pub mod origin;
@@ -32,6 +34,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use crate::cache::{DiskConfig, DiskTier, RamTier, VersionCache};
+use crate::cluster::{Cluster, ClusterSettings};
 use crate::config::{Config, DEFAULT_DATASET};
 use crate::origin::{DatasetSettings, Origin, RetryPolicy, StoreError, build_store};
 use crate::service::CacheService;
@@ -197,6 +200,25 @@ impl Server {
             )));
         }
         let disk = open_disk_tier(&config, &stats);
+        let origin_budget = config.origin_timeout * config.origin_retries.saturating_add(1);
+        let cluster = Cluster::new(
+            ClusterSettings {
+                node_id: config.node_id.clone().unwrap_or_default(),
+                weight: config.weight,
+                own_addr: (!config.listen.ip().is_unspecified() && config.listen.port() != 0)
+                    .then_some(config.listen),
+                peers: config.peers.clone(),
+                peers_file: config.peers_file.clone(),
+                peer_dns: config.peer_dns.clone(),
+                refresh: config.peer_refresh,
+                probe_interval: config.peer_probe_interval,
+                peer_timeout: config.peer_timeout,
+                fill_timeout: config.peer_timeout + origin_budget,
+                read_neighbours: config.read_neighbours,
+                keep_copies: config.peer_keep_copies,
+            },
+            stats.clone(),
+        );
         let service = Arc::new(CacheService::new(
             origins,
             RamTier::new(config.ram_cache, stats.ram_evictions.clone()),
@@ -204,6 +226,7 @@ impl Server {
             VersionCache::new(config.metadata_cache_entries, disk),
             stats.clone(),
             config.readahead_blocks,
+            cluster,
         ));
         let quic = match (&config.quic_listen, &config.tls_cert, &config.tls_key) {
             (None, _, _) => None,
@@ -285,6 +308,7 @@ impl Server {
             )),
             None => None,
         };
+        let membership = tokio::spawn(self.service.cluster().clone().run(draining.clone()));
         let mut local_conns = JoinSet::new();
         let local = async {
             match listeners.local {
@@ -328,6 +352,7 @@ impl Server {
         if let Some(admin) = admin {
             let _ = admin.await;
         }
+        let _ = membership.await;
         Ok(())
     }
 }

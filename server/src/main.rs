@@ -80,6 +80,36 @@ struct ServeArgs {
     /// Node identity [default: hostname].
     #[arg(long, value_name = "ID")]
     node_id: Option<String>,
+    /// This node's share of the cluster's blocks [default: 1].
+    #[arg(long, value_name = "N")]
+    weight: Option<String>,
+    /// Cluster members' data-plane addresses, comma-separated (this node's own may be listed).
+    #[arg(long, value_name = "ADDR,...")]
+    peers: Option<String>,
+    /// A file of member addresses, one `host:port` a line, re-read every --peer-refresh.
+    #[arg(long, value_name = "FILE")]
+    peers_file: Option<PathBuf>,
+    /// Members from DNS (a Kubernetes headless Service), re-resolved every --peer-refresh.
+    #[arg(long, value_name = "NAME:PORT")]
+    peer_dns: Option<String>,
+    /// How often peer sources are re-read and re-resolved [default: 5s].
+    #[arg(long, value_name = "DURATION")]
+    peer_refresh: Option<String>,
+    /// How often each peer is pinged [default: 500ms].
+    #[arg(long, value_name = "DURATION")]
+    peer_probe_interval: Option<String>,
+    /// Deadline of a ping, connection or probe; a silent peer is marked down [default: 1s].
+    #[arg(long, value_name = "DURATION")]
+    peer_timeout: Option<String>,
+    /// Neighbours asked for a block before the origin [default: 2].
+    #[arg(long, value_name = "N")]
+    read_neighbours: Option<String>,
+    /// Keep blocks read from peers in RAM: true or false [default: true].
+    #[arg(long, value_name = "BOOL")]
+    peer_keep_copies: Option<String>,
+    /// PEM CA that signed the members' certificates.
+    #[arg(long, value_name = "FILE")]
+    tls_ca: Option<PathBuf>,
     /// PEM certificate chain for QUIC.
     #[arg(long, value_name = "FILE")]
     tls_cert: Option<PathBuf>,
@@ -132,6 +162,16 @@ impl ServeArgs {
             ("metadata_ttl", self.metadata_ttl),
             ("metadata_cache_entries", self.metadata_cache_entries),
             ("node_id", self.node_id),
+            ("weight", self.weight),
+            ("peers", self.peers),
+            ("peers_file", path(self.peers_file)),
+            ("peer_dns", self.peer_dns),
+            ("peer_refresh", self.peer_refresh),
+            ("peer_probe_interval", self.peer_probe_interval),
+            ("peer_timeout", self.peer_timeout),
+            ("read_neighbours", self.read_neighbours),
+            ("peer_keep_copies", self.peer_keep_copies),
+            ("tls_ca", path(self.tls_ca)),
             ("tls_cert", path(self.tls_cert)),
             ("tls_key", path(self.tls_key)),
             (

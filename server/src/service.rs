@@ -7,6 +7,14 @@
 //! A RAM miss looks in the disk tier (if configured) before the origin, inside the same
 //! single-flight fill; blocks filled from the origin are offered to the disk tier.
 //!
+//! In a cluster, a block missing here is asked of its owner (weighted rendezvous placement,
+//! see [`crate::cluster`]); a node that fills a block itself first asks the block's neighbours
+//! (read-neighbour: they held it before a membership change), then reads the origin. A peer
+//! that fails, stalls or sends bad bytes is skipped: the next candidate, and finally this node
+//! itself, fills the block, so losing a node is never an error to a client. Requests from
+//! peers to fill a block are served from this node's tiers, neighbours or origin and never
+//! forwarded again, so members that briefly disagree on placement cannot loop.
+//!
 //! If the origin turns out to hold another version before any byte was sent, the read starts
 //! over once at the new version; after bytes went out it ends with `PreconditionFailed`, because
 //! a client must never receive two versions in one read.
@@ -15,12 +23,16 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use futures::stream::FuturesUnordered;
 use futures::stream::{self, BoxStream, StreamExt};
-use shardcache_proto::{DataChunk, ObjectInfo, ObjectPath, ReadRequest, ReadStart};
+use shardcache_proto::{
+    DataChunk, ErrorCode, ObjectInfo, ObjectPath, PeerBlock, PeerMode, ReadRequest, ReadStart,
+};
 
 use crate::cache::{
     Block, BlockKey, DiskTier, FillSource, Filled, ObjectId, RamTier, VersionCache,
 };
+use crate::cluster::{Candidate, Cluster, Peer, PeerFailure};
 use crate::error::{Error, Result};
 use crate::origin::{Origin, Version};
 use crate::stats::Stats;
@@ -38,7 +50,13 @@ pub struct CacheService {
     readahead: usize,
     /// Prefetch requests loading in the background at once, server-wide.
     prefetch_slots: Arc<tokio::sync::Semaphore>,
+    cluster: Arc<Cluster>,
+    /// Peer-only requests need a member certificate (a cluster CA is configured).
+    peer_auth_required: bool,
 }
+
+/// Owners (and their successors when they fail) a node asks before filling a block itself.
+const MAX_FILL_TRIES: usize = 3;
 
 /// Prefetch requests that may load in the background at once; more are declined.
 const PREFETCH_SLOTS: usize = 4;
@@ -57,6 +75,8 @@ struct ReadCtx {
     object: ObjectId,
     start: u64,
     end: u64,
+    /// A peer asked this node to fill the block: never forward it again.
+    for_peer: bool,
 }
 
 impl CacheService {
@@ -67,6 +87,7 @@ impl CacheService {
         versions: VersionCache,
         stats: Arc<Stats>,
         readahead: usize,
+        cluster: Arc<Cluster>,
     ) -> CacheService {
         let origins = origins
             .into_iter()
@@ -80,6 +101,8 @@ impl CacheService {
             stats,
             readahead: readahead.max(1),
             prefetch_slots: Arc::new(tokio::sync::Semaphore::new(PREFETCH_SLOTS)),
+            cluster,
+            peer_auth_required: false,
         }
     }
 
@@ -136,6 +159,15 @@ impl CacheService {
 
     pub fn stats(&self) -> &Arc<Stats> {
         &self.stats
+    }
+
+    /// Accept peer-only requests only from connections authenticated by the cluster CA.
+    pub fn require_peer_certificates(&mut self) {
+        self.peer_auth_required = true;
+    }
+
+    pub fn cluster(&self) -> &Arc<Cluster> {
+        &self.cluster
     }
 
     pub fn ram(&self) -> &RamTier {
@@ -224,6 +256,7 @@ impl CacheService {
                 version,
                 start: req.offset,
                 end,
+                for_peer: false,
             });
             let bs = origin.settings().block_size;
             let first = ctx.start / bs;
@@ -269,6 +302,10 @@ impl CacheService {
                 &self.stats.served_bytes_origin,
                 &self.stats.served_chunks_origin,
             ),
+            (_, FillSource::Peer) => (
+                &self.stats.served_bytes_peer,
+                &self.stats.served_chunks_peer,
+            ),
         };
         Stats::add(bytes, to - from);
         Stats::add(chunks, 1);
@@ -290,7 +327,7 @@ impl CacheService {
             })
     }
 
-    /// Block `index` of the read's object version, from RAM or the origin.
+    /// Block `index` of the read's object version: from RAM, disk, a peer, or the origin.
     async fn block(&self, ctx: &ReadCtx, index: u64) -> Result<(Block, Filled)> {
         let key = BlockKey {
             object: ctx.object,
@@ -304,6 +341,12 @@ impl CacheService {
             {
                 return Ok(block);
             }
+            if let Some((block, owned)) = self.ask_peers(ctx, &key).await? {
+                if owned && let Some(disk) = &self.disk {
+                    disk.admit(key, block.clone());
+                }
+                return Ok(block);
+            }
             let data = ctx.origin.get_range(&ctx.key, &ctx.version, range).await?;
             let block = to_block(data).await?;
             if let Some(disk) = &self.disk {
@@ -313,6 +356,12 @@ impl CacheService {
         };
         match self.ram.get_or_fill(key, fill).await {
             Ok((block, how)) => {
+                if how == Filled::Filled
+                    && block.source == FillSource::Peer
+                    && !self.cluster.settings().keep_copies
+                {
+                    self.ram.invalidate(&key).await;
+                }
                 let counter = match how {
                     Filled::Hit => &self.stats.ram_hits,
                     Filled::Filled => &self.stats.ram_misses,
@@ -330,6 +379,210 @@ impl CacheService {
                 Err(e)
             }
         }
+    }
+}
+
+impl CacheService {
+    /// The block from another member, or `None` when this node should read the origin. The
+    /// flag says whether this node filled it as its holder (a neighbour had it), so it belongs
+    /// in the disk tier too; blocks served by their owner are only kept in RAM.
+    async fn ask_peers(&self, ctx: &ReadCtx, key: &BlockKey) -> Result<Option<(Block, bool)>> {
+        let settings = self.cluster.settings();
+        let plan = self
+            .cluster
+            .candidates(key, MAX_FILL_TRIES + settings.read_neighbours + 1);
+        if plan.len() <= 1 {
+            return Ok(None);
+        }
+        let request = |mode| PeerBlock {
+            path: format!("{}/{}", ctx.origin.dataset(), ctx.key),
+            etag: ctx.version.etag.clone(),
+            size: ctx.version.size,
+            last_modified_ms: ctx.version.last_modified_ms,
+            block_size: ctx.origin.settings().block_size as u32,
+            index: key.index,
+            mode,
+        };
+        let mut asked: Vec<&Arc<Peer>> = Vec::new();
+        if !ctx.for_peer {
+            for candidate in plan.iter().take(MAX_FILL_TRIES) {
+                let Candidate::Peer(peer) = candidate else {
+                    break;
+                };
+                asked.push(peer);
+                match peer
+                    .block(
+                        request(PeerMode::Fill),
+                        settings.fill_timeout,
+                        settings.peer_timeout,
+                    )
+                    .await
+                {
+                    Ok(block) => {
+                        Stats::add(&self.stats.peer_fill_ok, 1);
+                        return Ok(Some((block, false)));
+                    }
+                    Err(PeerFailure::Answer { code, message }) => {
+                        Stats::add(&self.stats.peer_fill_failed, 1);
+                        return Err(relayed(ctx, code, message, peer.addr()));
+                    }
+                    Err(failure) => {
+                        Stats::add(&self.stats.peer_fill_failed, 1);
+                        let reason = match failure {
+                            PeerFailure::Unavailable { reason } => reason,
+                            _ => "did not fill the block".to_string(),
+                        };
+                        tracing::debug!(
+                            peer = peer.addr(),
+                            reason,
+                            "owner failed; trying the next candidate"
+                        );
+                        if reason.contains("checksum") {
+                            Stats::add(&self.stats.checksum_failures, 1);
+                        }
+                        self.cluster.report_failure(peer, &reason);
+                    }
+                }
+            }
+        }
+        // This node fills the block: its neighbours may hold it from before a membership change.
+        let mut probes: FuturesUnordered<_> = plan
+            .iter()
+            .filter_map(|c| match c {
+                Candidate::Peer(p) if !asked.iter().any(|a| Arc::ptr_eq(a, p)) => Some(p),
+                _ => None,
+            })
+            .take(settings.read_neighbours)
+            .map(|peer| async move {
+                let r = peer
+                    .block(
+                        request(PeerMode::Probe),
+                        settings.peer_timeout * 4,
+                        settings.peer_timeout,
+                    )
+                    .await;
+                (peer, r)
+            })
+            .collect();
+        while let Some((peer, result)) = probes.next().await {
+            match result {
+                Ok(block) => {
+                    Stats::add(&self.stats.peer_probe_hit, 1);
+                    return Ok(Some((block, true)));
+                }
+                Err(PeerFailure::Miss) => Stats::add(&self.stats.peer_probe_miss, 1),
+                Err(PeerFailure::Answer { .. }) => Stats::add(&self.stats.peer_probe_miss, 1),
+                Err(PeerFailure::Unavailable { reason }) => {
+                    Stats::add(&self.stats.peer_probe_failed, 1);
+                    tracing::debug!(peer = peer.addr(), reason, "neighbour probe failed");
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// Serve a block to a peer: from this node's tiers only (`Probe`), or as its holder
+    /// (`Fill`: tiers, neighbours, origin; never forwarded to another owner).
+    pub async fn peer_block(&self, req: PeerBlock) -> Result<DataChunk> {
+        let path = ObjectPath::parse(&req.path)?;
+        let origin = self.origin(path.dataset())?;
+        let bs = origin.settings().block_size;
+        if u64::from(req.block_size) != bs {
+            return Err(Error::BadRequest {
+                reason: format!(
+                    "members disagree on the block size of dataset {}: {bs} here, {} at the asker",
+                    path.dataset(),
+                    req.block_size
+                ),
+            });
+        }
+        let start = req.index.saturating_mul(bs);
+        if start >= req.size {
+            return Err(Error::RangeNotSatisfiable {
+                dataset: path.dataset().to_string(),
+                key: path.key().to_string(),
+                offset: start,
+                size: req.size,
+            });
+        }
+        let version = Version {
+            size: req.size,
+            etag: req.etag,
+            last_modified_ms: req.last_modified_ms,
+        };
+        let object = ObjectId::new(path.dataset(), path.key(), &version);
+        let key = BlockKey {
+            object,
+            index: req.index,
+        };
+        let block = match req.mode {
+            PeerMode::Probe => {
+                Stats::add(&self.stats.peer_served_probe, 1);
+                let mut found = self.ram.get(&key).await;
+                if found.is_none()
+                    && let Some(disk) = &self.disk
+                {
+                    found = disk.get(&key).await;
+                }
+                found.ok_or(Error::NotCached)?
+            }
+            PeerMode::Fill => {
+                Stats::add(&self.stats.peer_served_fill, 1);
+                let ctx = ReadCtx {
+                    origin,
+                    key: path.key().to_string(),
+                    end: (start + bs).min(version.size),
+                    version,
+                    object,
+                    start,
+                    for_peer: true,
+                };
+                self.block(&ctx, req.index).await?.0
+            }
+        };
+        Ok(DataChunk {
+            offset: start,
+            crc32c: block.crc32c,
+            data: block.data,
+        })
+    }
+
+    /// Whether a connection may send peer-only requests: with a cluster CA, only members that
+    /// proved themselves with a certificate; otherwise connections from member addresses.
+    pub fn peer_allowed(&self, remote: &crate::transport::Remote) -> Result<()> {
+        let allowed = if self.peer_auth_required {
+            remote.authenticated
+        } else {
+            remote.authenticated || remote.ip.is_some_and(|ip| self.cluster.is_member_ip(ip))
+        };
+        if allowed {
+            return Ok(());
+        }
+        Stats::add(&self.stats.peer_refused, 1);
+        Err(Error::Forbidden {
+            reason: format!(
+                "{} is not a cluster member; block requests between members only",
+                remote.name
+            ),
+        })
+    }
+}
+
+/// A definitive error from the peer that owns a block, as this node's own error.
+fn relayed(ctx: &ReadCtx, code: ErrorCode, message: String, peer: &str) -> Error {
+    match code {
+        // The read path restarts at the new version on this one.
+        ErrorCode::PreconditionFailed => Error::VersionChanged {
+            dataset: ctx.origin.dataset().to_string(),
+            key: ctx.key.clone(),
+            expected: ctx.version.etag.clone(),
+            found: format!("another version (reported by peer {peer})"),
+        },
+        code => Error::Relayed {
+            code,
+            message,
+            peer: peer.to_string(),
+        },
     }
 }
 

@@ -26,6 +26,8 @@ pub struct Stats {
     pub served_chunks_origin: IntCounter,
     pub served_bytes_disk: IntCounter,
     pub served_chunks_disk: IntCounter,
+    pub served_bytes_peer: IntCounter,
+    pub served_chunks_peer: IntCounter,
 
     pub ram_hits: IntCounter,
     pub ram_misses: IntCounter,
@@ -55,6 +57,16 @@ pub struct Stats {
     pub prefetch_failed: IntCounter,
     pub prefetch_declined: IntCounter,
     pub peers: IntGaugeVec,
+    /// Block requests this node sent to peers, by mode and outcome.
+    pub peer_fill_ok: IntCounter,
+    pub peer_fill_failed: IntCounter,
+    pub peer_probe_hit: IntCounter,
+    pub peer_probe_miss: IntCounter,
+    pub peer_probe_failed: IntCounter,
+    /// Block requests from peers this node answered, by mode.
+    pub peer_served_fill: IntCounter,
+    pub peer_served_probe: IntCounter,
+    pub peer_refused: IntCounter,
 
     pub requests: IntCounter,
     pub failed_requests: IntCounter,
@@ -79,6 +91,7 @@ pub struct StatsSnapshot {
     pub served_bytes_ram: u64,
     pub served_bytes_origin: u64,
     pub served_bytes_disk: u64,
+    pub served_bytes_peer: u64,
     pub disk_hits: u64,
     pub checksum_failures: u64,
     pub single_flight_waits: u64,
@@ -132,10 +145,6 @@ impl Stats {
             "Data chunks (block pieces) sent to clients, by where the block came from",
             &["source"],
         );
-        // Peers exist in the design but not in this build: the source stays at 0, so dashboards
-        // can sum over every source from the start.
-        served_bytes.with_label_values(&["peer"]);
-        served_chunks.with_label_values(&["peer"]);
         let hits = counter_vec(
             "shardcache_tier_hits_total",
             "Block lookups found in a tier",
@@ -200,6 +209,16 @@ impl Stats {
         let peers = gauge_vec("shardcache_peers", "Cluster peers by state", &["state"]);
         peers.with_label_values(&["up"]);
         peers.with_label_values(&["down"]);
+        let peer_requests = counter_vec(
+            "shardcache_peer_requests_total",
+            "Block requests sent to peers, by mode (fill: to the owner; probe: to a neighbour) and outcome",
+            &["mode", "outcome"],
+        );
+        let peer_served = counter_vec(
+            "shardcache_peer_requests_served_total",
+            "Block requests answered for peers, by mode",
+            &["mode"],
+        );
         let build = gauge_vec("shardcache_build_info", "Build information", &["version"]);
         build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
 
@@ -210,6 +229,8 @@ impl Stats {
             served_chunks_origin: served_chunks.with_label_values(&["origin"]),
             served_bytes_disk: served_bytes.with_label_values(&["disk"]),
             served_chunks_disk: served_chunks.with_label_values(&["disk"]),
+            served_bytes_peer: served_bytes.with_label_values(&["peer"]),
+            served_chunks_peer: served_chunks.with_label_values(&["peer"]),
             disk_hits: hits.with_label_values(&["disk"]),
             disk_misses: misses.with_label_values(&["disk"]),
             disk_evictions: evictions.with_label_values(&["disk"]),
@@ -256,6 +277,14 @@ impl Stats {
             prefetch_failed: prefetch.with_label_values(&["failed"]),
             prefetch_declined: prefetch.with_label_values(&["declined"]),
             peers,
+            peer_fill_ok: peer_requests.with_label_values(&["fill", "ok"]),
+            peer_fill_failed: peer_requests.with_label_values(&["fill", "failed"]),
+            peer_probe_hit: peer_requests.with_label_values(&["probe", "hit"]),
+            peer_probe_miss: peer_requests.with_label_values(&["probe", "miss"]),
+            peer_probe_failed: peer_requests.with_label_values(&["probe", "failed"]),
+            peer_served_fill: peer_served.with_label_values(&["fill"]),
+            peer_served_probe: peer_served.with_label_values(&["probe"]),
+            peer_refused: rejected.with_label_values(&["not_a_member"]),
             requests: counter("shardcache_requests_total", "Data-plane requests received"),
             failed_requests: counter(
                 "shardcache_failed_requests_total",
@@ -309,6 +338,7 @@ impl Stats {
             served_bytes_ram: self.served_bytes_ram.get(),
             served_bytes_origin: self.served_bytes_origin.get(),
             served_bytes_disk: self.served_bytes_disk.get(),
+            served_bytes_peer: self.served_bytes_peer.get(),
             disk_hits: self.disk_hits.get(),
             checksum_failures: self.checksum_failures.get(),
             single_flight_waits: self.single_flight_waits.get(),

@@ -14,7 +14,7 @@ use shardcache_proto::Frame;
 
 pub use pool::BufPool;
 pub use quic::{QuicConn, quic_endpoint};
-pub use tcp::TcpConn;
+pub use tcp::{TcpConn, TcpResponses};
 
 use crate::error::{ClientError, Result};
 

@@ -41,6 +41,8 @@ pub struct BlockKey {
 pub enum FillSource {
     Origin,
     Disk,
+    /// Another member of the cluster.
+    Peer,
 }
 
 /// A cached block: its bytes and their CRC32C.

@@ -25,7 +25,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use super::shm::Region;
-use super::{ConnLimits, Draining, refuse, serve_connection};
+use super::{ConnLimits, Draining, Remote, refuse, serve_connection};
 use crate::service::CacheService;
 use crate::stats::Stats;
 
@@ -120,7 +120,11 @@ async fn serve_local(
         wr,
         service,
         limits,
-        peer,
+        Remote {
+            name: peer,
+            ip: None,
+            authenticated: false,
+        },
         draining,
         Some(Arc::new(region)),
     )

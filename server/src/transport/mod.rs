@@ -19,8 +19,8 @@ use bytes::Buf;
 use futures::StreamExt;
 use shardcache_proto::frame::{Encoded, MAX_REQUEST_PAYLOAD, encode};
 use shardcache_proto::{
-    DataChunk, ErrorCode, ErrorFrame, Frame, FrameCodec, Framed, Placed, Prefetched, ReadInto,
-    ReadRequest,
+    DataChunk, ErrorCode, ErrorFrame, Frame, FrameCodec, Framed, Placed, Pong, Prefetched,
+    ReadInto, ReadRequest,
 };
 use std::future::Future;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -48,13 +48,33 @@ pub struct ConnLimits {
 /// ones in flight, and close.
 pub type Draining = tokio::sync::watch::Receiver<bool>;
 
+/// Who is at the other end of a connection: for logs, and for requests only members may send.
+#[derive(Debug, Clone)]
+pub struct Remote {
+    pub name: String,
+    /// Source address (TCP, QUIC); `None` on the local socket.
+    pub ip: Option<std::net::IpAddr>,
+    /// Presented a certificate signed by the cluster CA (mutual TLS).
+    pub authenticated: bool,
+}
+
+impl Remote {
+    pub fn addr(addr: std::net::SocketAddr) -> Remote {
+        Remote {
+            name: addr.to_string(),
+            ip: Some(addr.ip()),
+            authenticated: false,
+        }
+    }
+}
+
 /// Serve one connection (or one QUIC stream) until the peer closes it or breaks the protocol.
 pub async fn serve_connection<R, W>(
     mut rd: R,
     wr: W,
     service: Arc<CacheService>,
     limits: ConnLimits,
-    peer: String,
+    remote: Remote,
     mut draining: Draining,
     region: Option<Arc<Region>>,
 ) where
@@ -67,6 +87,8 @@ pub async fn serve_connection<R, W>(
     let mut handlers = JoinSet::new();
     let mut codec = FrameCodec::new(MAX_REQUEST_PAYLOAD);
     let stats = service.stats().clone();
+    let peer = remote.name.clone();
+    let remote = Arc::new(remote);
     'conn: loop {
         loop {
             let framed = match codec.next_frame() {
@@ -98,6 +120,7 @@ pub async fn serve_connection<R, W>(
                         tx.clone(),
                         permit,
                         region.clone(),
+                        remote.clone(),
                     ));
                 }
                 Err(_) => {
@@ -182,6 +205,7 @@ async fn handle(
     tx: mpsc::Sender<Encoded>,
     _permit: OwnedSemaphorePermit,
     region: Option<Arc<Region>>,
+    remote: Arc<Remote>,
 ) {
     let id = framed.request_id;
     let stats = service.stats().clone();
@@ -221,6 +245,30 @@ async fn handle(
             .await;
             (path, result)
         }
+        Frame::Ping(_) => {
+            let cluster = service.cluster();
+            send(Frame::Pong(Pong {
+                node_id: cluster.node_id().to_string(),
+                instance: cluster.instance(),
+                weight: cluster.weight(),
+            }))
+            .await;
+            (String::new(), Ok(()))
+        }
+        Frame::PeerBlock(req) => {
+            let path = req.path.clone();
+            let result = match service.peer_allowed(&remote) {
+                Ok(()) => match service.peer_block(req).await {
+                    Ok(chunk) => {
+                        send(Frame::Data(chunk)).await;
+                        Ok(())
+                    }
+                    Err(e) => Err(e),
+                },
+                Err(e) => Err(e),
+            };
+            (path, result)
+        }
         Frame::Prefetch(req) => {
             let accepted = service.prefetch(req.paths);
             send(Frame::Prefetched(Prefetched { accepted })).await;
@@ -244,8 +292,11 @@ async fn handle(
         ),
     };
     if let Err(e) = result {
-        Stats::add(&stats.failed_requests, 1);
-        log_failure(&path, &e);
+        // A probe that finds nothing is an answer, not a failure.
+        if !matches!(e, Error::NotCached) {
+            Stats::add(&stats.failed_requests, 1);
+            log_failure(&path, &e);
+        }
         send(Frame::Error(ErrorFrame {
             code: e.code(),
             message: e.to_string(),

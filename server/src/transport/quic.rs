@@ -8,7 +8,7 @@ use std::time::Duration;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
-use super::{ConnLimits, Draining, serve_connection};
+use super::{ConnLimits, Draining, Remote, serve_connection};
 use crate::service::CacheService;
 use crate::stats::Stats;
 
@@ -58,6 +58,12 @@ pub async fn accept_loop(
                 }
             };
             stats.open_connections.inc();
+            // A client certificate is only accepted when it chains to the cluster CA.
+            let remote = Remote {
+                name: peer.clone(),
+                ip: Some(conn.remote_address().ip()),
+                authenticated: conn.peer_identity().is_some(),
+            };
             let mut streams = JoinSet::new();
             loop {
                 let accepted = tokio::select! {
@@ -71,7 +77,7 @@ pub async fn accept_loop(
                             send,
                             service.clone(),
                             limits,
-                            peer.clone(),
+                            remote.clone(),
                             draining.clone(),
                             None,
                         ));

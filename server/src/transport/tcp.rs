@@ -7,7 +7,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
-use super::{ConnLimits, Draining, refuse, serve_connection};
+use super::{ConnLimits, Draining, Remote, refuse, serve_connection};
 use crate::service::CacheService;
 use crate::stats::Stats;
 
@@ -45,7 +45,7 @@ pub async fn accept_loop(
         conns.spawn(async move {
             stats.open_connections.inc();
             let (rd, wr) = stream.into_split();
-            serve_connection(rd, wr, service, limits, addr.to_string(), draining, None).await;
+            serve_connection(rd, wr, service, limits, Remote::addr(addr), draining, None).await;
             stats.open_connections.dec();
             drop(permit);
         });

@@ -1,0 +1,258 @@
+//! One peer: its liveness state, its connections, and block requests to it.
+//!
+//! A peer is known by the address its data plane listens on. Requests travel over two
+//! multiplexed protocol connections (the client crate's, opened lazily): one for blocks and one
+//! for liveness probes, so a probe never queues behind megabytes of block data. Every request
+//! has a deadline and ends early when the peer is marked down, so a dead or stalled peer costs
+//! a reader at most the time it takes to notice.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use shardcache_client::raw::{BufPool, TcpConn};
+use shardcache_proto::{ErrorCode, Frame, PeerBlock, Ping, Pong};
+use tokio::sync::{Mutex, Semaphore, watch};
+
+use crate::cache::{Block, FillSource};
+
+/// Block requests in flight to one peer at once (below the default per-connection limit, so
+/// a busy cluster waits here instead of being answered `Busy`).
+const MAX_INFLIGHT: usize = 128;
+
+/// Blocks larger than this are checksummed off the async threads.
+const INLINE_CRC_LIMIT: usize = 1 << 20;
+
+/// What a node knows about a peer address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PeerState {
+    /// Not probed yet.
+    Unknown,
+    Up {
+        node_id: String,
+        weight: u32,
+        instance: u64,
+    },
+    Down {
+        reason: String,
+    },
+    /// The address is this node's own.
+    Myself,
+}
+
+impl PeerState {
+    pub fn is_down(&self) -> bool {
+        matches!(self, PeerState::Down { .. })
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            PeerState::Unknown => "unknown",
+            PeerState::Up { .. } => "up",
+            PeerState::Down { .. } => "down",
+            PeerState::Myself => "self",
+        }
+    }
+}
+
+/// Why a peer did not deliver a block.
+#[derive(Debug, Clone)]
+pub enum PeerFailure {
+    /// A probe found no copy there.
+    Miss,
+    /// The peer answered with a definitive error about the block (the origin's answer, a version
+    /// change): asking someone else would get the same.
+    Answer { code: ErrorCode, message: String },
+    /// The peer is down, stalled, refused, or sent bad bytes: try the next candidate.
+    Unavailable { reason: String },
+}
+
+fn unavailable(reason: impl Into<String>) -> PeerFailure {
+    PeerFailure::Unavailable {
+        reason: reason.into(),
+    }
+}
+
+pub struct Peer {
+    addr: String,
+    state: watch::Sender<PeerState>,
+    data: Mutex<Option<Arc<TcpConn>>>,
+    probe: Mutex<Option<Arc<TcpConn>>>,
+    permits: Semaphore,
+    pool: Arc<BufPool>,
+    /// Set when the address left the membership; its probe task stops.
+    removed: AtomicBool,
+}
+
+impl Peer {
+    pub fn new(addr: String, pool: Arc<BufPool>) -> Peer {
+        Peer {
+            addr,
+            state: watch::Sender::new(PeerState::Unknown),
+            data: Mutex::new(None),
+            probe: Mutex::new(None),
+            permits: Semaphore::new(MAX_INFLIGHT),
+            pool,
+            removed: AtomicBool::new(false),
+        }
+    }
+
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    pub fn state(&self) -> PeerState {
+        self.state.borrow().clone()
+    }
+
+    /// Set the state; true when it changed in a way placement cares about.
+    pub fn set_state(&self, new: PeerState) -> bool {
+        self.state.send_if_modified(|s| {
+            let changed = match (&*s, &new) {
+                (PeerState::Down { .. }, PeerState::Down { .. }) => false,
+                (a, b) => a != b,
+            };
+            if changed {
+                *s = new;
+            }
+            changed
+        })
+    }
+
+    pub fn remove(&self) {
+        self.removed.store(true, Ordering::Release);
+    }
+
+    pub fn is_removed(&self) -> bool {
+        self.removed.load(Ordering::Acquire)
+    }
+
+    async fn conn(
+        &self,
+        slot: &Mutex<Option<Arc<TcpConn>>>,
+        timeout: Duration,
+    ) -> Result<Arc<TcpConn>, PeerFailure> {
+        let mut slot = slot.lock().await;
+        if let Some(conn) = slot.as_ref()
+            && !conn.is_closed()
+        {
+            return Ok(conn.clone());
+        }
+        let connect = TcpConn::connect(&self.addr, &self.addr, self.pool.clone());
+        let conn = match tokio::time::timeout(timeout, connect).await {
+            Ok(Ok(conn)) => Arc::new(conn),
+            Ok(Err(e)) => return Err(unavailable(e.to_string())),
+            Err(_) => return Err(unavailable(format!("no connection within {timeout:?}"))),
+        };
+        *slot = Some(conn.clone());
+        Ok(conn)
+    }
+
+    /// Ask who answers at this address.
+    pub async fn ping(&self, from: &str, timeout: Duration) -> Result<Pong, String> {
+        let work = async {
+            let conn = self.conn(&self.probe, timeout).await.map_err(reason)?;
+            let mut responses = conn
+                .request(Frame::Ping(Ping {
+                    from: from.to_string(),
+                }))
+                .await
+                .map_err(|e| e.to_string())?;
+            match responses.next().await.map_err(|e| e.to_string())? {
+                Frame::Pong(pong) => Ok(pong),
+                Frame::Error(e) => Err(format!("answered {:?}: {}", e.code, e.message)),
+                other => Err(format!("answered a ping with {other:?}")),
+            }
+        };
+        match tokio::time::timeout(timeout, work).await {
+            Ok(result) => result,
+            Err(_) => {
+                // A stalled connection is not reused.
+                *self.probe.lock().await = None;
+                Err(format!("no answer within {timeout:?}"))
+            }
+        }
+    }
+
+    /// Ask for one block. Ends with `Unavailable` after `deadline`, or as soon as the peer is
+    /// marked down. The block's checksum is verified before it is returned.
+    pub async fn block(
+        &self,
+        req: PeerBlock,
+        deadline: Duration,
+        connect_timeout: Duration,
+    ) -> Result<Block, PeerFailure> {
+        let block_start = req.index.saturating_mul(u64::from(req.block_size));
+        let want = u64::from(req.block_size).min(req.size.saturating_sub(block_start));
+        let work = async {
+            let _permit = self
+                .permits
+                .acquire()
+                .await
+                .map_err(|_| unavailable("closed"))?;
+            let conn = self.conn(&self.data, connect_timeout).await?;
+            let mut responses = conn
+                .request(Frame::PeerBlock(req))
+                .await
+                .map_err(|e| unavailable(e.to_string()))?;
+            match responses.next().await {
+                Ok(Frame::Data(chunk)) => {
+                    if chunk.offset != block_start || chunk.data.len() as u64 != want {
+                        return Err(unavailable(format!(
+                            "sent {} bytes at {} for a block of {want} at {block_start}",
+                            chunk.data.len(),
+                            chunk.offset
+                        )));
+                    }
+                    let ok = if chunk.data.len() <= INLINE_CRC_LIMIT {
+                        chunk.verify()
+                    } else {
+                        let chunk = chunk.clone();
+                        tokio::task::spawn_blocking(move || chunk.verify())
+                            .await
+                            .unwrap_or(false)
+                    };
+                    if !ok {
+                        return Err(PeerFailure::Unavailable {
+                            reason: "block failed its checksum".into(),
+                        });
+                    }
+                    Ok(Block {
+                        data: chunk.data,
+                        crc32c: chunk.crc32c,
+                        source: FillSource::Peer,
+                    })
+                }
+                Ok(Frame::Error(e)) => Err(match e.code {
+                    ErrorCode::NotCached => PeerFailure::Miss,
+                    ErrorCode::NotFound
+                    | ErrorCode::PreconditionFailed
+                    | ErrorCode::OriginUnavailable
+                    | ErrorCode::RangeNotSatisfiable => PeerFailure::Answer {
+                        code: e.code,
+                        message: e.message,
+                    },
+                    code => unavailable(format!("answered {code:?}: {}", e.message)),
+                }),
+                Ok(other) => Err(unavailable(format!(
+                    "answered a block request with {other:?}"
+                ))),
+                Err(e) => Err(unavailable(e.to_string())),
+            }
+        };
+        let mut state = self.state.subscribe();
+        tokio::select! {
+            result = work => result,
+            () = tokio::time::sleep(deadline) => Err(unavailable(format!("no block within {deadline:?}"))),
+            _ = state.wait_for(PeerState::is_down) => Err(unavailable("marked down")),
+        }
+    }
+}
+
+fn reason(f: PeerFailure) -> String {
+    match f {
+        PeerFailure::Unavailable { reason } => reason,
+        PeerFailure::Miss => "not cached".into(),
+        PeerFailure::Answer { message, .. } => message,
+    }
+}
