@@ -5,11 +5,15 @@
 //!   tests assert what the origin really saw.
 //! - [`TestServer`]: a shardcache server started in-process on loopback TCP and QUIC ports,
 //!   stopped when dropped.
+//! - [`TestCluster`]: a cluster of real `shardcache` processes on loopback ports sharing a
+//!   membership file, for SIGKILL, stall, restart and join scenarios.
 //! - [`bytes_for`]: deterministic test data.
 
+mod cluster;
 mod s3;
 mod server;
 
+pub use cluster::{Node, TestCluster, TestClusterBuilder, free_port, metric_value, server_binary};
 pub use s3::{OriginCounts, S3Origin};
 pub use server::{TestServer, TestServerBuilder};
 

@@ -1,0 +1,313 @@
+//! A cluster of real `shardcache` processes over one S3 origin: one origin read per block
+//! cluster-wide, nodes killed or stalled during reads, a node that restarts, a node that joins,
+//! and peer-only requests from strangers.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use shardcache_client::Client;
+use shardcache_testsuite::{S3Origin, TestCluster, bytes_for};
+
+const KIB: usize = 1 << 10;
+const BLOCK: usize = 256 * KIB;
+
+/// Objects of uneven sizes (some not a whole number of blocks), uploaded to `bucket`.
+async fn dataset(origin: &S3Origin, objects: usize, size: usize) -> Arc<Vec<Vec<u8>>> {
+    let mut all = Vec::new();
+    for i in 0..objects {
+        let data = bytes_for(100 + i as u64, size + i * 3 * KIB);
+        origin
+            .put("bucket", &format!("train/obj-{i:03}"), data.clone())
+            .await;
+        all.push(data);
+    }
+    Arc::new(all)
+}
+
+fn total_bytes(objects: &[Vec<u8>]) -> u64 {
+    objects.iter().map(|o| o.len() as u64).sum()
+}
+
+fn blocks(objects: &[Vec<u8>]) -> u64 {
+    objects.iter().map(|o| o.len().div_ceil(BLOCK) as u64).sum()
+}
+
+async fn cluster(origin: &S3Origin, nodes: usize) -> TestCluster {
+    let mut d = origin.dataset("ds", "bucket", "train");
+    d.block_size = Some(BLOCK as u64);
+    TestCluster::builder().nodes(nodes).dataset(d).start().await
+}
+
+/// Read every object through every listed node at once; every byte checked.
+async fn read_all(cluster: &TestCluster, nodes: &[usize], objects: &Arc<Vec<Vec<u8>>>) {
+    let mut tasks = Vec::new();
+    for &n in nodes {
+        let client = Client::connect(&cluster.endpoint(n)).await.unwrap();
+        for (i, want) in objects.iter().enumerate() {
+            let client = client.clone();
+            let want = want.len();
+            let objects = objects.clone();
+            tasks.push(tokio::spawn(async move {
+                let got = client.read(&format!("ds/obj-{i:03}"), ..).await;
+                let got = got.unwrap_or_else(|e| panic!("node {n} obj-{i:03}: {e}"));
+                assert_eq!(got.len(), want);
+                assert!(
+                    got[..] == objects[i][..],
+                    "node {n} obj-{i:03}: other bytes"
+                );
+            }));
+        }
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_read_each_block_from_the_origin_once() {
+    let origin = S3Origin::start(&["bucket"]).await;
+    let objects = dataset(&origin, 12, 1 << 20).await;
+    let cluster = cluster(&origin, 3).await;
+    cluster.wait_converged().await;
+
+    // Every object through every node at the same time: all misses of a block, on any node,
+    // meet at its owner.
+    read_all(&cluster, &[0, 1, 2], &objects).await;
+    let counts = origin.total();
+    assert_eq!(
+        counts.get_bytes,
+        total_bytes(&objects),
+        "origin bytes = dataset bytes: {counts:?}"
+    );
+    assert_eq!(counts.gets, blocks(&objects), "{counts:?}");
+    let peer_bytes = cluster
+        .metric_sum("shardcache_served_bytes_total{source=\"peer\"}")
+        .await;
+    assert!(peer_bytes > 0.0, "blocks were served from their owners");
+    let fills = cluster
+        .metric_sum("shardcache_peer_requests_served_total{mode=\"fill\"}")
+        .await;
+    assert!(fills > 0.0);
+
+    // A second pass anywhere reads nothing from the origin.
+    read_all(&cluster, &[2, 0, 1], &objects).await;
+    assert_eq!(origin.total().gets, counts.gets);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_during_reads_then_restart() {
+    let origin = S3Origin::start(&["bucket"]).await;
+    let objects = dataset(&origin, 16, 1 << 20).await;
+    let mut cluster = cluster(&origin, 3).await;
+    cluster.wait_converged().await;
+
+    // 16 readers on the two surviving nodes, several passes each; node 2 dies during them.
+    let mut readers = Vec::new();
+    for r in 0..16usize {
+        let client = Client::connect(&cluster.endpoint(r % 2)).await.unwrap();
+        let objects = objects.clone();
+        readers.push(tokio::spawn(async move {
+            for pass in 0..3 {
+                for k in 0..objects.len() {
+                    let i = (k + r) % objects.len();
+                    let got = client.read(&format!("ds/obj-{i:03}"), ..).await;
+                    let got = got.unwrap_or_else(|e| panic!("reader {r} pass {pass} obj {i}: {e}"));
+                    assert!(got[..] == objects[i][..], "reader {r}: other bytes");
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    assert!(
+        readers.iter().all(|r| !r.is_finished()),
+        "the kill lands while every reader is still reading"
+    );
+    cluster.kill(2);
+    for r in readers {
+        r.await.unwrap();
+    }
+    // The dead node is noticed and the rest read everything again without it.
+    cluster.wait_converged().await;
+    read_all(&cluster, &[0, 1], &objects).await;
+
+    // Node 2 comes back empty and owns its blocks again: it finds them on the nodes that
+    // held them meanwhile, not at the origin.
+    cluster.restart(2).await;
+    cluster.wait_converged().await;
+    let gets = origin.total().gets;
+    read_all(&cluster, &[0, 1, 2], &objects).await;
+    assert_eq!(
+        origin.total().gets,
+        gets,
+        "a restarted node reads its blocks from their interim holders"
+    );
+    assert!(
+        cluster
+            .metric(
+                2,
+                "shardcache_peer_requests_total{mode=\"probe\",outcome=\"hit\"}"
+            )
+            .await
+            > 0.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_joining_node_reads_cached_blocks_from_their_old_owners() {
+    let origin = S3Origin::start(&["bucket"]).await;
+    let objects = dataset(&origin, 12, 1 << 20).await;
+    let mut cluster = cluster(&origin, 3).await;
+    cluster.wait_converged().await;
+    read_all(&cluster, &[0, 1, 2], &objects).await;
+    let before = origin.total();
+    assert_eq!(before.get_bytes, total_bytes(&objects));
+
+    let new = cluster.add_node().await;
+    cluster.wait_converged().await;
+    read_all(&cluster, &[new, 0, 1, 2], &objects).await;
+    assert_eq!(
+        origin.total().gets,
+        before.gets,
+        "no cached block is read from the origin again after a join"
+    );
+    // The new node owns a share of the blocks and took them from the old owners.
+    let hits = cluster
+        .metric(
+            new,
+            "shardcache_peer_requests_total{mode=\"probe\",outcome=\"hit\"}",
+        )
+        .await;
+    assert!(
+        hits > 0.0,
+        "the new node found its blocks at their old owners"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_node_is_marked_down_and_skipped() {
+    let origin = S3Origin::start(&["bucket"]).await;
+    let objects = dataset(&origin, 8, 1 << 20).await;
+    // Default probe settings, so this checks the documented detection time.
+    let mut d = origin.dataset("ds", "bucket", "train");
+    d.block_size = Some(BLOCK as u64);
+    let cluster = TestCluster::builder()
+        .nodes(3)
+        .dataset(d)
+        .arg("--peer-probe-interval", "500ms")
+        .arg("--peer-timeout", "1s")
+        .start()
+        .await;
+    cluster.wait_converged().await;
+
+    cluster.signal(2, rustix::process::Signal::STOP);
+    let stopped = Instant::now();
+    // Reads through the other nodes go on while node 2 is frozen.
+    read_all(&cluster, &[0, 1], &objects).await;
+    loop {
+        let down = cluster.metric(0, "shardcache_peers{state=\"down\"}").await;
+        if down == 1.0 {
+            break;
+        }
+        assert!(
+            stopped.elapsed() < Duration::from_secs(10),
+            "a frozen node is never marked down"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let noticed = stopped.elapsed();
+    // Probes every 500 ms with a 1 s deadline: noticed within 2 s (with room for a loaded
+    // machine's scheduling).
+    assert!(
+        noticed < Duration::from_millis(2500),
+        "marked down after {noticed:?}"
+    );
+    assert_eq!(origin.total().get_bytes, total_bytes(&objects));
+
+    cluster.signal(2, rustix::process::Signal::CONT);
+    cluster.wait_converged().await;
+    read_all(&cluster, &[2], &objects).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peer_requests_from_a_stranger_are_refused() {
+    use shardcache_client::raw::{BufPool, TcpConn};
+    use shardcache_proto::{ErrorCode, Frame, PeerBlock, PeerMode};
+
+    let origin = S3Origin::start(&["bucket"]).await;
+    let objects = dataset(&origin, 1, 1 << 20).await;
+    let cluster = cluster(&origin, 2).await;
+    cluster.wait_converged().await;
+    read_all(&cluster, &[0], &objects).await;
+    let info = Client::connect(&cluster.endpoint(0))
+        .await
+        .unwrap()
+        .stat("ds/obj-000")
+        .await
+        .unwrap();
+    let ask = |mode| {
+        Frame::PeerBlock(PeerBlock {
+            path: "ds/obj-000".into(),
+            etag: info.etag.clone(),
+            size: info.size,
+            last_modified_ms: info.last_modified_ms,
+            block_size: BLOCK as u32,
+            index: 0,
+            mode,
+        })
+    };
+    let node0 = cluster.nodes[0].data;
+    let connect_from = |ip: [u8; 4]| async move {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(std::net::SocketAddr::from((ip, 0))).unwrap();
+        let stream = socket.connect(node0).await.unwrap();
+        let (rd, wr) = stream.into_split();
+        TcpConn::from_halves(rd, wr, "node-0", BufPool::new(2))
+    };
+
+    // From 127.0.0.2, which is not a member's address: refused, and said so.
+    let stranger = connect_from([127, 0, 0, 2]).await;
+    for mode in [PeerMode::Probe, PeerMode::Fill] {
+        let mut r = stranger.request(ask(mode)).await.unwrap();
+        match r.next().await.unwrap() {
+            Frame::Error(e) => {
+                assert_eq!(e.code, ErrorCode::Forbidden);
+                assert!(e.message.contains("not a cluster member"), "{}", e.message);
+            }
+            other => panic!("a stranger got {other:?}"),
+        }
+    }
+    // Anyone may ping; the connection still serves ordinary reads.
+    let mut r = stranger
+        .request(Frame::Ping(shardcache_proto::Ping { from: "x".into() }))
+        .await
+        .unwrap();
+    assert!(matches!(r.next().await.unwrap(), Frame::Pong(p) if p.node_id == "node-0"));
+    assert!(
+        cluster
+            .metric(
+                0,
+                "shardcache_rejected_requests_total{reason=\"not_a_member\"}"
+            )
+            .await
+            >= 2.0
+    );
+
+    // From a member's address the same request is served, checksummed.
+    let member = connect_from([127, 0, 0, 1]).await;
+    let mut r = member.request(ask(PeerMode::Probe)).await.unwrap();
+    match r.next().await.unwrap() {
+        Frame::Data(chunk) => {
+            assert!(chunk.verify());
+            assert_eq!(chunk.data[..], objects[0][..BLOCK]);
+        }
+        Frame::Error(e) if e.code == ErrorCode::NotCached => {
+            // Node 0 did not keep this block (another node owns it): a fill must serve it.
+            let mut r = member.request(ask(PeerMode::Fill)).await.unwrap();
+            match r.next().await.unwrap() {
+                Frame::Data(chunk) => assert_eq!(chunk.data[..], objects[0][..BLOCK]),
+                other => panic!("a member got {other:?}"),
+            }
+        }
+        other => panic!("a member got {other:?}"),
+    }
+}
