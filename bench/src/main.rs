@@ -7,6 +7,9 @@
 //!   object_store GET of the same object from the same server (and, for reference, a direct
 //!   read with parallel ranged GETs).
 //!
+//! - cluster: one epoch of a dataset read by readers spread over N nodes, beside the same epoch
+//!   through one node (see `cluster.rs`).
+//!
 //! Every measured byte is checked or at least lands in a caller-owned buffer, as a data loader's
 //! would. Results print as a Markdown table.
 
@@ -24,7 +27,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[derive(Parser, Clone)]
 #[command(about = "shardcache throughput against same-run baselines")]
-struct Args {
+pub(crate) struct Args {
     /// Concurrent readers in the hot runs.
     #[arg(long, default_value_t = 8)]
     readers: usize,
@@ -52,12 +55,27 @@ struct Args {
     /// Directory for the disk-tier benchmarks (a temporary directory under it is used).
     #[arg(long, default_value = "target/bench-disk")]
     disk_dir: std::path::PathBuf,
-    /// Only these parts (hot-tcp, hot-quic, cold, disk-hot, disk-rebuild, local); all when empty.
+    /// Nodes in the cluster benchmark.
+    #[arg(long, default_value_t = 3)]
+    cluster_nodes: usize,
+    /// Readers in the cluster benchmark, spread over the nodes.
+    #[arg(long, default_value_t = 16)]
+    cluster_readers: usize,
+    /// Dataset size of the cluster benchmark in MiB.
+    #[arg(long, default_value_t = 2048)]
+    cluster_mib: usize,
+    /// Objects the cluster benchmark's dataset is split into.
+    #[arg(long, default_value_t = 64)]
+    cluster_objects: usize,
+    /// Only these parts (hot-tcp, hot-quic, cold, disk-hot, disk-rebuild, local, cluster); all
+    /// when empty.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
 }
 
-struct Row {
+mod cluster;
+
+pub(crate) struct Row {
     name: String,
     bytes: u64,
     secs: f64,
@@ -238,6 +256,28 @@ async fn run(args: Args) -> anyhow::Result<()> {
         rows.push(local);
         rows.push(tcp);
     }
+    if wants(&args, "cluster") {
+        let c = cluster::cluster(&origin, &args).await?;
+        ratios.push((
+            "cluster cold epoch: origin bytes / dataset bytes",
+            c.origin_ratio,
+            1.0,
+            false,
+        ));
+        ratios.push((
+            "cluster / one node, cold epoch throughput",
+            c.cold_ratio,
+            0.0,
+            true,
+        ));
+        ratios.push((
+            "cluster / one node, warm epoch throughput",
+            c.warm_ratio,
+            0.0,
+            true,
+        ));
+        rows.extend(c.rows);
+    }
     if wants(&args, "disk-rebuild") {
         let (blocks, secs) = disk_rebuild(&args)?;
         println!("disk index rebuild: {blocks} block files indexed in {secs:.3} s");
@@ -400,7 +440,7 @@ async fn raw_tcp(readers: usize, size: usize, rounds: usize) -> anyhow::Result<R
 /// connections, with the same TLS and windows as the cache's QUIC transport.
 async fn raw_quic(readers: usize, size: usize, rounds: usize) -> anyhow::Result<Row> {
     let id = shardcache_server::transport::tls::Identity::self_signed()?;
-    let server_config = shardcache_server::transport::tls::quic_server_config(id)?;
+    let server_config = shardcache_server::transport::tls::quic_server_config(id, None)?;
     let endpoint = quinn::Endpoint::server(server_config, "127.0.0.1:0".parse()?)?;
     let addr: SocketAddr = endpoint.local_addr()?;
     let payload = bytes::Bytes::from(bytes_for(99, size));

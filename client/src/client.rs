@@ -31,6 +31,12 @@ pub struct ClientOptions {
     pub insecure_skip_verify: bool,
     /// TLS server name, when it differs from the endpoint's host.
     pub server_name: Option<String>,
+    /// Accept any name in a server certificate that chains to `tls_ca` (cluster members,
+    /// whose identity is the CA's signature, not an address).
+    pub tls_any_name: bool,
+    /// Client certificate chain and key (PEM) for servers that ask for one (mutual TLS).
+    pub tls_client_cert: Option<PathBuf>,
+    pub tls_client_key: Option<PathBuf>,
     /// Longest silence from the server inside one request.
     pub idle_timeout: Duration,
     /// Blocks an [`ObjectReader`] fetches ahead of the reading position.
@@ -46,6 +52,9 @@ impl Default for ClientOptions {
             tls_ca: None,
             insecure_skip_verify: false,
             server_name: None,
+            tls_any_name: false,
+            tls_client_cert: None,
+            tls_client_key: None,
             idle_timeout: Duration::from_secs(60),
             readahead: 4,
             retries: 2,

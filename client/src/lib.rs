@@ -41,5 +41,5 @@ pub use shardcache_proto::{ErrorCode, ObjectInfo};
 /// Multiplexed protocol connections below [`Client`]: one request frame in, that request's
 /// response frames out. Servers use them to talk to their peers.
 pub mod raw {
-    pub use crate::conn::{BufPool, TcpConn, TcpResponses};
+    pub use crate::conn::{BufPool, Conn, QuicConn, Responses, TcpConn, TcpResponses};
 }

@@ -5,7 +5,10 @@
 //! - `/readyz`: 200 when every dataset's origin answers, 503 naming the ones that do not
 //!   (readiness). A probe is a HEAD of a key that should not exist: "found" and "not found" both
 //!   prove the origin answers. Results are kept for a few seconds so frequent probes do not turn
-//!   into origin traffic.
+//!   into origin traffic. In a cluster, readiness also waits until every member address has
+//!   been probed once (membership known), so a starting node does not take traffic while it
+//!   would still place every block on itself.
+//! - `/members`: one line per member address: address, state, node id and weight.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -82,6 +85,7 @@ impl Admin {
                 resp
             }
             "/healthz" => text(StatusCode::OK, "ok\n".into()),
+            "/members" => text(StatusCode::OK, self.members()),
             "/readyz" => match self.readiness().await {
                 Ok(()) => text(StatusCode::OK, "ready\n".into()),
                 Err(why) => text(
@@ -91,7 +95,7 @@ impl Admin {
             },
             _ => text(
                 StatusCode::NOT_FOUND,
-                "not found: try /metrics, /healthz, /readyz\n".into(),
+                "not found: try /metrics, /healthz, /readyz, /members\n".into(),
             ),
         }
     }
@@ -111,7 +115,28 @@ impl Admin {
         stats.encode()
     }
 
+    /// Member addresses and what is known of them, a line each.
+    fn members(&self) -> String {
+        use crate::cluster::PeerState;
+        let cluster = self.service.cluster();
+        let mut out = format!("self {} weight={}\n", cluster.node_id(), cluster.weight());
+        for m in cluster.members() {
+            let detail = match &m.state {
+                PeerState::Up {
+                    node_id, weight, ..
+                } => format!("{node_id} weight={weight}"),
+                PeerState::Down { reason } => format!("({reason})"),
+                PeerState::Unknown | PeerState::Myself => String::new(),
+            };
+            out.push_str(&format!("{} {} {detail}\n", m.addr, m.state.name()));
+        }
+        out
+    }
+
     async fn readiness(&self) -> Result<(), String> {
+        if !self.service.cluster().membership_known() {
+            return Err("membership not known yet: peers not probed".into());
+        }
         let mut cached = self.ready.lock().await;
         if let Some((at, verdict)) = cached.as_ref()
             && at.elapsed() < READY_CACHE

@@ -436,6 +436,11 @@ impl Config {
                 "tls_cert and tls_key must be given together",
             ));
         }
+        if self.tls_ca.is_some() && (self.tls_cert.is_none() || self.quic_listen.is_none()) {
+            return Err(ConfigError::new(
+                "tls_ca (members authenticate with certificates) needs tls_cert, tls_key and quic_listen: members talk over QUIC with mutual TLS",
+            ));
+        }
         if self.quic_listen.is_some() && self.tls_cert.is_none() && !self.insecure_dev_tls {
             return Err(ConfigError::new(
                 "quic_listen needs a certificate: set tls_cert and tls_key, or insecure_dev_tls for local trials",

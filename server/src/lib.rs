@@ -34,7 +34,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use crate::cache::{DiskConfig, DiskTier, RamTier, VersionCache};
-use crate::cluster::{Cluster, ClusterSettings};
+use crate::cluster::{Cluster, ClusterSettings, PeerTransport};
 use crate::config::{Config, DEFAULT_DATASET};
 use crate::origin::{DatasetSettings, Origin, RetryPolicy, StoreError, build_store};
 use crate::service::CacheService;
@@ -216,10 +216,21 @@ impl Server {
                 fill_timeout: config.peer_timeout + origin_budget,
                 read_neighbours: config.read_neighbours,
                 keep_copies: config.peer_keep_copies,
+                transport: match &config.tls_ca {
+                    None => PeerTransport::Tcp,
+                    Some(ca) => PeerTransport::Quic(Arc::new(shardcache_client::ClientOptions {
+                        connections: 1,
+                        tls_ca: Some(ca.clone()),
+                        tls_any_name: true,
+                        tls_client_cert: config.tls_cert.clone(),
+                        tls_client_key: config.tls_key.clone(),
+                        ..Default::default()
+                    })),
+                },
             },
             stats.clone(),
         );
-        let service = Arc::new(CacheService::new(
+        let mut service = CacheService::new(
             origins,
             RamTier::new(config.ram_cache, stats.ram_evictions.clone()),
             disk.clone(),
@@ -227,13 +238,18 @@ impl Server {
             stats.clone(),
             config.readahead_blocks,
             cluster,
-        ));
+        );
+        if config.tls_ca.is_some() {
+            service.require_peer_certificates();
+        }
+        let service = Arc::new(service);
         let quic = match (&config.quic_listen, &config.tls_cert, &config.tls_key) {
             (None, _, _) => None,
-            (Some(_), Some(cert), Some(key)) => {
-                Some(quic_server_config(Identity::from_files(cert, key)?)?)
-            }
-            (Some(_), _, _) => Some(quic_server_config(Identity::self_signed()?)?),
+            (Some(_), Some(cert), Some(key)) => Some(quic_server_config(
+                Identity::from_files(cert, key)?,
+                config.tls_ca.as_deref(),
+            )?),
+            (Some(_), _, _) => Some(quic_server_config(Identity::self_signed()?, None)?),
         };
         Ok(Server {
             config,

@@ -311,3 +311,185 @@ async fn peer_requests_from_a_stranger_are_refused() {
         other => panic!("a member got {other:?}"),
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_found_through_dns() {
+    use shardcache_testsuite::TestServer;
+    let origin = S3Origin::start(&["bucket"]).await;
+    let a = TestServer::builder()
+        .dataset(origin.dataset("ds", "bucket", "train"))
+        .config(|c| c.node_id = Some("node-a".into()))
+        .start()
+        .await;
+    // `localhost` resolves to 127.0.0.1 (and maybe ::1, where nothing listens).
+    let dns = format!("localhost:{}", a.tcp.port());
+    let b = TestServer::builder()
+        .dataset(origin.dataset("ds", "bucket", "train"))
+        .config(|c| {
+            c.node_id = Some("node-b".into());
+            c.peer_dns = Some(dns);
+            c.peer_probe_interval = Duration::from_millis(100);
+        })
+        .start()
+        .await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while b.stats.peers.with_label_values(&["up"]).get() != 1 {
+        assert!(Instant::now() < deadline, "node-a never found through DNS");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (status, members) = b.admin_get("/members").await;
+    assert_eq!(status, 200);
+    assert!(
+        members.contains(&format!("{} up node-a weight=1", a.tcp)),
+        "{members}"
+    );
+    let (status, _) = b.admin_get("/readyz").await;
+    assert_eq!(status, 200, "membership known, origin up: ready");
+}
+
+/// A CA and a member certificate signed by it, as PEM files in `dir`: `(ca, cert, key)`.
+fn cluster_ca(
+    dir: &std::path::Path,
+) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_key = KeyPair::generate().unwrap();
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca_params, ca_key);
+    let key = KeyPair::generate().unwrap();
+    let cert = CertificateParams::new(vec!["shardcache-member".to_string()])
+        .unwrap()
+        .signed_by(&key, &issuer)
+        .unwrap();
+    let paths = (
+        dir.join("ca.pem"),
+        dir.join("member.pem"),
+        dir.join("member.key"),
+    );
+    std::fs::write(&paths.0, ca_cert.pem()).unwrap();
+    std::fs::write(&paths.1, cert.pem()).unwrap();
+    std::fs::write(&paths.2, key.serialize_pem()).unwrap();
+    paths
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_authenticate_with_certificates_over_quic() {
+    use shardcache_client::ClientOptions;
+    use shardcache_client::raw::{BufPool, TcpConn};
+    use shardcache_proto::{ErrorCode, Frame, PeerBlock, PeerMode};
+    use shardcache_testsuite::TestServer;
+
+    let origin = S3Origin::start(&["bucket"]).await;
+    let objects = dataset(&origin, 6, 1 << 20).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = cluster_ca(dir.path());
+    let udp_port = || {
+        std::net::UdpSocket::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+    };
+    let quic: Vec<std::net::SocketAddr> = (0..3).map(|_| udp_port()).collect();
+    let peers: Vec<String> = quic.iter().map(|a| a.to_string()).collect();
+    let mut nodes = Vec::new();
+    for (i, addr) in quic.iter().enumerate() {
+        let mut d = origin.dataset("ds", "bucket", "train");
+        d.block_size = Some(BLOCK as u64);
+        let (ca, cert, key, peers, addr) =
+            (ca.clone(), cert.clone(), key.clone(), peers.clone(), *addr);
+        nodes.push(
+            TestServer::builder()
+                .dataset(d)
+                .config(move |c| {
+                    c.node_id = Some(format!("node-{i}"));
+                    c.quic_listen = Some(addr);
+                    c.insecure_dev_tls = false;
+                    c.tls_ca = Some(ca);
+                    c.tls_cert = Some(cert);
+                    c.tls_key = Some(key);
+                    c.peers = peers;
+                    c.peer_probe_interval = Duration::from_millis(100);
+                })
+                .start()
+                .await,
+        );
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while nodes
+        .iter()
+        .any(|n| n.stats.peers.with_label_values(&["up"]).get() != 2)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "members never authenticated each other"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // Reads through node 0 get blocks from their owners over mutually authenticated QUIC.
+    let client = Client::connect(&nodes[0].tcp_endpoint()).await.unwrap();
+    for (i, want) in objects.iter().enumerate() {
+        let got = client.read(&format!("ds/obj-{i:03}"), ..).await.unwrap();
+        assert!(got[..] == want[..]);
+    }
+    assert_eq!(origin.total().get_bytes, total_bytes(&objects));
+    assert!(
+        nodes[0].stats.peer_fill_ok.get() > 0,
+        "owners served blocks"
+    );
+
+    // Without a member certificate, peer requests are refused: over TCP even from a member's
+    // address, and over QUIC from an ordinary reader (which may still read).
+    let ask = Frame::PeerBlock(PeerBlock {
+        path: "ds/obj-000".into(),
+        etag: client.stat("ds/obj-000").await.unwrap().etag,
+        size: objects[0].len() as u64,
+        last_modified_ms: 0,
+        block_size: BLOCK as u32,
+        index: 0,
+        mode: PeerMode::Probe,
+    });
+    let tcp = TcpConn::connect(&nodes[1].tcp_endpoint(), "node-1", BufPool::new(1))
+        .await
+        .unwrap();
+    match tcp
+        .request(ask.clone())
+        .await
+        .unwrap()
+        .next()
+        .await
+        .unwrap()
+    {
+        Frame::Error(e) => assert_eq!(e.code, ErrorCode::Forbidden, "{}", e.message),
+        other => panic!("peer request without a certificate got {other:?}"),
+    }
+    let reader = Client::connect_with(
+        &format!("quic://{}", quic[1]),
+        ClientOptions {
+            tls_ca: Some(ca.clone()),
+            tls_any_name: true,
+            ..ClientOptions::default()
+        },
+    )
+    .await
+    .unwrap();
+    let got = reader.read("ds/obj-001", ..).await.unwrap();
+    assert!(got[..] == objects[1][..]);
+    let quic_conn = shardcache_client::raw::QuicConn::connect(
+        &ClientOptions {
+            tls_ca: Some(ca.clone()),
+            tls_any_name: true,
+            ..ClientOptions::default()
+        },
+        &quic[1].to_string(),
+        "127.0.0.1",
+        "node-1",
+    )
+    .await
+    .unwrap();
+    match quic_conn.request(ask).await.unwrap().next().await.unwrap() {
+        Frame::Error(e) => assert_eq!(e.code, ErrorCode::Forbidden, "{}", e.message),
+        other => panic!("peer request from a reader got {other:?}"),
+    }
+}

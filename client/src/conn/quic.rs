@@ -28,11 +28,10 @@ pub fn quic_endpoint(options: &ClientOptions, remote: SocketAddr) -> Result<quin
     let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| tls_err(e.to_string()))?;
-    let mut tls = if options.insecure_skip_verify {
+    let builder = if options.insecure_skip_verify {
         builder
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(AcceptAnyServerCert(provider)))
-            .with_no_client_auth()
     } else {
         let mut roots = rustls::RootCertStore::empty();
         if let Some(ca) = &options.tls_ca {
@@ -51,7 +50,38 @@ pub fn quic_endpoint(options: &ClientOptions, remote: SocketAddr) -> Result<quin
                 "QUIC needs a CA to trust the server (tls_ca) or insecure_skip_verify for a dev server",
             ));
         }
-        builder.with_root_certificates(roots).with_no_client_auth()
+        if options.tls_any_name {
+            let inner = rustls::client::WebPkiServerVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider,
+            )
+            .build()
+            .map_err(|e| tls_err(e.to_string()))?;
+            builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(SignedByCa(inner)))
+        } else {
+            builder.with_root_certificates(roots)
+        }
+    };
+    let mut tls = match (&options.tls_client_cert, &options.tls_client_key) {
+        (Some(cert), Some(key)) => {
+            let chain = CertificateDer::pem_file_iter(cert)
+                .map_err(|e| tls_err(format!("cannot read certificate {}: {e}", cert.display())))?
+                .collect::<std::result::Result<Vec<_>, _>>()
+                .map_err(|e| tls_err(format!("bad certificate in {}: {e}", cert.display())))?;
+            let key = rustls::pki_types::PrivateKeyDer::from_pem_file(key)
+                .map_err(|e| tls_err(format!("cannot read private key {}: {e}", key.display())))?;
+            builder
+                .with_client_auth_cert(chain, key)
+                .map_err(|e| tls_err(format!("client certificate and key: {e}")))?
+        }
+        (None, None) => builder.with_no_client_auth(),
+        _ => {
+            return Err(tls_err(
+                "tls_client_cert and tls_client_key must be given together",
+            ));
+        }
     };
     tls.alpn_protocols = vec![ALPN.to_vec()];
     let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
@@ -188,6 +218,56 @@ impl QuicResponses {
                 }
             }
         }
+    }
+}
+
+/// Accepts a server certificate that chains to the configured CA whatever names it carries:
+/// for members of one cluster, where being signed by the cluster's CA is the identity and
+/// addresses come and go.
+#[derive(Debug)]
+struct SignedByCa(Arc<rustls::client::WebPkiServerVerifier>);
+
+impl rustls::client::danger::ServerCertVerifier for SignedByCa {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> std::result::Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        match self
+            .0
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+        {
+            Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::NotValidForName
+                | rustls::CertificateError::NotValidForNameContext { .. },
+            )) => Ok(rustls::client::danger::ServerCertVerified::assertion()),
+            other => other,
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> std::result::Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> std::result::Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.supported_verify_schemes()
     }
 }
 

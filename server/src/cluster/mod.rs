@@ -27,7 +27,7 @@ use shardcache_client::raw::BufPool;
 use crate::cache::BlockKey;
 use crate::stats::Stats;
 use crate::transport::Draining;
-pub use peer::{Peer, PeerFailure, PeerState};
+pub use peer::{Peer, PeerFailure, PeerState, PeerTransport};
 use placement::Weighted;
 
 /// Longest wait between probes of a peer that is down.
@@ -60,6 +60,16 @@ pub struct ClusterSettings {
     pub read_neighbours: usize,
     /// Keep blocks fetched from peers in this node's RAM tier.
     pub keep_copies: bool,
+    pub transport: PeerTransport,
+}
+
+impl std::fmt::Debug for PeerTransport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            PeerTransport::Tcp => "tcp",
+            PeerTransport::Quic(_) => "quic+mtls",
+        })
+    }
 }
 
 /// A candidate holder of a block.
@@ -94,6 +104,8 @@ pub struct Cluster {
     member_ips: RwLock<HashSet<IpAddr>>,
     /// Last good resolution of each entry, kept while a refresh fails.
     resolved: Mutex<BTreeMap<String, Vec<SocketAddr>>>,
+    /// The member sources have been read once.
+    refreshed: std::sync::atomic::AtomicBool,
 }
 
 impl Cluster {
@@ -122,6 +134,7 @@ impl Cluster {
             peers: Mutex::new(BTreeMap::new()),
             member_ips: RwLock::new(HashSet::new()),
             resolved: Mutex::new(BTreeMap::new()),
+            refreshed: std::sync::atomic::AtomicBool::new(false),
             settings,
         })
     }
@@ -189,11 +202,16 @@ impl Cluster {
 
     /// Whether every known peer has been probed at least once (membership is known).
     pub fn membership_known(&self) -> bool {
-        self.peers
-            .lock()
-            .expect("lock")
-            .values()
-            .all(|p| p.state() != PeerState::Unknown)
+        if !self.is_clustered() {
+            return true;
+        }
+        self.refreshed.load(std::sync::atomic::Ordering::Acquire)
+            && self
+                .peers
+                .lock()
+                .expect("lock")
+                .values()
+                .all(|p| p.state() != PeerState::Unknown)
     }
 
     /// Mark a peer down after a failed request; its probe task brings it back.
@@ -322,7 +340,11 @@ impl Cluster {
                 if peers.contains_key(addr) {
                     continue;
                 }
-                let peer = Arc::new(Peer::new(addr.clone(), self.pool.clone()));
+                let peer = Arc::new(Peer::new(
+                    addr.clone(),
+                    self.settings.transport.clone(),
+                    self.pool.clone(),
+                ));
                 if self.settings.own_addr.map(|a| a.to_string()).as_deref() == Some(addr) {
                     peer.set_state(PeerState::Myself);
                 } else {
@@ -335,6 +357,8 @@ impl Cluster {
             tokio::spawn(self.clone().probe(peer));
         }
         self.recompute();
+        self.refreshed
+            .store(true, std::sync::atomic::Ordering::Release);
     }
 
     /// Ping one peer until it leaves the membership or turns out to be this node.

@@ -1,8 +1,8 @@
 //! One peer: its liveness state, its connections, and block requests to it.
 //!
 //! A peer is known by the address its data plane listens on. Requests travel over two
-//! multiplexed protocol connections (the client crate's, opened lazily): one for blocks and one
-//! for liveness probes, so a probe never queues behind megabytes of block data. Every request
+//! protocol connections (the client crate's, opened lazily; TCP, or QUIC with mutual TLS when
+//! the cluster has a CA): one for blocks and one for liveness probes, so a probe never queues behind megabytes of block data. Every request
 //! has a deadline and ends early when the peer is marked down, so a dead or stalled peer costs
 //! a reader at most the time it takes to notice.
 
@@ -10,7 +10,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use shardcache_client::raw::{BufPool, TcpConn};
+use shardcache_client::ClientOptions;
+use shardcache_client::raw::{BufPool, Conn, QuicConn, TcpConn};
 use shardcache_proto::{ErrorCode, Frame, PeerBlock, Ping, Pong};
 use tokio::sync::{Mutex, Semaphore, watch};
 
@@ -73,11 +74,23 @@ fn unavailable(reason: impl Into<String>) -> PeerFailure {
     }
 }
 
+/// How members reach each other.
+#[derive(Clone)]
+pub enum PeerTransport {
+    Tcp,
+    /// QUIC, presenting this node's certificate and accepting peers signed by the cluster CA.
+    Quic(Arc<ClientOptions>),
+}
+
+/// Longest silence inside one peer response (requests have their own, shorter deadlines).
+const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+
 pub struct Peer {
     addr: String,
+    transport: PeerTransport,
     state: watch::Sender<PeerState>,
-    data: Mutex<Option<Arc<TcpConn>>>,
-    probe: Mutex<Option<Arc<TcpConn>>>,
+    data: Mutex<Option<Arc<Conn>>>,
+    probe: Mutex<Option<Arc<Conn>>>,
     permits: Semaphore,
     pool: Arc<BufPool>,
     /// Set when the address left the membership; its probe task stops.
@@ -85,9 +98,10 @@ pub struct Peer {
 }
 
 impl Peer {
-    pub fn new(addr: String, pool: Arc<BufPool>) -> Peer {
+    pub fn new(addr: String, transport: PeerTransport, pool: Arc<BufPool>) -> Peer {
         Peer {
             addr,
+            transport,
             state: watch::Sender::new(PeerState::Unknown),
             data: Mutex::new(None),
             probe: Mutex::new(None),
@@ -129,16 +143,31 @@ impl Peer {
 
     async fn conn(
         &self,
-        slot: &Mutex<Option<Arc<TcpConn>>>,
+        slot: &Mutex<Option<Arc<Conn>>>,
         timeout: Duration,
-    ) -> Result<Arc<TcpConn>, PeerFailure> {
+    ) -> Result<Arc<Conn>, PeerFailure> {
         let mut slot = slot.lock().await;
         if let Some(conn) = slot.as_ref()
             && !conn.is_closed()
         {
             return Ok(conn.clone());
         }
-        let connect = TcpConn::connect(&self.addr, &self.addr, self.pool.clone());
+        let connect = async {
+            match &self.transport {
+                PeerTransport::Tcp => TcpConn::connect(&self.addr, &self.addr, self.pool.clone())
+                    .await
+                    .map(Conn::Tcp),
+                PeerTransport::Quic(options) => {
+                    let host = self
+                        .addr
+                        .parse::<std::net::SocketAddr>()
+                        .map_or_else(|_| "shardcache".to_string(), |a| a.ip().to_string());
+                    QuicConn::connect(options, &self.addr, &host, &self.addr)
+                        .await
+                        .map(Conn::Quic)
+                }
+            }
+        };
         let conn = match tokio::time::timeout(timeout, connect).await {
             Ok(Ok(conn)) => Arc::new(conn),
             Ok(Err(e)) => return Err(unavailable(e.to_string())),
@@ -153,9 +182,12 @@ impl Peer {
         let work = async {
             let conn = self.conn(&self.probe, timeout).await.map_err(reason)?;
             let mut responses = conn
-                .request(Frame::Ping(Ping {
-                    from: from.to_string(),
-                }))
+                .request(
+                    Frame::Ping(Ping {
+                        from: from.to_string(),
+                    }),
+                    IDLE_TIMEOUT,
+                )
                 .await
                 .map_err(|e| e.to_string())?;
             match responses.next().await.map_err(|e| e.to_string())? {
@@ -192,7 +224,7 @@ impl Peer {
                 .map_err(|_| unavailable("closed"))?;
             let conn = self.conn(&self.data, connect_timeout).await?;
             let mut responses = conn
-                .request(Frame::PeerBlock(req))
+                .request(Frame::PeerBlock(req), IDLE_TIMEOUT)
                 .await
                 .map_err(|e| unavailable(e.to_string()))?;
             match responses.next().await {

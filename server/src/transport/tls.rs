@@ -1,5 +1,5 @@
 //! TLS material for the QUIC data plane: a certificate from files, or a self-signed one for
-//! local trials.
+//! local trials; with a cluster CA, client certificates that mark members (mutual TLS).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -62,13 +62,51 @@ impl Identity {
     }
 }
 
-/// The QUIC server configuration for an identity.
-pub fn quic_server_config(id: Identity) -> Result<quinn::ServerConfig, TlsError> {
+/// Certificates of a PEM CA file.
+pub fn load_ca(ca: &Path) -> Result<rustls::RootCertStore, TlsError> {
+    let mut roots = rustls::RootCertStore::empty();
+    let certs = CertificateDer::pem_file_iter(ca)
+        .map_err(|e| tls_err(format!("cannot read CA file {}: {e}", ca.display())))?;
+    for cert in certs {
+        let cert = cert.map_err(|e| tls_err(format!("bad CA file {}: {e}", ca.display())))?;
+        roots
+            .add(cert)
+            .map_err(|e| tls_err(format!("bad CA certificate in {}: {e}", ca.display())))?;
+    }
+    if roots.is_empty() {
+        return Err(tls_err(format!(
+            "no certificate in CA file {}",
+            ca.display()
+        )));
+    }
+    Ok(roots)
+}
+
+/// The QUIC server configuration for an identity. With `client_ca`, clients may present a
+/// certificate: one signed by that CA marks the connection as a cluster member's (any other is
+/// refused in the handshake); clients without one still connect, as ordinary readers.
+pub fn quic_server_config(
+    id: Identity,
+    client_ca: Option<&Path>,
+) -> Result<quinn::ServerConfig, TlsError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(|e| tls_err(e.to_string()))?
-        .with_no_client_auth()
+        .map_err(|e| tls_err(e.to_string()))?;
+    let builder = match client_ca {
+        None => builder.with_no_client_auth(),
+        Some(ca) => {
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(load_ca(ca)?),
+                provider,
+            )
+            .allow_unauthenticated()
+            .build()
+            .map_err(|e| tls_err(format!("client verifier: {e}")))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let mut tls = builder
         .with_single_cert(id.chain, id.key)
         .map_err(|e| tls_err(format!("certificate and key do not fit together: {e}")))?;
     tls.alpn_protocols = vec![ALPN.to_vec()];
