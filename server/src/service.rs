@@ -428,19 +428,25 @@ impl CacheService {
                     }
                     Err(failure) => {
                         Stats::add(&self.stats.peer_fill_failed, 1);
-                        let reason = match failure {
-                            PeerFailure::Unavailable { reason } => reason,
-                            _ => "did not fill the block".to_string(),
+                        let (reason, down) = match failure {
+                            PeerFailure::Unavailable { reason } => (reason, true),
+                            PeerFailure::Corrupt { reason } => {
+                                Stats::add(&self.stats.checksum_failures, 1);
+                                (reason, true)
+                            }
+                            PeerFailure::Declined { reason } => (reason, false),
+                            PeerFailure::Miss | PeerFailure::Answer { .. } => {
+                                ("did not fill the block".to_string(), false)
+                            }
                         };
-                        tracing::debug!(
+                        tracing::warn!(
                             peer = peer.addr(),
                             reason,
-                            "owner failed; trying the next candidate"
+                            "owner did not deliver a block; trying the next candidate"
                         );
-                        if reason.contains("checksum") {
-                            Stats::add(&self.stats.checksum_failures, 1);
+                        if down {
+                            self.cluster.report_failure(peer, &reason);
                         }
-                        self.cluster.report_failure(peer, &reason);
                     }
                 }
             }
@@ -472,7 +478,12 @@ impl CacheService {
                 }
                 Err(PeerFailure::Miss) => Stats::add(&self.stats.peer_probe_miss, 1),
                 Err(PeerFailure::Answer { .. }) => Stats::add(&self.stats.peer_probe_miss, 1),
-                Err(PeerFailure::Unavailable { reason }) => {
+                Err(PeerFailure::Corrupt { reason }) => {
+                    Stats::add(&self.stats.peer_probe_failed, 1);
+                    Stats::add(&self.stats.checksum_failures, 1);
+                    tracing::warn!(peer = peer.addr(), reason, "neighbour sent a damaged block");
+                }
+                Err(PeerFailure::Unavailable { reason } | PeerFailure::Declined { reason }) => {
                     Stats::add(&self.stats.peer_probe_failed, 1);
                     tracing::debug!(peer = peer.addr(), reason, "neighbour probe failed");
                 }

@@ -89,9 +89,46 @@ async fn three_nodes_read_each_block_from_the_origin_once() {
         .await;
     assert!(fills > 0.0);
 
-    // A second pass anywhere reads nothing from the origin.
+    // A second pass anywhere reads nothing from the origin, and nothing from peers either:
+    // every node kept a copy of what it served (peer_keep_copies defaults to true).
+    let fills_before = cluster
+        .metric_sum("shardcache_peer_requests_total{mode=\"fill\",outcome=\"ok\"}")
+        .await;
     read_all(&cluster, &[2, 0, 1], &objects).await;
     assert_eq!(origin.total().gets, counts.gets);
+    let fills_after = cluster
+        .metric_sum("shardcache_peer_requests_total{mode=\"fill\",outcome=\"ok\"}")
+        .await;
+    assert_eq!(
+        fills_after, fills_before,
+        "hot blocks were served from local copies"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_copies_blocks_stay_with_their_owners() {
+    let origin = S3Origin::start(&["bucket"]).await;
+    let objects = dataset(&origin, 6, 1 << 20).await;
+    let mut d = origin.dataset("ds", "bucket", "train");
+    d.block_size = Some(BLOCK as u64);
+    let cluster = TestCluster::builder()
+        .nodes(3)
+        .dataset(d)
+        .arg("--peer-keep-copies", "false")
+        .start()
+        .await;
+    cluster.wait_converged().await;
+    let fills = "shardcache_peer_requests_total{mode=\"fill\",outcome=\"ok\"}";
+    read_all(&cluster, &[0], &objects).await;
+    let first = cluster.metric(0, fills).await;
+    assert!(first > 0.0);
+    read_all(&cluster, &[0], &objects).await;
+    let second = cluster.metric(0, fills).await - first;
+    assert_eq!(
+        second, first,
+        "every remote block is asked of its owner again"
+    );
+    assert_eq!(origin.total().get_bytes, total_bytes(&objects));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -492,4 +529,100 @@ async fn members_authenticate_with_certificates_over_quic() {
         Frame::Error(e) => assert_eq!(e.code, ErrorCode::Forbidden, "{}", e.message),
         other => panic!("peer request from a reader got {other:?}"),
     }
+}
+
+/// A member that answers pings claiming a huge weight (so it owns nearly every block) and
+/// answers every block request with damaged bytes.
+async fn lying_member() -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
+    use shardcache_proto::frame::{MAX_REQUEST_PAYLOAD, encode};
+    use shardcache_proto::{DataChunk, Frame, FrameCodec, Framed, Pong};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut codec = FrameCodec::new(MAX_REQUEST_PAYLOAD);
+                loop {
+                    while let Ok(Some(f)) = codec.next_frame() {
+                        let frame = match f.frame {
+                            Frame::Ping(_) => Frame::Pong(Pong {
+                                node_id: "liar".into(),
+                                instance: 7,
+                                weight: 1000,
+                            }),
+                            Frame::PeerBlock(b) => {
+                                let start = b.index * u64::from(b.block_size);
+                                let len = u64::from(b.block_size).min(b.size - start);
+                                let data = bytes::Bytes::from(vec![0xAB; len as usize]);
+                                Frame::Data(DataChunk {
+                                    offset: start,
+                                    crc32c: crc32c_of(&data) ^ 1,
+                                    data,
+                                })
+                            }
+                            _ => continue,
+                        };
+                        let out = encode(&Framed {
+                            request_id: f.request_id,
+                            frame,
+                        });
+                        if s.write_all(&out.to_vec()).await.is_err() {
+                            return;
+                        }
+                    }
+                    match s.read_buf(codec.buffer_mut()).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(_) => {}
+                    }
+                }
+            });
+        }
+    });
+    (addr, task)
+}
+
+fn crc32c_of(data: &[u8]) -> u32 {
+    shardcache_proto::DataChunk::new(0, bytes::Bytes::copy_from_slice(data)).crc32c
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_sending_damaged_blocks_never_reaches_a_reader() {
+    use shardcache_testsuite::TestServer;
+    let origin = S3Origin::start(&["bucket"]).await;
+    let objects = dataset(&origin, 4, 1 << 20).await;
+    let (liar, _task) = lying_member().await;
+    let mut d = origin.dataset("ds", "bucket", "train");
+    d.block_size = Some(BLOCK as u64);
+    let node = TestServer::builder()
+        .dataset(d)
+        .config(|c| {
+            c.node_id = Some("honest".into());
+            c.peers = vec![liar.to_string()];
+            c.peer_probe_interval = Duration::from_millis(50);
+        })
+        .start()
+        .await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while node.stats.peers.with_label_values(&["up"]).get() != 1 {
+        assert!(Instant::now() < deadline, "the liar never came up");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let client = Client::connect(&node.tcp_endpoint()).await.unwrap();
+    for (i, want) in objects.iter().enumerate() {
+        let got = client.read(&format!("ds/obj-{i:03}"), ..).await.unwrap();
+        assert!(
+            got[..] == want[..],
+            "obj-{i:03}: damaged bytes reached the reader"
+        );
+        // Let the probe bring the liar back, so every object meets it again.
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    let snap = node.stats.snapshot();
+    assert!(
+        snap.checksum_failures >= objects.len() as u64,
+        "every damaged block was caught: {snap:?}"
+    );
+    assert_eq!(origin.total().get_bytes, total_bytes(&objects));
 }

@@ -64,12 +64,23 @@ pub enum PeerFailure {
     /// The peer answered with a definitive error about the block (the origin's answer, a version
     /// change): asking someone else would get the same.
     Answer { code: ErrorCode, message: String },
-    /// The peer is down, stalled, refused, or sent bad bytes: try the next candidate.
+    /// The peer is down, stalled, or sent bad bytes: try the next candidate, and mark it down
+    /// until a probe says otherwise.
     Unavailable { reason: String },
+    /// The block failed its checksum on the way: try the next candidate.
+    Corrupt { reason: String },
+    /// The peer is alive but declined (busy, refused, a bug): try the next candidate.
+    Declined { reason: String },
 }
 
 fn unavailable(reason: impl Into<String>) -> PeerFailure {
     PeerFailure::Unavailable {
+        reason: reason.into(),
+    }
+}
+
+fn declined(reason: impl Into<String>) -> PeerFailure {
+    PeerFailure::Declined {
         reason: reason.into(),
     }
 }
@@ -245,7 +256,7 @@ impl Peer {
                             .unwrap_or(false)
                     };
                     if !ok {
-                        return Err(PeerFailure::Unavailable {
+                        return Err(PeerFailure::Corrupt {
                             reason: "block failed its checksum".into(),
                         });
                     }
@@ -264,7 +275,7 @@ impl Peer {
                         code: e.code,
                         message: e.message,
                     },
-                    code => unavailable(format!("answered {code:?}: {}", e.message)),
+                    code => declined(format!("answered {code:?}: {}", e.message)),
                 }),
                 Ok(other) => Err(unavailable(format!(
                     "answered a block request with {other:?}"
@@ -275,15 +286,18 @@ impl Peer {
         let mut state = self.state.subscribe();
         tokio::select! {
             result = work => result,
-            () = tokio::time::sleep(deadline) => Err(unavailable(format!("no block within {deadline:?}"))),
-            _ = state.wait_for(PeerState::is_down) => Err(unavailable("marked down")),
+            // Slow is not dead: the probes decide that.
+            () = tokio::time::sleep(deadline) => Err(declined(format!("no block within {deadline:?}"))),
+            _ = state.wait_for(PeerState::is_down) => Err(declined("marked down")),
         }
     }
 }
 
 fn reason(f: PeerFailure) -> String {
     match f {
-        PeerFailure::Unavailable { reason } => reason,
+        PeerFailure::Unavailable { reason }
+        | PeerFailure::Declined { reason }
+        | PeerFailure::Corrupt { reason } => reason,
         PeerFailure::Miss => "not cached".into(),
         PeerFailure::Answer { message, .. } => message,
     }
