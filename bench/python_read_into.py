@@ -39,7 +39,7 @@ def main():
             (data / f"obj-{i}").write_bytes(rng.integers(0, 256, SIZE, dtype=np.uint8).tobytes())
         port = free_port()
         proc = subprocess.Popen(
-            [BIN, "serve", "--listen", f"127.0.0.1:{port}", "--admin-listen", "127.0.0.1:0",
+            [BIN, "serve", "--listen", f"127.0.0.1:{port}", "--admin-listen", "127.0.0.1:0", "--control-listen", "127.0.0.1:0",
              "--dataset", f"ds=file://{data}", "--ram-cache", "1GiB"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )

@@ -9,6 +9,9 @@
 //!   [`PinnedBufferPool`]); with the `cuda` feature a buffer can also be registered with the CUDA
 //!   driver (`PinnedBuffer::register_cuda`).
 //!
+//! - [`ControlClient`]: the gRPC control plane (warm, list, stat, evict, members, health), and
+//!   [`Manifest`]s that pin reads to what a warm recorded ([`Client::read_manifest`]).
+//!
 //! Every chunk is checked against the CRC32C the server sent with it; a mismatch is an error
 //! ([`ClientError::Checksum`]) and the request is retried, never returned as data.
 
@@ -17,6 +20,7 @@
 mod blocking;
 mod client;
 mod conn;
+mod control;
 #[cfg(feature = "cuda")]
 #[allow(unsafe_code)] // CUDA driver calls: see the module's SAFETY notes
 mod cuda;
@@ -30,12 +34,14 @@ mod reader;
 
 pub use blocking::{BlockingClient, BlockingReader};
 pub use client::{Client, ClientOptions, ReadStream};
+pub use control::{ControlClient, ControlError, Manifest, ManifestObject};
 #[cfg(feature = "cuda")]
 pub use cuda::cuda_driver_available;
 pub use endpoint::{Endpoint, Transport};
 pub use error::{ClientError, Result};
 pub use pinned::{PinnedBuffer, PinnedBufferPool, Pinning, PooledBuffer};
 pub use reader::ObjectReader;
+pub use shardcache_proto::control as control_proto;
 pub use shardcache_proto::{ErrorCode, ObjectInfo};
 
 /// Multiplexed protocol connections below [`Client`]: one request frame in, that request's

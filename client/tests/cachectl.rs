@@ -10,6 +10,7 @@ async fn server(dir: &std::path::Path) -> (String, tokio::sync::oneshot::Sender<
         local_socket: Some(dir.join("shardcache.sock")),
         listen: "127.0.0.1:0".parse().unwrap(),
         admin_listen: None,
+        control_listen: None,
         datasets: vec![DatasetConfig::new(
             "ds",
             format!("file://{}", dir.display()),
@@ -111,4 +112,114 @@ async fn a_socket_path_selects_the_local_shared_memory_path() {
     let (_addr, _stop) = server(dir.path()).await;
     let socket = dir.path().join("shardcache.sock").display().to_string();
     assert_cat(&socket, &payload, 17_000_000).await;
+}
+
+/// A server with its control plane on a loopback port and a bearer token; `(data, control)`.
+async fn server_with_control(
+    dir: &std::path::Path,
+    token: &std::path::Path,
+) -> (String, String, tokio::sync::oneshot::Sender<()>) {
+    let config = Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        admin_listen: None,
+        control_listen: Some("127.0.0.1:0".parse().unwrap()),
+        control_token_file: Some(token.to_path_buf()),
+        block_size: 64 * 1024,
+        datasets: vec![DatasetConfig::new(
+            "ds",
+            format!("file://{}", dir.display()),
+        )],
+        ..Config::default()
+    };
+    let listeners = Listeners::bind(&config).await.unwrap();
+    let data = listeners.tcp_addr().unwrap().to_string();
+    let control = listeners.control_addr().unwrap().to_string();
+    let server = Server::build(config).unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(server.run(listeners, async {
+        let _ = rx.await;
+    }));
+    (data, control, tx)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn warm_ls_members_evict_with_a_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    std::fs::create_dir_all(data_dir.join("train")).unwrap();
+    for i in 0..5u32 {
+        let payload: Vec<u8> = (0..200_000u32).map(|b| ((b + i) % 253) as u8).collect();
+        std::fs::write(data_dir.join(format!("train/s-{i}.tar")), payload).unwrap();
+    }
+    let good = dir.path().join("token");
+    std::fs::write(&good, "opensesame\n").unwrap();
+    let bad = dir.path().join("bad-token");
+    std::fs::write(&bad, "guess\n").unwrap();
+    let (_data, control, _stop) = server_with_control(&data_dir, &good).await;
+    let ctl = |token: &std::path::Path, args: &[&str]| {
+        let mut all = vec![
+            "--control".to_string(),
+            control.clone(),
+            "--token-file".to_string(),
+            token.display().to_string(),
+        ];
+        all.extend(args.iter().map(|a| a.to_string()));
+        async move {
+            let refs: Vec<&str> = all.iter().map(String::as_str).collect();
+            cachectl(&refs).await
+        }
+    };
+
+    let out = ctl(&bad, &["warm", "ds/train/", "--wait"]).await;
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("wrong bearer token"), "{err}");
+
+    let manifest = dir.path().join("manifest.json");
+    let manifest_arg = manifest.display().to_string();
+    let out = ctl(
+        &good,
+        &[
+            "-o",
+            "json",
+            "warm",
+            "ds/train/",
+            "--manifest",
+            &manifest_arg,
+        ],
+    )
+    .await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["objects_done"], 5);
+    assert_eq!(report["bytes_done"], 1_000_000);
+    assert_eq!(report["done"], true);
+    let saved: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&manifest).unwrap()).unwrap();
+    assert_eq!(saved["objects"].as_array().unwrap().len(), 5);
+
+    let out = ctl(&good, &["ls", "ds/train/"]).await;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success());
+    assert_eq!(
+        text.lines().filter(|l| l.contains("100.0%")).count(),
+        5,
+        "{text}"
+    );
+
+    let out = ctl(&good, &["-o", "json", "members"]).await;
+    let members: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(members["members"][0]["state"], "self");
+
+    let out = ctl(&good, &["evict", "ds/train/s-1"]).await;
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("1 objects, 4 blocks dropped"));
+
+    let out = ctl(&good, &["warm", "ds/nothing-here", "--wait"]).await;
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no objects under ds/nothing-here"));
 }

@@ -59,6 +59,7 @@ const T_PREFETCHED: u8 = 0x87;
 const T_PEER_BLOCK: u8 = 0x06;
 const T_PING: u8 = 0x07;
 const T_PONG: u8 = 0x88;
+const T_BLOCK_STATE: u8 = 0x89;
 /// Most paths one prefetch frame may name.
 pub const MAX_PREFETCH_PATHS: usize = 256;
 
@@ -283,6 +284,48 @@ pub enum PeerMode {
     Fill,
     /// Serve it only if held in RAM or on disk; otherwise answer [`ErrorCode::NotCached`].
     Probe,
+    /// Make sure the receiver holds it (filling it like `Fill` when missing) and answer with a
+    /// [`BlockState`] instead of the bytes: warming.
+    Load,
+    /// Answer with a [`BlockState`]: whether the receiver holds it. Nothing is filled.
+    Check,
+    /// Drop it from the receiver's tiers; the [`BlockState`] says whether it was there.
+    Evict,
+}
+
+impl PeerMode {
+    fn to_u8(self) -> u8 {
+        match self {
+            PeerMode::Fill => 0,
+            PeerMode::Probe => 1,
+            PeerMode::Load => 2,
+            PeerMode::Check => 3,
+            PeerMode::Evict => 4,
+        }
+    }
+
+    fn from_u8(m: u8) -> Option<PeerMode> {
+        Some(match m {
+            0 => PeerMode::Fill,
+            1 => PeerMode::Probe,
+            2 => PeerMode::Load,
+            3 => PeerMode::Check,
+            4 => PeerMode::Evict,
+            _ => return None,
+        })
+    }
+}
+
+/// The answer to a `Load`, `Check` or `Evict` [`PeerBlock`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlockState {
+    /// Held before this request (`Load`: so nothing was fetched; `Evict`: so it was dropped).
+    pub was_present: bool,
+    /// Held after this request.
+    pub present: bool,
+    pub len: u64,
+    /// CRC32C of the block when held after the request; 0 otherwise.
+    pub crc32c: u32,
 }
 
 /// Cluster: block `index` of one version of an object, asked by one member of another. The
@@ -308,12 +351,17 @@ pub struct Ping {
 }
 
 /// The answer to [`Ping`]: who answered.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Pong {
     pub node_id: String,
     /// Random per process start: tells a node its own address apart, and a restart from a stall.
     pub instance: u64,
     pub weight: u32,
+    /// Tier usage and budgets in bytes, as of the answer.
+    pub ram_used: u64,
+    pub ram_capacity: u64,
+    pub disk_used: u64,
+    pub disk_capacity: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -333,6 +381,7 @@ pub enum Frame {
     PeerBlock(PeerBlock),
     Ping(Ping),
     Pong(Pong),
+    BlockState(BlockState),
 }
 
 impl Frame {
@@ -353,6 +402,7 @@ impl Frame {
             Frame::PeerBlock(_) => T_PEER_BLOCK,
             Frame::Ping(_) => T_PING,
             Frame::Pong(_) => T_PONG,
+            Frame::BlockState(_) => T_BLOCK_STATE,
         }
     }
 
@@ -434,17 +484,22 @@ pub fn encode(framed: &Framed) -> Encoded {
             fields.put_i64(b.last_modified_ms);
             fields.put_u32(b.block_size);
             fields.put_u64(b.index);
-            fields.put_u8(match b.mode {
-                PeerMode::Fill => 0,
-                PeerMode::Probe => 1,
-            });
+            fields.put_u8(b.mode.to_u8());
             put_str(&mut fields, &b.path);
             put_str(&mut fields, &b.etag);
         }
         Frame::Ping(p) => put_str(&mut fields, &p.from),
+        Frame::BlockState(b) => {
+            fields.put_u8(u8::from(b.was_present) | (u8::from(b.present) << 1));
+            fields.put_u64(b.len);
+            fields.put_u32(b.crc32c);
+        }
         Frame::Pong(p) => {
             fields.put_u64(p.instance);
             fields.put_u32(p.weight);
+            for n in [p.ram_used, p.ram_capacity, p.disk_used, p.disk_capacity] {
+                fields.put_u64(n);
+            }
             put_str(&mut fields, &p.node_id);
         }
         Frame::Placed(p) => {
@@ -560,10 +615,9 @@ fn decode_payload(kind: u8, payload: BytesMut) -> Result<Frame, DecodeError> {
             let last_modified_ms = r.i64()?;
             let block_size = r.u32()?;
             let index = r.u64()?;
-            let mode = match r.u8()? {
-                0 => PeerMode::Fill,
-                1 => PeerMode::Probe,
-                m => return Err(r.malformed(format!("unknown mode {m}"))),
+            let m = r.u8()?;
+            let Some(mode) = PeerMode::from_u8(m) else {
+                return Err(r.malformed(format!("unknown mode {m}")));
             };
             Frame::PeerBlock(PeerBlock {
                 path: r.string(MAX_PATH_LEN)?,
@@ -575,16 +629,34 @@ fn decode_payload(kind: u8, payload: BytesMut) -> Result<Frame, DecodeError> {
                 mode,
             })
         }
+        T_BLOCK_STATE => {
+            let flags = r.u8()?;
+            if flags > 3 {
+                return Err(r.malformed(format!("unknown flags {flags:#x}")));
+            }
+            Frame::BlockState(BlockState {
+                was_present: flags & 1 != 0,
+                present: flags & 2 != 0,
+                len: r.u64()?,
+                crc32c: r.u32()?,
+            })
+        }
         T_PING => Frame::Ping(Ping {
             from: r.string(MAX_STRING_LEN)?,
         }),
         T_PONG => {
             let instance = r.u64()?;
             let weight = r.u32()?;
+            let (ram_used, ram_capacity) = (r.u64()?, r.u64()?);
+            let (disk_used, disk_capacity) = (r.u64()?, r.u64()?);
             Frame::Pong(Pong {
                 node_id: r.string(MAX_STRING_LEN)?,
                 instance,
                 weight,
+                ram_used,
+                ram_capacity,
+                disk_used,
+                disk_capacity,
             })
         }
         T_READ_INTO => {
@@ -639,6 +711,7 @@ fn kind_name(kind: u8) -> &'static str {
         T_PEER_BLOCK => "peer-block",
         T_PING => "ping",
         T_PONG => "pong",
+        T_BLOCK_STATE => "block-state",
         _ => "unknown",
     }
 }
@@ -779,6 +852,7 @@ pub fn peek_header(buf: &[u8], max_payload: usize) -> Result<Header, DecodeError
             | T_PEER_BLOCK
             | T_PING
             | T_PONG
+            | T_BLOCK_STATE
     ) {
         return Err(DecodeError::UnknownType { kind });
     }
@@ -946,7 +1020,7 @@ mod tests {
                 any::<i64>(),
                 any::<u32>(),
                 any::<u64>(),
-                any::<bool>()
+                0u8..5
             )
                 .prop_map(
                     |(path, etag, size, last_modified_ms, block_size, index, probe)| {
@@ -957,20 +1031,27 @@ mod tests {
                             last_modified_ms,
                             block_size,
                             index,
-                            mode: if probe {
-                                PeerMode::Probe
-                            } else {
-                                PeerMode::Fill
-                            },
+                            mode: PeerMode::from_u8(probe).expect("mode in range"),
                         })
                     }
                 ),
             ".{0,40}".prop_map(|from| Frame::Ping(Ping { from })),
+            (any::<bool>(), any::<bool>(), any::<u64>(), any::<u32>()).prop_map(
+                |(was_present, present, len, crc32c)| Frame::BlockState(BlockState {
+                    was_present,
+                    present,
+                    len,
+                    crc32c
+                })
+            ),
             (".{0,40}", any::<u64>(), any::<u32>()).prop_map(|(node_id, instance, weight)| {
                 Frame::Pong(Pong {
                     node_id,
                     instance,
                     weight,
+                    ram_used: instance / 3,
+                    disk_capacity: u64::from(weight),
+                    ..Pong::default()
                 })
             }),
             (any::<u64>(), any::<u64>())
@@ -1040,7 +1121,7 @@ mod tests {
         }
 
         #[test]
-        fn random_payloads_behind_valid_headers_never_panic(kind in prop::sample::select(vec![T_READ, T_STAT, T_STAT_OK, T_READ_START, T_DATA, T_ERROR, T_REGISTER, T_REGISTERED, T_READ_INTO, T_PLACED, T_PREFETCH, T_PREFETCHED, T_PEER_BLOCK, T_PING, T_PONG]), payload in proptest::collection::vec(any::<u8>(), 0..256)) {
+        fn random_payloads_behind_valid_headers_never_panic(kind in prop::sample::select(vec![T_READ, T_STAT, T_STAT_OK, T_READ_START, T_DATA, T_ERROR, T_REGISTER, T_REGISTERED, T_READ_INTO, T_PLACED, T_PREFETCH, T_PREFETCHED, T_PEER_BLOCK, T_PING, T_PONG, T_BLOCK_STATE]), payload in proptest::collection::vec(any::<u8>(), 0..256)) {
             let mut buf = BytesMut::new();
             buf.put_u8(VERSION);
             buf.put_u8(kind);

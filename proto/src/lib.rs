@@ -6,15 +6,24 @@
 //! - [`path`]: the `DATASET/KEY` object address and the rules a key must obey before any server
 //!   turns it into an origin request.
 //!
+//! - [`control`]: the control-plane gRPC schema (`proto/control.proto`), compiled at build time
+//!   with protox into tonic service and client types.
+//!
 //! Nothing here knows about caches, origins or connections; the server and the client build on it.
 #![forbid(unsafe_code)]
 
 pub mod frame;
 pub mod path;
 
+/// The control plane: `Warm`, `List`, `Stat`, `Evict`, `Members`, `Health`.
+pub mod control {
+    #![allow(clippy::all, clippy::pedantic, missing_docs)]
+    tonic::include_proto!("shardcache.control.v1");
+}
+
 pub use frame::{
-    DataChunk, DecodeError, ErrorCode, ErrorFrame, Frame, FrameCodec, Framed, Header, ObjectInfo,
-    PeerBlock, PeerMode, Ping, Placed, Pong, Prefetch, Prefetched, ReadInto, ReadRequest,
-    ReadStart, Register, Registered, StatRequest,
+    BlockState, DataChunk, DecodeError, ErrorCode, ErrorFrame, Frame, FrameCodec, Framed, Header,
+    ObjectInfo, PeerBlock, PeerMode, Ping, Placed, Pong, Prefetch, Prefetched, ReadInto,
+    ReadRequest, ReadStart, Register, Registered, StatRequest,
 };
 pub use path::{ObjectPath, PathError};

@@ -68,6 +68,8 @@ const SCALAR_KEYS: &[(&str, Kind)] = &[
     ("listen", Kind::Str),
     ("quic_listen", Kind::Str),
     ("admin_listen", Kind::Str),
+    ("control_listen", Kind::Str),
+    ("control_token_file", Kind::Str),
     ("local_socket", Kind::Str),
     ("local_max_clients", Kind::Int),
     ("local_max_region", Kind::Str),
@@ -188,6 +190,10 @@ pub struct Config {
     pub quic_listen: Option<SocketAddr>,
     /// `/metrics`, `/healthz`, `/readyz`.
     pub admin_listen: Option<SocketAddr>,
+    /// gRPC control plane (warm, list, stat, evict, members, health).
+    pub control_listen: Option<SocketAddr>,
+    /// A file holding the bearer token every control call must carry.
+    pub control_token_file: Option<PathBuf>,
     /// Unix socket of the local shared-memory path (off when unset).
     pub local_socket: Option<PathBuf>,
     /// Local clients (each maps one region) at once.
@@ -265,6 +271,8 @@ impl Default for Config {
             listen: "127.0.0.1:7070".parse().expect("valid default address"),
             quic_listen: None,
             admin_listen: Some("127.0.0.1:7073".parse().expect("valid default address")),
+            control_listen: Some("127.0.0.1:7072".parse().expect("valid default address")),
+            control_token_file: None,
             local_socket: None,
             local_max_clients: 256,
             local_max_region: 4 << 30,

@@ -6,6 +6,7 @@
 //! - [`cluster`]: membership, rendezvous placement, peer requests;
 //! - [`service`]: the read path from a `DATASET/KEY` range to checksummed chunks;
 //! - [`transport`]: the data plane over TCP and QUIC;
+//! - [`control`]: the gRPC control plane (warm, list, stat, evict, members, health);
 //! - [`stats`] and [`admin`]: Prometheus metrics, `/metrics`, `/healthz`, `/readyz`.
 //!
 //! [`Server::run`] takes already-bound listeners and a shutdown future, so tests bind
@@ -17,6 +18,7 @@ pub mod admin;
 pub mod cache;
 pub mod cluster;
 pub mod config;
+pub mod control;
 pub mod error;
 pub mod origin;
 pub mod service;
@@ -55,6 +57,23 @@ pub enum BuildError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Tls(#[from] TlsError),
+    #[error("control plane: {0}")]
+    Control(String),
+}
+
+/// The bearer token in a token file (surrounding whitespace ignored; must not be empty).
+fn read_token(path: &std::path::Path) -> Result<String, BuildError> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        BuildError::Control(format!("cannot read token file {}: {e}", path.display()))
+    })?;
+    let token = text.trim().to_string();
+    if token.is_empty() {
+        return Err(BuildError::Control(format!(
+            "token file {} is empty",
+            path.display()
+        )));
+    }
+    Ok(token)
 }
 
 /// The disk tier, if configured. A directory that cannot be opened does not stop the server:
@@ -84,6 +103,7 @@ pub struct Listeners {
     pub tcp: TcpListener,
     pub quic: Option<std::net::UdpSocket>,
     pub admin: Option<TcpListener>,
+    pub control: Option<TcpListener>,
     pub local: Option<tokio::net::UnixListener>,
 }
 
@@ -105,6 +125,12 @@ impl Listeners {
             })?),
             None => None,
         };
+        let control = match config.control_listen {
+            Some(addr) => Some(TcpListener::bind(addr).await.map_err(|e| {
+                std::io::Error::new(e.kind(), format!("cannot listen on control {addr}: {e}"))
+            })?),
+            None => None,
+        };
         let local = match &config.local_socket {
             Some(path) => Some(bind_unix(path)?),
             None => None,
@@ -113,6 +139,7 @@ impl Listeners {
             tcp,
             quic,
             admin,
+            control,
             local,
         })
     }
@@ -127,6 +154,10 @@ impl Listeners {
 
     pub fn admin_addr(&self) -> Option<SocketAddr> {
         self.admin.as_ref().and_then(|s| s.local_addr().ok())
+    }
+
+    pub fn control_addr(&self) -> Option<SocketAddr> {
+        self.control.as_ref().and_then(|s| s.local_addr().ok())
     }
 }
 
@@ -153,6 +184,8 @@ pub struct Server {
     service: Arc<CacheService>,
     stats: Arc<Stats>,
     quic: Option<quinn::ServerConfig>,
+    control_token: Option<String>,
+    control_tls: Option<tonic::transport::ServerTlsConfig>,
 }
 
 impl Server {
@@ -251,11 +284,36 @@ impl Server {
             )?),
             (Some(_), _, _) => Some(quic_server_config(Identity::self_signed()?, None)?),
         };
+        let control_token = match &config.control_token_file {
+            Some(path) => Some(read_token(path)?),
+            None => None,
+        };
+        let control_tls = match (&config.tls_cert, &config.tls_key) {
+            (Some(cert), Some(key)) => {
+                let read = |p: &std::path::Path| {
+                    std::fs::read(p).map_err(|e| {
+                        BuildError::Control(format!("cannot read {}: {e}", p.display()))
+                    })
+                };
+                let mut tls = tonic::transport::ServerTlsConfig::new().identity(
+                    tonic::transport::Identity::from_pem(read(cert)?, read(key)?),
+                );
+                if let Some(ca) = &config.tls_ca {
+                    tls = tls
+                        .client_ca_root(tonic::transport::Certificate::from_pem(read(ca)?))
+                        .client_auth_optional(true);
+                }
+                Some(tls)
+            }
+            _ => None,
+        };
         Ok(Server {
             config,
             service,
             stats,
             quic,
+            control_token,
+            control_tls,
         })
     }
 
@@ -325,6 +383,21 @@ impl Server {
             None => None,
         };
         let membership = tokio::spawn(self.service.cluster().clone().run(draining.clone()));
+        let control = match listeners.control {
+            Some(listener) => {
+                let mut stop = draining.clone();
+                Some(tokio::spawn(control::serve(
+                    listener,
+                    self.service.clone(),
+                    self.control_token.clone(),
+                    self.control_tls.clone(),
+                    async move {
+                        let _ = stop.wait_for(|d| *d).await;
+                    },
+                )))
+            }
+            None => None,
+        };
         let mut local_conns = JoinSet::new();
         let local = async {
             match listeners.local {
@@ -369,6 +442,11 @@ impl Server {
             let _ = admin.await;
         }
         let _ = membership.await;
+        if let Some(control) = control
+            && let Ok(Err(e)) = control.await
+        {
+            tracing::warn!(error = %e, "control plane stopped with an error");
+        }
         Ok(())
     }
 }

@@ -77,6 +77,12 @@ struct ServeArgs {
     /// Most object versions remembered [default: 262144].
     #[arg(long, value_name = "N")]
     metadata_cache_entries: Option<String>,
+    /// gRPC control plane [default: 127.0.0.1:7072].
+    #[arg(long, value_name = "ADDR")]
+    control_listen: Option<String>,
+    /// A file holding the bearer token every control call must carry.
+    #[arg(long, value_name = "FILE")]
+    control_token_file: Option<PathBuf>,
     /// Node identity [default: hostname].
     #[arg(long, value_name = "ID")]
     node_id: Option<String>,
@@ -150,6 +156,8 @@ impl ServeArgs {
             ("listen", self.listen),
             ("quic_listen", self.quic_listen),
             ("admin_listen", self.admin_listen),
+            ("control_listen", self.control_listen),
+            ("control_token_file", path(self.control_token_file)),
             ("local_socket", path(self.local_socket)),
             ("local_max_clients", self.local_max_clients),
             ("local_max_region", self.local_max_region),

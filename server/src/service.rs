@@ -26,7 +26,8 @@ use bytes::Bytes;
 use futures::stream::FuturesUnordered;
 use futures::stream::{self, BoxStream, StreamExt};
 use shardcache_proto::{
-    DataChunk, ErrorCode, ObjectInfo, ObjectPath, PeerBlock, PeerMode, ReadRequest, ReadStart,
+    BlockState, DataChunk, ErrorCode, ObjectInfo, ObjectPath, PeerBlock, PeerMode, ReadRequest,
+    ReadStart,
 };
 
 use crate::cache::{
@@ -493,8 +494,9 @@ impl CacheService {
     }
 
     /// Serve a block to a peer: from this node's tiers only (`Probe`), or as its holder
-    /// (`Fill`: tiers, neighbours, origin; never forwarded to another owner).
-    pub async fn peer_block(&self, req: PeerBlock) -> Result<DataChunk> {
+    /// (`Fill`: tiers, neighbours, origin; never forwarded to another owner); or report on it
+    /// (`Load`, `Check`, `Evict`: see [`CacheService::block_op`]).
+    pub async fn peer_block(&self, req: PeerBlock) -> Result<PeerAnswer> {
         let path = ObjectPath::parse(&req.path)?;
         let origin = self.origin(path.dataset())?;
         let bs = origin.settings().block_size;
@@ -527,6 +529,13 @@ impl CacheService {
             index: req.index,
         };
         let block = match req.mode {
+            PeerMode::Load | PeerMode::Check | PeerMode::Evict => {
+                let (origin, key) = (origin, path.key().to_string());
+                return self
+                    .block_op(&origin, &key, version, req.index, req.mode)
+                    .await
+                    .map(PeerAnswer::State);
+            }
             PeerMode::Probe => {
                 Stats::add(&self.stats.peer_served_probe, 1);
                 let mut found = self.ram.get(&key).await;
@@ -551,11 +560,89 @@ impl CacheService {
                 self.block(&ctx, req.index).await?.0
             }
         };
-        Ok(DataChunk {
+        Ok(PeerAnswer::Data(DataChunk {
             offset: start,
             crc32c: block.crc32c,
             data: block.data,
-        })
+        }))
+    }
+
+    /// The origin of a dataset, for the control plane.
+    pub fn dataset_origin(&self, dataset: &str) -> Result<Arc<Origin>> {
+        self.origin(dataset)
+    }
+
+    /// An object's current version, for the control plane.
+    pub async fn version(&self, origin: &Origin, key: &str) -> Result<Version> {
+        self.versions.get(origin, key).await
+    }
+
+    /// The key of block `index` of one version of an object.
+    pub fn block_key(origin: &Origin, key: &str, version: &Version, index: u64) -> BlockKey {
+        BlockKey {
+            object: ObjectId::new(origin.dataset(), key, version),
+            index,
+        }
+    }
+
+    /// This node's part of warming, inspecting and evicting: `Load` makes sure the block is
+    /// held here (filled from neighbours or the origin when missing, never from a forwarded
+    /// owner), `Check` says whether it is, `Evict` drops it from RAM and disk.
+    pub async fn block_op(
+        &self,
+        origin: &Arc<Origin>,
+        key: &str,
+        version: Version,
+        index: u64,
+        mode: PeerMode,
+    ) -> Result<BlockState> {
+        let bs = origin.settings().block_size;
+        let start = index.saturating_mul(bs);
+        if start >= version.size {
+            return Err(Error::RangeNotSatisfiable {
+                dataset: origin.dataset().to_string(),
+                key: key.to_string(),
+                offset: start,
+                size: version.size,
+            });
+        }
+        let len = bs.min(version.size - start);
+        let bkey = Self::block_key(origin, key, &version, index);
+        let in_ram = self.ram.get(&bkey).await;
+        let on_disk = self.disk.as_ref().is_some_and(|d| d.contains(&bkey));
+        let was_present = in_ram.is_some() || on_disk;
+        let state = |present: bool, crc32c: u32| BlockState {
+            was_present,
+            present,
+            len,
+            crc32c: if present { crc32c } else { 0 },
+        };
+        match mode {
+            PeerMode::Check => Ok(state(was_present, in_ram.map_or(0, |b| b.crc32c))),
+            PeerMode::Evict => {
+                self.ram.invalidate(&bkey).await;
+                if let Some(disk) = &self.disk {
+                    disk.remove(&bkey).await;
+                }
+                Ok(state(false, 0))
+            }
+            _ => {
+                if let Some(block) = in_ram {
+                    return Ok(state(true, block.crc32c));
+                }
+                let ctx = ReadCtx {
+                    origin: origin.clone(),
+                    key: key.to_string(),
+                    end: start + len,
+                    object: bkey.object,
+                    version,
+                    start,
+                    for_peer: true,
+                };
+                let (block, _) = self.block(&ctx, index).await?;
+                Ok(state(true, block.crc32c))
+            }
+        }
     }
 
     /// Whether a connection may send peer-only requests: with a cluster CA, only members that
@@ -577,6 +664,12 @@ impl CacheService {
             ),
         })
     }
+}
+
+/// What a node answers to a peer's block request.
+pub enum PeerAnswer {
+    Data(DataChunk),
+    State(BlockState),
 }
 
 /// A definitive error from the peer that owns a block, as this node's own error.

@@ -34,6 +34,7 @@ fn zero_configuration_serves_the_local_data_directory() {
         &[
             ("SHARDCACHE_LISTEN", addr.clone()),
             ("SHARDCACHE_ADMIN_LISTEN", admin.clone()),
+            ("SHARDCACHE_CONTROL_LISTEN", "127.0.0.1:0".to_string()),
         ],
     );
     let client = wait_ready(&addr);
@@ -82,6 +83,8 @@ fn serve_subcommand_takes_flags_and_file() {
             "shardcache.toml",
             "--admin-listen",
             "127.0.0.1:0",
+            "--control-listen",
+            "127.0.0.1:0",
         ],
         &[],
     );
@@ -124,7 +127,7 @@ fn json_logs_name_failures_and_never_show_credentials() {
     let port = free_port();
     let secret = "very-secret-value-123";
     let toml = format!(
-        "listen = \"127.0.0.1:{port}\"\nadmin_listen = \"127.0.0.1:0\"\norigin_retries = 0\n\n[[datasets]]\nname = \"remote\"\norigin = \"s3://bucket/prefix\"\nendpoint = \"http://127.0.0.1:{closed}\"\nallow_http = true\nregion = \"us-east-1\"\naccess_key_id = \"AKIDEXAMPLE\"\nsecret_access_key = \"{secret}\"\n"
+        "listen = \"127.0.0.1:{port}\"\nadmin_listen = \"127.0.0.1:0\"\ncontrol_listen = \"127.0.0.1:0\"\norigin_retries = 0\n\n[[datasets]]\nname = \"remote\"\norigin = \"s3://bucket/prefix\"\nendpoint = \"http://127.0.0.1:{closed}\"\nallow_http = true\nregion = \"us-east-1\"\naccess_key_id = \"AKIDEXAMPLE\"\nsecret_access_key = \"{secret}\"\n"
     );
     std::fs::write(dir.path().join("c.toml"), toml).unwrap();
     let mut child = spawn(

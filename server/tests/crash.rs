@@ -22,6 +22,7 @@ fn start(cwd: &Path, port: u16, admin: u16) -> Child {
         .args(["serve", "--config", "c.toml"])
         .args(["--listen", &format!("127.0.0.1:{port}")])
         .args(["--admin-listen", &format!("127.0.0.1:{admin}")])
+        .args(["--control-listen", "127.0.0.1:0"])
         .current_dir(cwd)
         .stdout(Stdio::null())
         .stderr(Stdio::null())

@@ -76,6 +76,7 @@ pub struct Node {
     pub node_id: String,
     pub data: SocketAddr,
     pub admin: SocketAddr,
+    pub control: SocketAddr,
     child: Option<Child>,
     dir: PathBuf,
 }
@@ -132,12 +133,18 @@ impl TestClusterBuilder {
             bin: server_binary(),
             dir,
         };
-        let addrs: Vec<(SocketAddr, SocketAddr)> = (0..self.nodes)
-            .map(|_| (loopback(free_port()), loopback(free_port())))
+        let addrs: Vec<[SocketAddr; 3]> = (0..self.nodes)
+            .map(|_| {
+                [
+                    loopback(free_port()),
+                    loopback(free_port()),
+                    loopback(free_port()),
+                ]
+            })
             .collect();
-        cluster.write_peers(addrs.iter().map(|a| a.0));
-        for (i, (data, admin)) in addrs.into_iter().enumerate() {
-            let node = cluster.spawn(format!("node-{i}"), data, admin);
+        cluster.write_peers(addrs.iter().map(|a| a[0]));
+        for (i, addr) in addrs.into_iter().enumerate() {
+            let node = cluster.spawn(format!("node-{i}"), addr);
             cluster.nodes.push(node);
         }
         for i in 0..cluster.nodes.len() {
@@ -230,7 +237,7 @@ impl TestCluster {
         std::fs::rename(&tmp, &self.peers_file).expect("replace peers");
     }
 
-    fn spawn(&self, node_id: String, data: SocketAddr, admin: SocketAddr) -> Node {
+    fn spawn(&self, node_id: String, [data, admin, control]: [SocketAddr; 3]) -> Node {
         let dir = self.dir.path().join(&node_id);
         std::fs::create_dir_all(&dir).expect("node dir");
         let log = std::fs::File::create(dir.join("node.log")).expect("node log");
@@ -241,6 +248,7 @@ impl TestCluster {
             .args(["--node-id", &node_id])
             .args(["--listen", &data.to_string()])
             .args(["--admin-listen", &admin.to_string()])
+            .args(["--control-listen", &control.to_string()])
             .arg("--peers-file")
             .arg(&self.peers_file);
         // Fast membership for tests, unless the test sets its own.
@@ -271,9 +279,15 @@ impl TestCluster {
             node_id,
             data,
             admin,
+            control,
             child: Some(child),
             dir,
         }
+    }
+
+    /// `host:port` of node `i`'s control plane.
+    pub fn control_endpoint(&self, i: usize) -> String {
+        self.nodes[i].control.to_string()
     }
 
     /// `host:port` of node `i`'s data plane.
@@ -304,11 +318,11 @@ impl TestCluster {
     /// Start node `i` again (same node id and ports) after [`TestCluster::kill`].
     pub async fn restart(&mut self, i: usize) {
         assert!(!self.nodes[i].is_running(), "node {i} is running");
-        let (id, data, admin) = {
+        let (id, addrs) = {
             let n = &self.nodes[i];
-            (n.node_id.clone(), n.data, n.admin)
+            (n.node_id.clone(), [n.data, n.admin, n.control])
         };
-        self.nodes[i] = self.spawn(id, data, admin);
+        self.nodes[i] = self.spawn(id, addrs);
         self.wait_healthy(i).await;
     }
 
@@ -317,6 +331,7 @@ impl TestCluster {
         let i = self.nodes.len();
         let data = loopback(free_port());
         let admin = loopback(free_port());
+        let control = loopback(free_port());
         let addrs: Vec<SocketAddr> = self
             .nodes
             .iter()
@@ -324,7 +339,7 @@ impl TestCluster {
             .chain(std::iter::once(data))
             .collect();
         self.write_peers(addrs.into_iter());
-        let node = self.spawn(format!("node-{i}"), data, admin);
+        let node = self.spawn(format!("node-{i}"), [data, admin, control]);
         self.nodes.push(node);
         self.wait_healthy(i).await;
         i

@@ -78,6 +78,7 @@ impl TestServer {
             listen: "127.0.0.1:0".parse().expect("addr"),
             quic_listen: Some("127.0.0.1:0".parse().expect("addr")),
             admin_listen: Some("127.0.0.1:0".parse().expect("addr")),
+            control_listen: Some("127.0.0.1:0".parse().expect("addr")),
             insecure_dev_tls: true,
             ram_cache: 512 << 20,
             origin_timeout: std::time::Duration::from_secs(5),

@@ -551,6 +551,7 @@ async fn lying_member() -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
                                 node_id: "liar".into(),
                                 instance: 7,
                                 weight: 1000,
+                                ..Pong::default()
                             }),
                             Frame::PeerBlock(b) => {
                                 let start = b.index * u64::from(b.block_size);

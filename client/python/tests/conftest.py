@@ -64,6 +64,7 @@ def server(tmp_path_factory):
             BIN, "serve",
             "--listen", f"127.0.0.1:{port}",
             "--admin-listen", f"127.0.0.1:{admin}",
+            "--control-listen", "127.0.0.1:0",
             "--dataset", f"ds=file://{data}",
             "--local-socket", sock,
             "--block-size", "256KiB",

@@ -5,7 +5,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use shardcache_client::{Client, ClientOptions, Transport};
+use serde_json::json;
+use shardcache_client::control_proto::WarmRequest;
+use shardcache_client::{
+    Client, ClientOptions, ControlClient, Manifest, ManifestObject, Transport,
+};
 
 #[derive(Parser)]
 #[command(
@@ -23,7 +27,24 @@ struct Cli {
         default_value = "127.0.0.1:7070"
     )]
     data: String,
-    /// CA certificate (PEM) that signed the server's QUIC certificate.
+    /// Control-plane endpoint (gRPC): host:port.
+    #[arg(
+        long,
+        global = true,
+        env = "SHARDCACHE_CONTROL",
+        default_value = "127.0.0.1:7072"
+    )]
+    control: String,
+    /// A file holding the control plane's bearer token.
+    #[arg(
+        long,
+        global = true,
+        env = "SHARDCACHE_TOKEN_FILE",
+        value_name = "FILE"
+    )]
+    token_file: Option<PathBuf>,
+    /// CA certificate (PEM) that signed the server's certificate (QUIC data plane; with it the
+    /// control plane is reached over TLS too).
     #[arg(long, global = true, env = "SHARDCACHE_TLS_CA", value_name = "FILE")]
     tls_ca: Option<PathBuf>,
     /// Accept any QUIC server certificate (servers run with --insecure-dev-tls).
@@ -53,11 +74,41 @@ enum Command {
         #[arg(long)]
         length: Option<u64>,
     },
-    /// Show an object's size and version.
+    /// Show an object's version and blocks, and which nodes hold each block.
     Stat {
         /// DATASET/KEY
         path: String,
     },
+    /// Load DATASET/PREFIX into the cluster (blocks already cached are skipped).
+    Warm {
+        /// DATASET/PREFIX (DATASET/ for the whole dataset)
+        path: String,
+        /// Copies of each block in the cluster.
+        #[arg(long, default_value_t = 1, conflicts_with = "all_nodes")]
+        replicas: u32,
+        /// A copy on every node.
+        #[arg(long)]
+        all_nodes: bool,
+        /// Follow the warm to its end (otherwise it goes on in the background after the first
+        /// progress report).
+        #[arg(long)]
+        wait: bool,
+        /// Write a manifest (key, size, ETag, CRC32C of every object) to FILE; implies --wait.
+        #[arg(long, value_name = "FILE")]
+        manifest: Option<PathBuf>,
+    },
+    /// List objects under DATASET/PREFIX with their size and cached fraction.
+    Ls {
+        /// DATASET/PREFIX
+        path: String,
+    },
+    /// Drop DATASET/PREFIX from every tier of every node.
+    Evict {
+        /// DATASET/PREFIX
+        path: String,
+    },
+    /// The cluster's nodes: state, weight, tier usage.
+    Members,
 }
 
 fn main() -> ExitCode {
@@ -82,10 +133,45 @@ fn main() -> ExitCode {
     }
 }
 
+async fn control(cli: &Cli) -> anyhow::Result<ControlClient> {
+    let token = match &cli.token_file {
+        Some(path) => Some(
+            std::fs::read_to_string(path)
+                .map_err(|e| anyhow::anyhow!("cannot read token file {}: {e}", path.display()))?,
+        ),
+        None => None,
+    };
+    Ok(ControlClient::connect(&cli.control, token, cli.tls_ca.as_deref()).await?)
+}
+
 async fn run(cli: Cli) -> anyhow::Result<()> {
+    match &cli.command {
+        Command::Cat { .. } => {}
+        Command::Stat { path } => return stat(&cli, path).await,
+        Command::Warm {
+            path,
+            replicas,
+            all_nodes,
+            wait,
+            manifest,
+        } => {
+            return warm(
+                &cli,
+                path,
+                *replicas,
+                *all_nodes,
+                *wait,
+                manifest.as_deref(),
+            )
+            .await;
+        }
+        Command::Ls { path } => return ls(&cli, path).await,
+        Command::Evict { path } => return evict(&cli, path).await,
+        Command::Members => return members(&cli).await,
+    }
     let options = ClientOptions {
         connections: 1,
-        tls_ca: cli.tls_ca,
+        tls_ca: cli.tls_ca.clone(),
         insecure_skip_verify: cli.insecure,
         ..ClientOptions::default()
     };
@@ -110,8 +196,26 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             out.flush()?;
         }
-        Command::Stat { path } => {
-            let info = client.stat(&path).await?;
+        _ => unreachable!("handled above"),
+    }
+    Ok(())
+}
+
+/// `stat`: from the control plane (version, blocks, holders); from the data plane (version
+/// only) when no control plane answers.
+async fn stat(cli: &Cli, path: &str) -> anyhow::Result<()> {
+    let ctl = match control(cli).await {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("cachectl: {e:#}; showing the data plane's view only");
+            let options = ClientOptions {
+                connections: 1,
+                tls_ca: cli.tls_ca.clone(),
+                insecure_skip_verify: cli.insecure,
+                ..ClientOptions::default()
+            };
+            let client = Client::connect_with(&cli.data, options).await?;
+            let info = client.stat(path).await?;
             match cli.output {
                 Output::Text => {
                     println!("path:          {path}");
@@ -121,30 +225,276 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     println!("block_size:    {}", info.block_size);
                 }
                 Output::Json => println!(
-                    "{{\"path\":{},\"size\":{},\"etag\":{},\"last_modified_ms\":{},\"block_size\":{}}}",
-                    json_str(&path),
-                    info.size,
-                    json_str(&info.etag),
-                    info.last_modified_ms,
-                    info.block_size
+                    "{}",
+                    json!({"path": path, "size": info.size, "etag": info.etag,
+                           "last_modified_ms": info.last_modified_ms, "block_size": info.block_size})
                 ),
             }
+            return Ok(());
+        }
+    };
+    let s = ctl.stat(path).await?;
+    match cli.output {
+        Output::Text => {
+            println!("path:          {}", s.path);
+            println!("size:          {}", s.size);
+            println!("etag:          {}", s.etag);
+            println!("last_modified: {} ms", s.last_modified_ms);
+            println!("block_size:    {}", s.block_size);
+            println!("blocks:        {}", s.blocks.len());
+            for b in &s.blocks {
+                let holders = if b.holders.is_empty() {
+                    "(not cached)".to_string()
+                } else {
+                    b.holders.join(",")
+                };
+                println!(
+                    "  {:>6}  {:>10}  owner {}  held by {holders}",
+                    b.index, b.length, b.owner
+                );
+            }
+        }
+        Output::Json => {
+            let blocks: Vec<_> = s
+                .blocks
+                .iter()
+                .map(|b| json!({"index": b.index, "length": b.length, "owner": b.owner, "holders": b.holders}))
+                .collect();
+            println!(
+                "{}",
+                json!({"path": s.path, "size": s.size, "etag": s.etag,
+                       "last_modified_ms": s.last_modified_ms, "block_size": s.block_size,
+                       "blocks": blocks})
+            );
         }
     }
     Ok(())
 }
 
-fn json_str(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
-            c => out.push(c),
+async fn warm(
+    cli: &Cli,
+    path: &str,
+    replicas: u32,
+    all_nodes: bool,
+    wait: bool,
+    manifest: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
+    use std::io::IsTerminal;
+    let ctl = control(cli).await?;
+    let wait = wait || manifest.is_some();
+    let mut stream = ctl
+        .warm(WarmRequest {
+            path: path.to_string(),
+            replicas,
+            all_nodes,
+            manifest: manifest.is_some(),
+            detach: !wait,
+        })
+        .await?;
+    let bar = (wait && std::io::stderr().is_terminal() && matches!(cli.output, Output::Text))
+        .then(|| {
+            let bar = indicatif::ProgressBar::new(0);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{spinner} [{elapsed_precise}] {wide_bar} {bytes}/{total_bytes} {bytes_per_sec} ETA {eta} {msg}",
+                )
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            );
+            bar
+        });
+    let mut failures = Vec::new();
+    let mut last = None;
+    let mut printed = std::time::Instant::now() - std::time::Duration::from_secs(10);
+    while let Some(p) = stream.message().await? {
+        for f in &p.failures {
+            failures.push((f.path.clone(), f.message.clone()));
+            if let Some(bar) = &bar {
+                bar.println(format!("failed: {}: {}", f.path, f.message));
+            } else if matches!(cli.output, Output::Text) {
+                eprintln!("failed: {}: {}", f.path, f.message);
+            }
+        }
+        if let Some(bar) = &bar {
+            bar.set_length(p.bytes_total);
+            bar.set_position(p.bytes_done);
+            bar.set_message(format!("{}/{} objects", p.objects_done, p.objects_total));
+        } else if matches!(cli.output, Output::Text)
+            && (p.done || printed.elapsed() >= std::time::Duration::from_secs(1))
+        {
+            printed = std::time::Instant::now();
+            eprintln!(
+                "warm {path}: {}/{} objects, {}/{} bytes ({} already cached)",
+                p.objects_done, p.objects_total, p.bytes_done, p.bytes_total, p.bytes_skipped
+            );
+        }
+        let done = p.done;
+        last = Some(p);
+        if done || !wait {
+            break;
         }
     }
-    out.push('"');
-    out
+    if let Some(bar) = &bar {
+        bar.finish_and_clear();
+    }
+    let Some(last) = last else {
+        anyhow::bail!("the warm of {path} ended without a report");
+    };
+    if wait && !last.done {
+        anyhow::bail!("the warm of {path} ended before it finished; run it again to finish");
+    }
+    if let (Some(file), true) = (manifest, last.done) {
+        let dataset = path.split_once('/').map_or(path, |(d, _)| d);
+        let objects = last
+            .manifest
+            .iter()
+            .map(|m| ManifestObject {
+                key: m.key.clone(),
+                size: m.size,
+                etag: m.etag.clone(),
+                crc32c: m.crc32c,
+            })
+            .collect();
+        Manifest::new(dataset, objects).save(file)?;
+    }
+    match cli.output {
+        Output::Text => {
+            if wait {
+                println!(
+                    "warmed {path}: {} objects, {} bytes ({} already cached), {} failures",
+                    last.objects_done,
+                    last.bytes_done,
+                    last.bytes_skipped,
+                    failures.len()
+                );
+                for n in &last.nodes {
+                    println!("  {}  {} bytes", n.node_id, n.bytes);
+                }
+            } else {
+                println!(
+                    "warming {path} in the background: {} objects, {} bytes",
+                    last.objects_total, last.bytes_total
+                );
+            }
+        }
+        Output::Json => {
+            let nodes: serde_json::Map<String, serde_json::Value> = last
+                .nodes
+                .iter()
+                .map(|n| (n.node_id.clone(), json!(n.bytes)))
+                .collect();
+            let fails: Vec<_> = failures
+                .iter()
+                .map(|(p, m)| json!({"path": p, "message": m}))
+                .collect();
+            println!(
+                "{}",
+                json!({"path": path, "done": last.done, "objects_total": last.objects_total,
+                       "objects_done": last.objects_done, "bytes_total": last.bytes_total,
+                       "bytes_done": last.bytes_done, "bytes_skipped": last.bytes_skipped,
+                       "nodes": nodes, "failures": fails})
+            );
+        }
+    }
+    if !failures.is_empty() {
+        let list: Vec<String> = failures
+            .iter()
+            .map(|(p, m)| format!("  {p}: {m}"))
+            .collect();
+        anyhow::bail!("{} failures:\n{}", failures.len(), list.join("\n"));
+    }
+    Ok(())
+}
+
+async fn ls(cli: &Cli, path: &str) -> anyhow::Result<()> {
+    let resp = control(cli).await?.list(path).await?;
+    match cli.output {
+        Output::Text => {
+            for o in &resp.objects {
+                println!(
+                    "{:>14}  {:>5.1}%  {}",
+                    o.size,
+                    o.cached_fraction * 100.0,
+                    o.key
+                );
+            }
+        }
+        Output::Json => {
+            let objects: Vec<_> = resp
+                .objects
+                .iter()
+                .map(|o| json!({"key": o.key, "size": o.size, "etag": o.etag, "cached_fraction": o.cached_fraction}))
+                .collect();
+            println!("{}", json!({"path": path, "objects": objects}));
+        }
+    }
+    Ok(())
+}
+
+async fn evict(cli: &Cli, path: &str) -> anyhow::Result<()> {
+    let resp = control(cli).await?.evict(path).await?;
+    match cli.output {
+        Output::Text => println!(
+            "evicted {path}: {} objects, {} blocks dropped",
+            resp.objects, resp.blocks
+        ),
+        Output::Json => {
+            let fails: Vec<_> = resp
+                .failures
+                .iter()
+                .map(|f| json!({"path": f.path, "message": f.message}))
+                .collect();
+            println!(
+                "{}",
+                json!({"path": path, "objects": resp.objects, "blocks": resp.blocks, "failures": fails})
+            );
+        }
+    }
+    if !resp.failures.is_empty() {
+        let list: Vec<String> = resp
+            .failures
+            .iter()
+            .map(|f| format!("  {}: {}", f.path, f.message))
+            .collect();
+        anyhow::bail!("{} failures:\n{}", resp.failures.len(), list.join("\n"));
+    }
+    Ok(())
+}
+
+async fn members(cli: &Cli) -> anyhow::Result<()> {
+    let resp = control(cli).await?.members().await?;
+    match cli.output {
+        Output::Text => {
+            println!(
+                "{:<20} {:<22} {:<7} {:>6} {:>22} {:>22}",
+                "NODE", "ADDRESS", "STATE", "WEIGHT", "RAM USED/CAPACITY", "DISK USED/CAPACITY"
+            );
+            for m in &resp.members {
+                println!(
+                    "{:<20} {:<22} {:<7} {:>6} {:>22} {:>22} {}",
+                    m.node_id,
+                    m.address,
+                    m.state,
+                    m.weight,
+                    format!("{}/{}", m.ram_used_bytes, m.ram_capacity_bytes),
+                    format!("{}/{}", m.disk_used_bytes, m.disk_capacity_bytes),
+                    m.detail
+                );
+            }
+        }
+        Output::Json => {
+            let members: Vec<_> = resp
+                .members
+                .iter()
+                .map(|m| {
+                    json!({"node_id": m.node_id, "address": m.address, "state": m.state,
+                                "weight": m.weight, "ram_used_bytes": m.ram_used_bytes,
+                                "ram_capacity_bytes": m.ram_capacity_bytes,
+                                "disk_used_bytes": m.disk_used_bytes,
+                                "disk_capacity_bytes": m.disk_capacity_bytes, "detail": m.detail})
+                })
+                .collect();
+            println!("{}", json!({"members": members}));
+        }
+    }
+    Ok(())
 }

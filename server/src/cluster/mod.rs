@@ -84,6 +84,8 @@ pub enum Candidate {
 pub struct MemberStatus {
     pub addr: String,
     pub state: PeerState,
+    /// The last answer to a probe: node id, weight and tier usage.
+    pub last_pong: Option<shardcache_proto::Pong>,
 }
 
 /// Placement's view: this node and the peers that are up.
@@ -178,6 +180,18 @@ impl Cluster {
             .collect()
     }
 
+    /// This node and every peer that is up (the targets of a warm to all nodes).
+    pub fn everyone(&self) -> Vec<Candidate> {
+        let view = self.view.read().expect("lock").clone();
+        view.nodes
+            .iter()
+            .map(|n| match n {
+                None => Candidate::Me,
+                Some(peer) => Candidate::Peer(peer.clone()),
+            })
+            .collect()
+    }
+
     /// Whether `ip` is the address of a configured member (peer-only requests are accepted
     /// only from members).
     pub fn is_member_ip(&self, ip: IpAddr) -> bool {
@@ -196,6 +210,7 @@ impl Cluster {
             .map(|p| MemberStatus {
                 addr: p.addr().to_string(),
                 state: p.state(),
+                last_pong: p.last_pong(),
             })
             .collect()
     }

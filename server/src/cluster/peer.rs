@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use shardcache_client::ClientOptions;
 use shardcache_client::raw::{BufPool, Conn, QuicConn, TcpConn};
-use shardcache_proto::{ErrorCode, Frame, PeerBlock, Ping, Pong};
+use shardcache_proto::{BlockState, ErrorCode, Frame, PeerBlock, Ping, Pong};
 use tokio::sync::{Mutex, Semaphore, watch};
 
 use crate::cache::{Block, FillSource};
@@ -100,6 +100,8 @@ pub struct Peer {
     addr: String,
     transport: PeerTransport,
     state: watch::Sender<PeerState>,
+    /// The last answer to a probe (node id, weight, tier usage).
+    last_pong: std::sync::Mutex<Option<Pong>>,
     data: Mutex<Option<Arc<Conn>>>,
     probe: Mutex<Option<Arc<Conn>>>,
     permits: Semaphore,
@@ -114,6 +116,7 @@ impl Peer {
             addr,
             transport,
             state: watch::Sender::new(PeerState::Unknown),
+            last_pong: std::sync::Mutex::new(None),
             data: Mutex::new(None),
             probe: Mutex::new(None),
             permits: Semaphore::new(MAX_INFLIGHT),
@@ -142,6 +145,18 @@ impl Peer {
             }
             changed
         })
+    }
+
+    pub fn last_pong(&self) -> Option<Pong> {
+        self.last_pong.lock().expect("lock").clone()
+    }
+
+    /// The node id of an up peer.
+    pub fn node_id(&self) -> Option<String> {
+        match &*self.state.borrow() {
+            PeerState::Up { node_id, .. } => Some(node_id.clone()),
+            _ => None,
+        }
     }
 
     pub fn remove(&self) {
@@ -202,7 +217,10 @@ impl Peer {
                 .await
                 .map_err(|e| e.to_string())?;
             match responses.next().await.map_err(|e| e.to_string())? {
-                Frame::Pong(pong) => Ok(pong),
+                Frame::Pong(pong) => {
+                    *self.last_pong.lock().expect("lock") = Some(pong.clone());
+                    Ok(pong)
+                }
                 Frame::Error(e) => Err(format!("answered {:?}: {}", e.code, e.message)),
                 other => Err(format!("answered a ping with {other:?}")),
             }
@@ -227,6 +245,63 @@ impl Peer {
     ) -> Result<Block, PeerFailure> {
         let block_start = req.index.saturating_mul(u64::from(req.block_size));
         let want = u64::from(req.block_size).min(req.size.saturating_sub(block_start));
+        let chunk = match self.ask(req, deadline, connect_timeout).await? {
+            Frame::Data(chunk) => chunk,
+            other => {
+                return Err(unavailable(format!(
+                    "answered a block request with {other:?}"
+                )));
+            }
+        };
+        if chunk.offset != block_start || chunk.data.len() as u64 != want {
+            return Err(unavailable(format!(
+                "sent {} bytes at {} for a block of {want} at {block_start}",
+                chunk.data.len(),
+                chunk.offset
+            )));
+        }
+        let ok = if chunk.data.len() <= INLINE_CRC_LIMIT {
+            chunk.verify()
+        } else {
+            let chunk = chunk.clone();
+            tokio::task::spawn_blocking(move || chunk.verify())
+                .await
+                .unwrap_or(false)
+        };
+        if !ok {
+            return Err(PeerFailure::Corrupt {
+                reason: "block failed its checksum".into(),
+            });
+        }
+        Ok(Block {
+            data: chunk.data,
+            crc32c: chunk.crc32c,
+            source: FillSource::Peer,
+        })
+    }
+
+    /// Ask for a block's state (`Load`, `Check`, `Evict`), same deadlines as [`Peer::block`].
+    pub async fn block_state(
+        &self,
+        req: PeerBlock,
+        deadline: Duration,
+        connect_timeout: Duration,
+    ) -> Result<BlockState, PeerFailure> {
+        match self.ask(req, deadline, connect_timeout).await? {
+            Frame::BlockState(state) => Ok(state),
+            other => Err(unavailable(format!(
+                "answered a block-state request with {other:?}"
+            ))),
+        }
+    }
+
+    /// Send one block request and take its one answer frame; errors become [`PeerFailure`]s.
+    async fn ask(
+        &self,
+        req: PeerBlock,
+        deadline: Duration,
+        connect_timeout: Duration,
+    ) -> Result<Frame, PeerFailure> {
         let work = async {
             let _permit = self
                 .permits
@@ -239,33 +314,6 @@ impl Peer {
                 .await
                 .map_err(|e| unavailable(e.to_string()))?;
             match responses.next().await {
-                Ok(Frame::Data(chunk)) => {
-                    if chunk.offset != block_start || chunk.data.len() as u64 != want {
-                        return Err(unavailable(format!(
-                            "sent {} bytes at {} for a block of {want} at {block_start}",
-                            chunk.data.len(),
-                            chunk.offset
-                        )));
-                    }
-                    let ok = if chunk.data.len() <= INLINE_CRC_LIMIT {
-                        chunk.verify()
-                    } else {
-                        let chunk = chunk.clone();
-                        tokio::task::spawn_blocking(move || chunk.verify())
-                            .await
-                            .unwrap_or(false)
-                    };
-                    if !ok {
-                        return Err(PeerFailure::Corrupt {
-                            reason: "block failed its checksum".into(),
-                        });
-                    }
-                    Ok(Block {
-                        data: chunk.data,
-                        crc32c: chunk.crc32c,
-                        source: FillSource::Peer,
-                    })
-                }
                 Ok(Frame::Error(e)) => Err(match e.code {
                     ErrorCode::NotCached => PeerFailure::Miss,
                     ErrorCode::NotFound
@@ -277,9 +325,7 @@ impl Peer {
                     },
                     code => declined(format!("answered {code:?}: {}", e.message)),
                 }),
-                Ok(other) => Err(unavailable(format!(
-                    "answered a block request with {other:?}"
-                ))),
+                Ok(frame) => Ok(frame),
                 Err(e) => Err(unavailable(e.to_string())),
             }
         };
@@ -287,7 +333,7 @@ impl Peer {
         tokio::select! {
             result = work => result,
             // Slow is not dead: the probes decide that.
-            () = tokio::time::sleep(deadline) => Err(declined(format!("no block within {deadline:?}"))),
+            () = tokio::time::sleep(deadline) => Err(declined(format!("no answer within {deadline:?}"))),
             _ = state.wait_for(PeerState::is_down) => Err(declined("marked down")),
         }
     }

@@ -28,7 +28,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::task::JoinSet;
 
 use crate::error::Error;
-use crate::service::CacheService;
+use crate::service::{CacheService, PeerAnswer};
 use crate::stats::Stats;
 use shm::Region;
 
@@ -247,10 +247,16 @@ async fn handle(
         }
         Frame::Ping(_) => {
             let cluster = service.cluster();
+            let (disk_used, disk_capacity) =
+                service.disk().map_or((0, 0), |d| (d.used(), d.capacity()));
             send(Frame::Pong(Pong {
                 node_id: cluster.node_id().to_string(),
                 instance: cluster.instance(),
                 weight: cluster.weight(),
+                ram_used: service.ram().used(),
+                ram_capacity: service.ram().capacity(),
+                disk_used,
+                disk_capacity,
             }))
             .await;
             (String::new(), Ok(()))
@@ -259,8 +265,12 @@ async fn handle(
             let path = req.path.clone();
             let result = match service.peer_allowed(&remote) {
                 Ok(()) => match service.peer_block(req).await {
-                    Ok(chunk) => {
+                    Ok(PeerAnswer::Data(chunk)) => {
                         send(Frame::Data(chunk)).await;
+                        Ok(())
+                    }
+                    Ok(PeerAnswer::State(state)) => {
+                        send(Frame::BlockState(state)).await;
                         Ok(())
                     }
                     Err(e) => Err(e),

@@ -196,6 +196,29 @@ impl DiskTier {
         }
     }
 
+    /// Whether the index holds the block (without reading or touching it).
+    pub fn contains(&self, key: &BlockKey) -> bool {
+        self.state.lock().expect("lock").index.contains_key(key)
+    }
+
+    /// Drop a block (eviction asked by an operator); true when it was held.
+    pub async fn remove(self: &Arc<Self>, key: &BlockKey) -> bool {
+        if !self.contains(key) {
+            return false;
+        }
+        self.forget(key);
+        let this = self.clone();
+        let k = *key;
+        let removed = tokio::task::spawn_blocking(move || file::remove_block(&this.root, &k)).await;
+        if let Ok(Err(e)) = removed
+            && e.kind() != io::ErrorKind::NotFound
+        {
+            self.io_error("remove", &e);
+        }
+        self.publish();
+        true
+    }
+
     fn forget(&self, key: &BlockKey) {
         let mut state = self.state.lock().expect("lock");
         if let Some(size) = state.index.remove(key) {

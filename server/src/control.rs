@@ -1,0 +1,668 @@
+//! The control plane (`--control-listen`): a tonic gRPC service over `proto/control.proto`.
+//!
+//! Any node answers for the whole cluster: it lists objects at the origin itself and sends each
+//! block operation to the block's owner (and replicas) as a `PeerBlock` request with mode
+//! `Load`, `Check` or `Evict`, or runs it locally when it is the owner. A warm therefore loads
+//! each block on its owner straight from the origin (or from a neighbour that already has it),
+//! never through the node that was asked, and skips blocks already cached, so running it again
+//! after an interruption only loads what is missing.
+//!
+//! With `--control-token-file`, every call needs `authorization: Bearer <token>`; a missing or
+//! wrong token is refused with `Unauthenticated` and a message that says which.
+
+use std::collections::BTreeMap;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::{Stream, StreamExt, TryStreamExt, stream};
+use shardcache_proto::control::control_server::Control;
+use shardcache_proto::control::{
+    BlockHolders, EvictRequest, EvictResponse, Failure, HealthRequest, HealthResponse, ListRequest,
+    ListResponse, ManifestEntry, Member, MembersRequest, MembersResponse, NodeBytes, ObjectEntry,
+    StatRequest, StatResponse, WarmProgress, WarmRequest,
+};
+use shardcache_proto::{BlockState, ErrorCode, ObjectPath, PeerBlock, PeerMode};
+use tokio::sync::mpsc;
+use tonic::{Request, Response, Status};
+
+use crate::cluster::{Candidate, PeerFailure, PeerState};
+use crate::error::Error;
+use crate::origin::{Origin, Version};
+use crate::service::CacheService;
+
+/// Objects one `List`, `Warm` or `Evict` covers at most.
+const MAX_OBJECTS: usize = 1_000_000;
+/// Objects a warm works on at once, and blocks of each.
+const WARM_OBJECTS_AT_ONCE: usize = 4;
+const WARM_BLOCKS_AT_ONCE: usize = 8;
+/// Warms running at once on one node; more are refused as busy.
+const MAX_WARMS: usize = 4;
+/// How often a warm reports progress.
+const PROGRESS_EVERY: Duration = Duration::from_millis(250);
+
+#[derive(Clone)]
+pub struct ControlService {
+    service: Arc<CacheService>,
+    warms: Arc<tokio::sync::Semaphore>,
+}
+
+impl ControlService {
+    pub fn new(service: Arc<CacheService>) -> ControlService {
+        ControlService {
+            service,
+            warms: Arc::new(tokio::sync::Semaphore::new(MAX_WARMS)),
+        }
+    }
+}
+
+/// Checks `authorization: Bearer <token>` when a token is configured.
+#[derive(Clone)]
+pub struct TokenCheck {
+    token: Option<Arc<String>>,
+}
+
+impl TokenCheck {
+    pub fn new(token: Option<String>) -> TokenCheck {
+        TokenCheck {
+            token: token.map(Arc::new),
+        }
+    }
+
+    pub fn check(&self, req: Request<()>) -> Result<Request<()>, Status> {
+        let Some(token) = &self.token else {
+            return Ok(req);
+        };
+        let Some(value) = req.metadata().get("authorization") else {
+            return Err(Status::unauthenticated(
+                "missing bearer token: this control plane requires `authorization: Bearer <token>` (cachectl --token-file)",
+            ));
+        };
+        let given = value
+            .to_str()
+            .ok()
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        if constant_time_eq(given.as_bytes(), token.as_bytes()) {
+            Ok(req)
+        } else {
+            Err(Status::unauthenticated(
+                "wrong bearer token: the token does not match this control plane's --control-token-file",
+            ))
+        }
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// A server error as a gRPC status, with its message.
+fn status(e: &Error) -> Status {
+    let msg = e.to_string();
+    match e.code() {
+        ErrorCode::UnknownDataset | ErrorCode::NotFound => Status::not_found(msg),
+        ErrorCode::InvalidKey | ErrorCode::BadRequest | ErrorCode::RangeNotSatisfiable => {
+            Status::invalid_argument(msg)
+        }
+        ErrorCode::PreconditionFailed => Status::failed_precondition(msg),
+        ErrorCode::Busy | ErrorCode::OriginUnavailable => Status::unavailable(msg),
+        _ => Status::internal(msg),
+    }
+}
+
+fn peer_failure(f: PeerFailure) -> String {
+    match f {
+        PeerFailure::Miss => "not cached".into(),
+        PeerFailure::Answer { message, .. } => message,
+        PeerFailure::Unavailable { reason }
+        | PeerFailure::Declined { reason }
+        | PeerFailure::Corrupt { reason } => reason,
+    }
+}
+
+/// `DATASET/PREFIX` split and checked: the dataset must exist; the prefix (possibly empty) must
+/// obey the key rules once a trailing `/` is set aside.
+fn dataset_prefix(service: &CacheService, path: &str) -> Result<(Arc<Origin>, String), Status> {
+    let (dataset, prefix) = path.split_once('/').unwrap_or((path, ""));
+    if dataset.is_empty() {
+        return Err(Status::invalid_argument(
+            "expected DATASET/PREFIX, e.g. imagenet/train/",
+        ));
+    }
+    let origin = service.dataset_origin(dataset).map_err(|e| status(&e))?;
+    let trimmed = prefix.trim_end_matches('/');
+    if !trimmed.is_empty() {
+        ObjectPath::parse(&format!("{dataset}/{trimmed}"))
+            .map_err(|e| Status::invalid_argument(format!("prefix {prefix:?}: {e}")))?;
+    }
+    Ok((origin, prefix.to_string()))
+}
+
+/// Objects under a prefix at the origin, sorted by key: `(key, size)`.
+async fn list_objects(origin: &Origin, prefix: &str) -> Result<Vec<(String, u64)>, Status> {
+    let dir = match prefix.rsplit_once('/') {
+        Some((dir, _)) if !dir.is_empty() => Some(object_store::path::Path::from(dir)),
+        _ => None,
+    };
+    let mut listing = origin.store().list(dir.as_ref());
+    let mut out = Vec::new();
+    while let Some(meta) = listing.try_next().await.map_err(|e| {
+        Status::unavailable(format!(
+            "cannot list {}/{prefix} at the origin: {e}",
+            origin.dataset()
+        ))
+    })? {
+        let key = meta.location.as_ref().to_string();
+        if key.starts_with(prefix) {
+            out.push((key, meta.size));
+            if out.len() > MAX_OBJECTS {
+                return Err(Status::resource_exhausted(format!(
+                    "more than {MAX_OBJECTS} objects under {}/{prefix}; use a longer prefix",
+                    origin.dataset()
+                )));
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Where a block operation ran, and what it found.
+struct Placed {
+    node: String,
+    result: Result<BlockState, String>,
+}
+
+impl ControlService {
+    /// Run `mode` for one block on `targets`.
+    async fn on_targets(
+        &self,
+        origin: &Arc<Origin>,
+        key: &str,
+        version: &Version,
+        index: u64,
+        mode: PeerMode,
+        targets: &[Candidate],
+    ) -> Vec<Placed> {
+        let cluster = self.service.cluster();
+        let settings = cluster.settings();
+        let ops = targets.iter().map(|t| async move {
+            match t {
+                Candidate::Me => Placed {
+                    node: cluster.node_id().to_string(),
+                    result: self
+                        .service
+                        .block_op(origin, key, version.clone(), index, mode)
+                        .await
+                        .map_err(|e| e.to_string()),
+                },
+                Candidate::Peer(peer) => {
+                    let req = PeerBlock {
+                        path: format!("{}/{key}", origin.dataset()),
+                        etag: version.etag.clone(),
+                        size: version.size,
+                        last_modified_ms: version.last_modified_ms,
+                        block_size: origin.settings().block_size as u32,
+                        index,
+                        mode,
+                    };
+                    Placed {
+                        node: peer.node_id().unwrap_or_else(|| peer.addr().to_string()),
+                        result: peer
+                            .block_state(req, settings.fill_timeout, settings.peer_timeout)
+                            .await
+                            .map_err(|f| format!("node {}: {}", peer.addr(), peer_failure(f))),
+                    }
+                }
+            }
+        });
+        futures::future::join_all(ops).await
+    }
+
+    fn blocks(origin: &Origin, size: u64) -> u64 {
+        size.div_ceil(origin.settings().block_size)
+    }
+}
+
+/// A warm's running totals.
+#[derive(Default)]
+struct WarmState {
+    objects_total: u64,
+    objects_done: u64,
+    bytes_total: u64,
+    bytes_done: u64,
+    bytes_skipped: u64,
+    nodes: BTreeMap<String, u64>,
+    failures: Vec<Failure>,
+    manifest: Vec<ManifestEntry>,
+    /// The caller went away: start nothing new, let what runs finish (so no fetched block is
+    /// thrown away before it is stored).
+    stopping: bool,
+}
+
+impl WarmState {
+    fn progress(&mut self, done: bool, with_manifest: bool) -> WarmProgress {
+        WarmProgress {
+            objects_total: self.objects_total,
+            objects_done: self.objects_done,
+            bytes_total: self.bytes_total,
+            bytes_done: self.bytes_done,
+            bytes_skipped: self.bytes_skipped,
+            nodes: self
+                .nodes
+                .iter()
+                .map(|(node_id, bytes)| NodeBytes {
+                    node_id: node_id.clone(),
+                    bytes: *bytes,
+                })
+                .collect(),
+            failures: std::mem::take(&mut self.failures),
+            done,
+            manifest: if done && with_manifest {
+                std::mem::take(&mut self.manifest)
+            } else {
+                Vec::new()
+            },
+        }
+    }
+}
+
+type WarmStream = Pin<Box<dyn Stream<Item = Result<WarmProgress, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Control for ControlService {
+    type WarmStream = WarmStream;
+
+    async fn warm(&self, req: Request<WarmRequest>) -> Result<Response<WarmStream>, Status> {
+        let req = req.into_inner();
+        let (origin, prefix) = dataset_prefix(&self.service, &req.path)?;
+        let permit = self.warms.clone().try_acquire_owned().map_err(|_| {
+            Status::unavailable(format!(
+                "{MAX_WARMS} warms are running on this node; retry later"
+            ))
+        })?;
+        let objects = list_objects(&origin, &prefix).await?;
+        if objects.is_empty() {
+            return Err(Status::not_found(format!(
+                "no objects under {}/{prefix}",
+                origin.dataset()
+            )));
+        }
+        let state = Arc::new(Mutex::new(WarmState {
+            objects_total: objects.len() as u64,
+            bytes_total: objects.iter().map(|(_, s)| s).sum(),
+            ..WarmState::default()
+        }));
+        let (tx, rx) = mpsc::channel(4);
+        let this = self.clone();
+        let with_manifest = req.manifest;
+        let replicas = req.replicas.max(1) as usize;
+        let all_nodes = req.all_nodes;
+        let detach = req.detach;
+        tokio::spawn(async move {
+            let _permit = permit;
+            let work = stream::iter(objects)
+                .map(|(key, _)| {
+                    let this = this.clone();
+                    let origin = origin.clone();
+                    let state = state.clone();
+                    async move {
+                        this.warm_object(&origin, &key, replicas, all_nodes, &state)
+                            .await;
+                    }
+                })
+                .buffer_unordered(WARM_OBJECTS_AT_ONCE)
+                .collect::<()>();
+            tokio::pin!(work);
+            let mut tick = tokio::time::interval(PROGRESS_EVERY);
+            loop {
+                tokio::select! {
+                    () = &mut work => break,
+                    _ = tick.tick() => {
+                        let progress = state.lock().expect("lock").progress(false, false);
+                        // The caller went away: stop (running the warm again finishes it),
+                        // unless it asked the warm to go on without it.
+                        if tx.send(Ok(progress)).await.is_err() && !detach {
+                            state.lock().expect("lock").stopping = true;
+                        }
+                    }
+                }
+            }
+            let last = state.lock().expect("lock").progress(true, with_manifest);
+            let _ = tx.send(Ok(last)).await;
+        });
+        let stream = futures::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|item| (item, rx))
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn list(&self, req: Request<ListRequest>) -> Result<Response<ListResponse>, Status> {
+        let req = req.into_inner();
+        let (origin, prefix) = dataset_prefix(&self.service, &req.path)?;
+        let objects = list_objects(&origin, &prefix).await?;
+        let cluster = self.service.cluster();
+        let entries = stream::iter(objects)
+            .map(|(key, size)| {
+                let origin = origin.clone();
+                async move {
+                    let Ok(version) = self.service.version(&origin, &key).await else {
+                        return ObjectEntry {
+                            key,
+                            size,
+                            etag: String::new(),
+                            cached_fraction: 0.0,
+                        };
+                    };
+                    let blocks = ControlService::blocks(&origin, version.size);
+                    let mut cached = 0u64;
+                    for index in 0..blocks {
+                        let bkey = CacheService::block_key(&origin, &key, &version, index);
+                        // The owner and its first neighbour: where a block lives.
+                        let targets = cluster.candidates(&bkey, 2);
+                        let found = self
+                            .on_targets(&origin, &key, &version, index, PeerMode::Check, &targets)
+                            .await;
+                        if found
+                            .iter()
+                            .any(|p| p.result.as_ref().is_ok_and(|s| s.present))
+                        {
+                            cached += 1;
+                        }
+                    }
+                    ObjectEntry {
+                        key,
+                        size: version.size,
+                        etag: version.etag,
+                        cached_fraction: if blocks == 0 {
+                            1.0
+                        } else {
+                            cached as f64 / blocks as f64
+                        },
+                    }
+                }
+            })
+            .buffered(WARM_OBJECTS_AT_ONCE * 2)
+            .collect::<Vec<_>>()
+            .await;
+        Ok(Response::new(ListResponse { objects: entries }))
+    }
+
+    async fn stat(&self, req: Request<StatRequest>) -> Result<Response<StatResponse>, Status> {
+        let req = req.into_inner();
+        let path = ObjectPath::parse(&req.path).map_err(|e| status(&Error::from(e)))?;
+        let origin = self
+            .service
+            .dataset_origin(path.dataset())
+            .map_err(|e| status(&e))?;
+        let version = self
+            .service
+            .version(&origin, path.key())
+            .await
+            .map_err(|e| status(&e))?;
+        let cluster = self.service.cluster();
+        let everyone = cluster.everyone();
+        let bs = origin.settings().block_size;
+        let mut blocks = Vec::new();
+        for index in 0..ControlService::blocks(&origin, version.size) {
+            let bkey = CacheService::block_key(&origin, path.key(), &version, index);
+            let owner = match cluster.candidates(&bkey, 1).first() {
+                Some(Candidate::Peer(p)) => p.node_id().unwrap_or_else(|| p.addr().to_string()),
+                _ => cluster.node_id().to_string(),
+            };
+            let found = self
+                .on_targets(
+                    &origin,
+                    path.key(),
+                    &version,
+                    index,
+                    PeerMode::Check,
+                    &everyone,
+                )
+                .await;
+            blocks.push(BlockHolders {
+                index,
+                length: bs.min(version.size - index * bs),
+                owner,
+                holders: found
+                    .into_iter()
+                    .filter(|p| p.result.as_ref().is_ok_and(|s| s.present))
+                    .map(|p| p.node)
+                    .collect(),
+            });
+        }
+        Ok(Response::new(StatResponse {
+            path: req.path,
+            size: version.size,
+            etag: version.etag,
+            last_modified_ms: version.last_modified_ms,
+            block_size: bs as u32,
+            blocks,
+        }))
+    }
+
+    async fn evict(&self, req: Request<EvictRequest>) -> Result<Response<EvictResponse>, Status> {
+        let req = req.into_inner();
+        let (origin, prefix) = dataset_prefix(&self.service, &req.path)?;
+        let objects = list_objects(&origin, &prefix).await?;
+        let everyone = self.service.cluster().everyone();
+        let mut resp = EvictResponse::default();
+        for (key, _) in objects {
+            resp.objects += 1;
+            let version = match self.service.version(&origin, &key).await {
+                Ok(v) => v,
+                Err(e) => {
+                    resp.failures.push(Failure {
+                        path: format!("{}/{key}", origin.dataset()),
+                        message: e.to_string(),
+                    });
+                    continue;
+                }
+            };
+            for index in 0..ControlService::blocks(&origin, version.size) {
+                for placed in self
+                    .on_targets(&origin, &key, &version, index, PeerMode::Evict, &everyone)
+                    .await
+                {
+                    match placed.result {
+                        Ok(s) if s.was_present => resp.blocks += 1,
+                        Ok(_) => {}
+                        Err(message) => resp.failures.push(Failure {
+                            path: format!("{}/{key}", origin.dataset()),
+                            message,
+                        }),
+                    }
+                }
+            }
+        }
+        Ok(Response::new(resp))
+    }
+
+    async fn members(
+        &self,
+        _req: Request<MembersRequest>,
+    ) -> Result<Response<MembersResponse>, Status> {
+        let cluster = self.service.cluster();
+        let (disk_used, disk_capacity) = self
+            .service
+            .disk()
+            .map_or((0, 0), |d| (d.used(), d.capacity()));
+        let mut members = vec![Member {
+            node_id: cluster.node_id().to_string(),
+            address: cluster
+                .settings()
+                .own_addr
+                .map(|a| a.to_string())
+                .unwrap_or_default(),
+            state: "self".into(),
+            weight: cluster.weight(),
+            ram_used_bytes: self.service.ram().used(),
+            ram_capacity_bytes: self.service.ram().capacity(),
+            disk_used_bytes: disk_used,
+            disk_capacity_bytes: disk_capacity,
+            detail: String::new(),
+        }];
+        for m in cluster.members() {
+            if m.state == PeerState::Myself {
+                members[0].address = m.addr.clone();
+                continue;
+            }
+            let pong = m.last_pong.clone().unwrap_or_default();
+            let (node_id, weight, detail) = match &m.state {
+                PeerState::Up {
+                    node_id, weight, ..
+                } => (node_id.clone(), *weight, String::new()),
+                PeerState::Down { reason } => (pong.node_id.clone(), pong.weight, reason.clone()),
+                _ => (String::new(), 0, "not probed yet".into()),
+            };
+            members.push(Member {
+                node_id,
+                address: m.addr,
+                state: m.state.name().into(),
+                weight,
+                ram_used_bytes: pong.ram_used,
+                ram_capacity_bytes: pong.ram_capacity,
+                disk_used_bytes: pong.disk_used,
+                disk_capacity_bytes: pong.disk_capacity,
+                detail,
+            });
+        }
+        Ok(Response::new(MembersResponse { members }))
+    }
+
+    async fn health(
+        &self,
+        _req: Request<HealthRequest>,
+    ) -> Result<Response<HealthResponse>, Status> {
+        let cluster = self.service.cluster();
+        let ready = cluster.membership_known();
+        Ok(Response::new(HealthResponse {
+            ready,
+            detail: if ready {
+                "ready".into()
+            } else {
+                "membership not known yet: peers not probed".into()
+            },
+            node_id: cluster.node_id().to_string(),
+        }))
+    }
+}
+
+impl ControlService {
+    /// Warm one object: every block on its targets; failures and totals go to `state`.
+    async fn warm_object(
+        &self,
+        origin: &Arc<Origin>,
+        key: &str,
+        replicas: usize,
+        all_nodes: bool,
+        state: &Mutex<WarmState>,
+    ) {
+        let fail = |message: String| {
+            let mut s = state.lock().expect("lock");
+            s.failures.push(Failure {
+                path: format!("{}/{key}", origin.dataset()),
+                message,
+            });
+        };
+        if state.lock().expect("lock").stopping {
+            return;
+        }
+        let version = match self.service.version(origin, key).await {
+            Ok(v) => v,
+            Err(e) => {
+                fail(e.to_string());
+                state.lock().expect("lock").objects_done += 1;
+                return;
+            }
+        };
+        let cluster = self.service.cluster();
+        let blocks = ControlService::blocks(origin, version.size);
+        let results: Vec<Option<(u64, u32)>> = stream::iter(0..blocks)
+            .map(|index| {
+                let version = &version;
+                async move {
+                    if state.lock().expect("lock").stopping {
+                        return None;
+                    }
+                    let bkey = CacheService::block_key(origin, key, version, index);
+                    let targets = if all_nodes {
+                        cluster.everyone()
+                    } else {
+                        cluster.candidates(&bkey, replicas)
+                    };
+                    let placed = self
+                        .on_targets(origin, key, version, index, PeerMode::Load, &targets)
+                        .await;
+                    let mut first: Option<BlockState> = None;
+                    let mut s = state.lock().expect("lock");
+                    for p in placed {
+                        match p.result {
+                            Ok(b) => {
+                                *s.nodes.entry(p.node).or_default() += b.len;
+                                first.get_or_insert(b);
+                            }
+                            Err(message) => s.failures.push(Failure {
+                                path: format!("{}/{key}", origin.dataset()),
+                                message: format!("block {index}: {message}"),
+                            }),
+                        }
+                    }
+                    let b = first?;
+                    s.bytes_done += b.len;
+                    if b.was_present {
+                        s.bytes_skipped += b.len;
+                    }
+                    Some((b.len, b.crc32c))
+                }
+            })
+            .buffered(WARM_BLOCKS_AT_ONCE)
+            .collect()
+            .await;
+        let mut s = state.lock().expect("lock");
+        s.objects_done += 1;
+        // The whole object's CRC32C from its blocks', when every block made it.
+        if results.iter().all(Option::is_some) {
+            let crc = results.iter().flatten().fold(0u32, |acc, (len, crc)| {
+                crc32c::crc32c_combine(acc, *crc, *len as usize)
+            });
+            s.manifest.push(ManifestEntry {
+                key: key.to_string(),
+                size: version.size,
+                etag: version.etag.clone(),
+                crc32c: crc,
+            });
+        }
+    }
+}
+
+/// Serve the control plane on `listener` until `shutdown`.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    service: Arc<CacheService>,
+    token: Option<String>,
+    tls: Option<tonic::transport::ServerTlsConfig>,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), tonic::transport::Error> {
+    let check = TokenCheck::new(token);
+    let control = ControlService::new(service);
+    let svc = shardcache_proto::control::control_server::ControlServer::with_interceptor(
+        control,
+        move |req| check.check(req),
+    );
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = tls {
+        builder = builder.tls_config(tls)?;
+    }
+    builder
+        .add_service(svc)
+        .serve_with_incoming_shutdown(
+            tonic::transport::server::TcpIncoming::from(listener),
+            shutdown,
+        )
+        .await
+}
