@@ -6,7 +6,9 @@
 use pyo3::exceptions::{PyException, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict};
-use shardcache_client::{BlockingClient, ClientError, ClientOptions, ErrorCode};
+use shardcache_client::{
+    BlockingClient, ClientError, ClientOptions, ControlClient, ControlError, ErrorCode,
+};
 
 pyo3::create_exception!(
     _shardcache,
@@ -27,6 +29,7 @@ fn kind(e: &ClientError) -> &'static str {
             ErrorCode::Busy => "busy",
             ErrorCode::OriginUnavailable => "unavailable",
             ErrorCode::TooLarge => "invalid",
+            ErrorCode::Forbidden => "permission",
             _ => "server",
         },
         ClientError::Timeout { .. } => "timeout",
@@ -196,9 +199,123 @@ mod raw {
     }
 }
 
+/// The kind of a control-plane error, as the Python layer maps it.
+fn control_kind(e: &ControlError) -> &'static str {
+    match e {
+        ControlError::Connect { .. } => "connection",
+        ControlError::Invalid(_) => "invalid",
+        ControlError::Status(s) => match s.code() {
+            tonic::Code::Unauthenticated | tonic::Code::PermissionDenied => "permission",
+            tonic::Code::NotFound => "not_found",
+            tonic::Code::InvalidArgument => "invalid",
+            tonic::Code::Unavailable | tonic::Code::ResourceExhausted => "unavailable",
+            tonic::Code::DeadlineExceeded => "timeout",
+            _ => "server",
+        },
+    }
+}
+
+fn control_err(e: ControlError) -> PyErr {
+    NativeError::new_err((control_kind(&e), e.to_string()))
+}
+
+/// A connection to a node's control plane (`host:7072`): list and warm.
+#[pyclass(name = "Control", module = "shardcache._shardcache", frozen)]
+struct Control {
+    runtime: ControlRuntime,
+    inner: ControlClient,
+}
+
+/// The runtime control calls run on.
+struct ControlRuntime(tokio::runtime::Runtime);
+
+#[pymethods]
+impl Control {
+    #[new]
+    #[pyo3(signature = (endpoint, *, token = None, tls_ca = None))]
+    fn new(
+        py: Python<'_>,
+        endpoint: String,
+        token: Option<String>,
+        tls_ca: Option<std::path::PathBuf>,
+    ) -> PyResult<Control> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .map_err(|e| {
+                NativeError::new_err(("client", format!("cannot start a runtime: {e}")))
+            })?;
+        let inner = py
+            .detach(|| {
+                runtime.block_on(ControlClient::connect(&endpoint, token, tls_ca.as_deref()))
+            })
+            .map_err(control_err)?;
+        Ok(Control {
+            runtime: ControlRuntime(runtime),
+            inner,
+        })
+    }
+
+    /// `(key, size, etag, cached_fraction)` of every object under `DATASET/PREFIX`.
+    fn ls(&self, py: Python<'_>, path: String) -> PyResult<Vec<(String, u64, String, f64)>> {
+        let resp = py
+            .detach(|| self.runtime.0.block_on(self.inner.list(&path)))
+            .map_err(control_err)?;
+        Ok(resp
+            .objects
+            .into_iter()
+            .map(|o| (o.key, o.size, o.etag, o.cached_fraction))
+            .collect())
+    }
+
+    /// Warm `DATASET/PREFIX` to the end: `(objects, bytes, bytes_already_cached, failures)`
+    /// with failures as `(path, message)`.
+    #[pyo3(signature = (path, replicas = 1, all_nodes = false))]
+    #[allow(clippy::type_complexity)]
+    fn warm(
+        &self,
+        py: Python<'_>,
+        path: String,
+        replicas: u32,
+        all_nodes: bool,
+    ) -> PyResult<(u64, u64, u64, Vec<(String, String)>)> {
+        py.detach(|| {
+            self.runtime.0.block_on(async {
+                let mut stream = self
+                    .inner
+                    .warm(shardcache_client::control_proto::WarmRequest {
+                        path: path.clone(),
+                        replicas,
+                        all_nodes,
+                        manifest: false,
+                        detach: false,
+                    })
+                    .await?;
+                let mut failures = Vec::new();
+                while let Some(p) = stream.message().await.map_err(ControlError::from)? {
+                    failures.extend(
+                        p.failures
+                            .iter()
+                            .map(|f| (f.path.clone(), f.message.clone())),
+                    );
+                    if p.done {
+                        return Ok((p.objects_done, p.bytes_done, p.bytes_skipped, failures));
+                    }
+                }
+                Err(ControlError::Invalid(format!(
+                    "the warm of {path} ended before it finished; run it again to finish"
+                )))
+            })
+        })
+        .map_err(control_err)
+    }
+}
+
 #[pymodule]
 fn _shardcache(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Client>()?;
+    m.add_class::<Control>()?;
     m.add("NativeError", m.py().get_type::<NativeError>())?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())

@@ -31,6 +31,8 @@ class Server:
     endpoint: str
     socket: str
     data: pathlib.Path
+    control: str
+    token: str
     files: Dict[str, bytes] = field(default_factory=dict)
 
 
@@ -57,14 +59,17 @@ def server(tmp_path_factory):
     files["train/samples.tar"] = buf.getvalue()
     (data / "train/samples.tar").write_bytes(files["train/samples.tar"])
 
-    port, admin = free_port(), free_port()
+    port, admin, control = free_port(), free_port(), free_port()
     sock = str(root / "sc.sock")
+    token = "py-test-token"
+    (root / "token").write_text(token + "\n")
     proc = subprocess.Popen(
         [
             BIN, "serve",
             "--listen", f"127.0.0.1:{port}",
             "--admin-listen", f"127.0.0.1:{admin}",
-            "--control-listen", "127.0.0.1:0",
+            "--control-listen", f"127.0.0.1:{control}",
+            "--control-token-file", str(root / "token"),
             "--dataset", f"ds=file://{data}",
             "--local-socket", sock,
             "--block-size", "256KiB",
@@ -85,6 +90,13 @@ def server(tmp_path_factory):
             proc.kill()
             pytest.fail("the shardcache server did not start")
         time.sleep(0.05)
-    yield Server(endpoint=f"127.0.0.1:{port}", socket=sock, data=data, files=files)
+    yield Server(
+        endpoint=f"127.0.0.1:{port}",
+        socket=sock,
+        data=data,
+        control=f"127.0.0.1:{control}",
+        token=token,
+        files=files,
+    )
     proc.terminate()
     proc.wait(timeout=10)

@@ -5,10 +5,10 @@ import io
 import os
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator, Optional
+from typing import Iterator, List, Optional
 
 from . import _shardcache
-from ._errors import translate
+from ._errors import ShardcacheError, translate
 
 
 @contextmanager
@@ -17,6 +17,25 @@ def _translated() -> Iterator[None]:
         yield
     except _shardcache.NativeError as e:
         raise translate(e) from None
+
+
+@dataclass(frozen=True)
+class ObjectEntry:
+    """An object under a prefix, and how much of it the cluster holds."""
+
+    key: str
+    size: int
+    etag: str
+    cached_fraction: float
+
+
+@dataclass(frozen=True)
+class WarmResult:
+    """What a warm did: objects and bytes now cached, of which bytes were cached already."""
+
+    objects: int
+    bytes: int
+    bytes_already_cached: int
 
 
 @dataclass(frozen=True)
@@ -36,6 +55,9 @@ class Client:
     shared-memory path of a sidecar). Calls release the GIL while they wait on I/O, so loader
     threads run in parallel. A Client can be shared by threads; DataLoader worker processes
     should each make their own (ShardDataset does).
+
+    ``control`` (``host:port`` of a node's control plane, usually 7072) enables ``ls`` and
+    ``warm``; ``token`` is its bearer token when the cluster requires one.
     """
 
     def __init__(
@@ -47,17 +69,24 @@ class Client:
         tls_ca: Optional[str] = None,
         timeout: float = 60.0,
         retries: int = 2,
+        control: Optional[str] = None,
+        token: Optional[str] = None,
     ) -> None:
         self.endpoint = endpoint
         self._options = dict(
             connections=connections, insecure=insecure, tls_ca=tls_ca, timeout=timeout, retries=retries
         )
+        self._control_options = dict(control=control, token=token)
         with _translated():
             self._native = _shardcache.Client(endpoint, **self._options)
+        self._control = None
+        if control is not None:
+            with _translated():
+                self._control = _shardcache.Control(control, token=token, tls_ca=tls_ca)
 
     def __reduce__(self):
         # Pickled into worker processes as "connect again there", never as a live connection.
-        return (_reconnect, (self.endpoint, self._options))
+        return (_reconnect, (self.endpoint, {**self._options, **self._control_options}))
 
     def __repr__(self) -> str:
         return f"shardcache.Client({self.endpoint!r})"
@@ -100,6 +129,32 @@ class Client:
         """Size and version of an object."""
         with _translated():
             return ObjectInfo(**self._native.stat(path))
+
+    def _need_control(self, what: str):
+        if self._control is None:
+            raise ShardcacheError(
+                f"{what} needs the control plane: Client(endpoint, control='host:7072')"
+            )
+        return self._control
+
+    def ls(self, prefix: str) -> List[ObjectEntry]:
+        """Objects under ``DATASET/PREFIX`` with their size and the fraction the cluster
+        holds."""
+        control = self._need_control("ls")
+        with _translated():
+            return [ObjectEntry(*row) for row in control.ls(prefix)]
+
+    def warm(self, prefix: str, *, replicas: int = 1, all_nodes: bool = False) -> WarmResult:
+        """Load ``DATASET/PREFIX`` into the cluster and wait until it is done. Blocks already
+        cached are skipped, so calling it again after an interruption finishes the rest. Any
+        object that failed raises ShardcacheError listing the failures."""
+        control = self._need_control("warm")
+        with _translated():
+            objects, nbytes, skipped, failures = control.warm(prefix, replicas, all_nodes)
+        if failures:
+            listed = "; ".join(f"{p}: {m}" for p, m in failures)
+            raise ShardcacheError(f"warm of {prefix} had {len(failures)} failures: {listed}")
+        return WarmResult(objects, nbytes, skipped)
 
     def open(self, path: str, buffering: int = 4 * 1024 * 1024) -> io.BufferedReader:
         """A binary file object (read, readinto, seek, tell, context manager) over the object's

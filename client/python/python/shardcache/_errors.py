@@ -58,6 +58,13 @@ class ChecksumError(ShardcacheError, OSError):
     kind = "checksum"
 
 
+class PermissionDeniedError(ShardcacheError, PermissionError):
+    """The server refused the caller: a missing or wrong token, or a request only cluster members
+    may send."""
+
+    kind = "permission"
+
+
 _BY_KIND = {
     cls.kind: cls
     for cls in (
@@ -69,6 +76,7 @@ _BY_KIND = {
         OriginUnavailableError,
         VersionChangedError,
         ChecksumError,
+        PermissionDeniedError,
     )
 }
 
