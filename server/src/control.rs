@@ -599,6 +599,7 @@ impl ControlService {
                         .on_targets(origin, key, version, index, PeerMode::Load, &targets)
                         .await;
                     let mut first: Option<BlockState> = None;
+                    let stats = self.service.stats();
                     let mut s = state.lock().expect("lock");
                     for p in placed {
                         match p.result {
@@ -612,10 +613,16 @@ impl ControlService {
                             }),
                         }
                     }
-                    let b = first?;
+                    let Some(b) = first else {
+                        crate::stats::Stats::add(&stats.warm_failed, 1);
+                        return None;
+                    };
                     s.bytes_done += b.len;
                     if b.was_present {
                         s.bytes_skipped += b.len;
+                        crate::stats::Stats::add(&stats.warm_cached, 1);
+                    } else {
+                        crate::stats::Stats::add(&stats.warm_loaded, 1);
                     }
                     Some((b.len, b.crc32c))
                 }

@@ -67,6 +67,10 @@ pub struct Stats {
     pub peer_served_fill: IntCounter,
     pub peer_served_probe: IntCounter,
     pub peer_refused: IntCounter,
+    /// Blocks warms started on this node handled, by outcome.
+    pub warm_loaded: IntCounter,
+    pub warm_cached: IntCounter,
+    pub warm_failed: IntCounter,
 
     pub requests: IntCounter,
     pub failed_requests: IntCounter,
@@ -214,6 +218,11 @@ impl Stats {
             "Block requests sent to peers, by mode (fill: to the owner; probe: to a neighbour) and outcome",
             &["mode", "outcome"],
         );
+        let warm = counter_vec(
+            "shardcache_warm_blocks_total",
+            "Blocks of warms run from this node, by outcome (loaded: fetched now; cached: already held; failed)",
+            &["outcome"],
+        );
         let peer_served = counter_vec(
             "shardcache_peer_requests_served_total",
             "Block requests answered for peers, by mode",
@@ -285,6 +294,9 @@ impl Stats {
             peer_served_fill: peer_served.with_label_values(&["fill"]),
             peer_served_probe: peer_served.with_label_values(&["probe"]),
             peer_refused: rejected.with_label_values(&["not_a_member"]),
+            warm_loaded: warm.with_label_values(&["loaded"]),
+            warm_cached: warm.with_label_values(&["cached"]),
+            warm_failed: warm.with_label_values(&["failed"]),
             requests: counter("shardcache_requests_total", "Data-plane requests received"),
             failed_requests: counter(
                 "shardcache_failed_requests_total",

@@ -33,6 +33,7 @@ impl TestServerBuilder {
         let tcp = listeners.tcp_addr().expect("tcp addr");
         let quic = listeners.quic_addr();
         let admin = listeners.admin_addr();
+        let control = listeners.control_addr();
         let disk_root = self.config.disk_cache.clone();
         let local_socket = self.config.local_socket.clone();
         let stats = server.stats();
@@ -49,6 +50,7 @@ impl TestServerBuilder {
             tcp,
             quic,
             admin,
+            control,
             disk_root,
             local_socket,
             stats,
@@ -63,6 +65,7 @@ pub struct TestServer {
     pub tcp: SocketAddr,
     pub quic: Option<SocketAddr>,
     pub admin: Option<SocketAddr>,
+    pub control: Option<SocketAddr>,
     pub disk_root: Option<std::path::PathBuf>,
     pub local_socket: Option<std::path::PathBuf>,
     pub stats: Arc<Stats>,

@@ -321,3 +321,64 @@ async fn a_manifest_pins_reads_to_what_was_warmed() {
 fn crc32c_of(data: &[u8]) -> u32 {
     shardcache_proto::DataChunk::new(0, bytes::Bytes::copy_from_slice(data)).crc32c
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_control_plane_speaks_tls_and_counts_warm_blocks() {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    use shardcache_testsuite::TestServer;
+
+    let origin = S3Origin::start(&["bucket"]).await;
+    let objects = dataset(&origin, 4).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_key = KeyPair::generate().unwrap();
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca_params, ca_key);
+    let key = KeyPair::generate().unwrap();
+    let cert = CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
+        .unwrap()
+        .signed_by(&key, &issuer)
+        .unwrap();
+    let (ca, cert_file, key_file) = (
+        dir.path().join("ca.pem"),
+        dir.path().join("node.pem"),
+        dir.path().join("node.key"),
+    );
+    std::fs::write(&ca, ca_cert.pem()).unwrap();
+    std::fs::write(&cert_file, cert.pem()).unwrap();
+    std::fs::write(&key_file, key.serialize_pem()).unwrap();
+
+    let mut d = origin.dataset("ds", "bucket", "train");
+    d.block_size = Some(BLOCK as u64);
+    let node = TestServer::builder()
+        .dataset(d)
+        .config(|c| {
+            c.insecure_dev_tls = false;
+            c.tls_cert = Some(cert_file.clone());
+            c.tls_key = Some(key_file.clone());
+        })
+        .start()
+        .await;
+    let ep = node.control.unwrap().to_string();
+
+    let tls = ControlClient::connect(&ep, None, Some(&ca)).await.unwrap();
+    let last = warm(&tls, "ds/", false).await;
+    assert_eq!(last.objects_done, 4);
+    let stats = &node.stats;
+    assert_eq!(stats.warm_loaded.get(), blocks(&objects));
+    assert_eq!(stats.warm_cached.get(), 0);
+    warm(&tls, "ds/", false).await;
+    assert_eq!(stats.warm_cached.get(), blocks(&objects));
+
+    // Plain text to a TLS port is not a control plane.
+    let plain = ControlClient::connect(&ep, None, None).await;
+    let refused = match plain {
+        Err(_) => true,
+        Ok(c) => c.members().await.is_err(),
+    };
+    assert!(
+        refused,
+        "a plain-text client was served by a TLS control plane"
+    );
+}
