@@ -184,6 +184,23 @@ impl Manifest {
         m
     }
 
+    /// The manifest a finished warm reported (its last progress message).
+    pub fn from_warm(
+        dataset: &str,
+        entries: &[shardcache_proto::control::ManifestEntry],
+    ) -> Manifest {
+        let objects = entries
+            .iter()
+            .map(|m| ManifestObject {
+                key: m.key.clone(),
+                size: m.size,
+                etag: m.etag.clone(),
+                crc32c: m.crc32c,
+            })
+            .collect();
+        Manifest::new(dataset, objects)
+    }
+
     fn reindex(&mut self) {
         self.index = self
             .objects

@@ -32,6 +32,61 @@ pub fn bytes_for(seed: u64, len: usize) -> Vec<u8> {
     out
 }
 
+/// Upload `count` objects `PREFIX/obj-000`, `obj-001`, ... of `size(i)` bytes (data from
+/// [`bytes_for`] with seeds from `seed`) to `bucket`; their bytes, in order.
+pub async fn put_objects(
+    origin: &S3Origin,
+    bucket: &str,
+    prefix: &str,
+    count: usize,
+    seed: u64,
+    size: impl Fn(usize) -> usize,
+) -> std::sync::Arc<Vec<Vec<u8>>> {
+    let mut all = Vec::new();
+    for i in 0..count {
+        let data = bytes_for(seed + i as u64, size(i));
+        origin
+            .put(bucket, &format!("{prefix}/obj-{i:03}"), data.clone())
+            .await;
+        all.push(data);
+    }
+    std::sync::Arc::new(all)
+}
+
+/// CRC32C of `data`.
+pub fn crc32c(data: &[u8]) -> u32 {
+    shardcache_proto::DataChunk::new(0, bytes::Bytes::copy_from_slice(data)).crc32c
+}
+
+/// A fresh CA and a certificate it signed for `names`, as PEM files in `dir`:
+/// `(ca.pem, cert.pem, key.pem)`.
+pub fn test_ca(
+    dir: &std::path::Path,
+    names: &[&str],
+) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("ca params");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_key = KeyPair::generate().expect("ca key");
+    let ca_cert = ca_params.self_signed(&ca_key).expect("ca cert");
+    let issuer = Issuer::new(ca_params, ca_key);
+    let key = KeyPair::generate().expect("key");
+    let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+    let cert = CertificateParams::new(names)
+        .expect("cert params")
+        .signed_by(&key, &issuer)
+        .expect("cert");
+    let paths = (
+        dir.join("ca.pem"),
+        dir.join("cert.pem"),
+        dir.join("key.pem"),
+    );
+    std::fs::write(&paths.0, ca_cert.pem()).expect("write ca");
+    std::fs::write(&paths.1, cert.pem()).expect("write cert");
+    std::fs::write(&paths.2, key.serialize_pem()).expect("write key");
+    paths
+}
+
 /// A plain HTTP/1.1 GET on a loopback address: `(status, body)`. Enough for the admin endpoint.
 pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};

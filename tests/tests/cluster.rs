@@ -6,22 +6,17 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use shardcache_client::Client;
-use shardcache_testsuite::{S3Origin, TestCluster, bytes_for};
+use shardcache_testsuite::{S3Origin, TestCluster, crc32c, put_objects, test_ca};
 
 const KIB: usize = 1 << 10;
 const BLOCK: usize = 256 * KIB;
 
 /// Objects of uneven sizes (some not a whole number of blocks), uploaded to `bucket`.
 async fn dataset(origin: &S3Origin, objects: usize, size: usize) -> Arc<Vec<Vec<u8>>> {
-    let mut all = Vec::new();
-    for i in 0..objects {
-        let data = bytes_for(100 + i as u64, size + i * 3 * KIB);
-        origin
-            .put("bucket", &format!("train/obj-{i:03}"), data.clone())
-            .await;
-        all.push(data);
-    }
-    Arc::new(all)
+    put_objects(origin, "bucket", "train", objects, 100, |i| {
+        size + i * 3 * KIB
+    })
+    .await
 }
 
 fn total_bytes(objects: &[Vec<u8>]) -> u64 {
@@ -384,32 +379,6 @@ async fn members_found_through_dns() {
     assert_eq!(status, 200, "membership known, origin up: ready");
 }
 
-/// A CA and a member certificate signed by it, as PEM files in `dir`: `(ca, cert, key)`.
-fn cluster_ca(
-    dir: &std::path::Path,
-) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
-    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca_key = KeyPair::generate().unwrap();
-    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
-    let issuer = Issuer::new(ca_params, ca_key);
-    let key = KeyPair::generate().unwrap();
-    let cert = CertificateParams::new(vec!["shardcache-member".to_string()])
-        .unwrap()
-        .signed_by(&key, &issuer)
-        .unwrap();
-    let paths = (
-        dir.join("ca.pem"),
-        dir.join("member.pem"),
-        dir.join("member.key"),
-    );
-    std::fs::write(&paths.0, ca_cert.pem()).unwrap();
-    std::fs::write(&paths.1, cert.pem()).unwrap();
-    std::fs::write(&paths.2, key.serialize_pem()).unwrap();
-    paths
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn members_authenticate_with_certificates_over_quic() {
     use shardcache_client::ClientOptions;
@@ -420,7 +389,7 @@ async fn members_authenticate_with_certificates_over_quic() {
     let origin = S3Origin::start(&["bucket"]).await;
     let objects = dataset(&origin, 6, 1 << 20).await;
     let dir = tempfile::tempdir().unwrap();
-    let (ca, cert, key) = cluster_ca(dir.path());
+    let (ca, cert, key) = test_ca(dir.path(), &["shardcache-member"]);
     let udp_port = || {
         std::net::UdpSocket::bind("127.0.0.1:0")
             .unwrap()
@@ -559,7 +528,7 @@ async fn lying_member() -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
                                 let data = bytes::Bytes::from(vec![0xAB; len as usize]);
                                 Frame::Data(DataChunk {
                                     offset: start,
-                                    crc32c: crc32c_of(&data) ^ 1,
+                                    crc32c: crc32c(&data) ^ 1,
                                     data,
                                 })
                             }
@@ -582,10 +551,6 @@ async fn lying_member() -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
         }
     });
     (addr, task)
-}
-
-fn crc32c_of(data: &[u8]) -> u32 {
-    shardcache_proto::DataChunk::new(0, bytes::Bytes::copy_from_slice(data)).crc32c
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,23 +4,18 @@
 use std::sync::Arc;
 
 use shardcache_client::control_proto::WarmRequest;
-use shardcache_client::{Client, ControlClient, ErrorCode, Manifest, ManifestObject};
-use shardcache_testsuite::{S3Origin, TestCluster, bytes_for};
+use shardcache_client::{Client, ControlClient, ErrorCode, Manifest};
+use shardcache_testsuite::{S3Origin, TestCluster, bytes_for, crc32c, put_objects, test_ca};
 
 const KIB: usize = 1 << 10;
 const BLOCK: usize = 64 * KIB;
 
+/// Objects of 1 to 3 blocks, most not a whole number of blocks.
 async fn dataset(origin: &S3Origin, objects: usize) -> Arc<Vec<Vec<u8>>> {
-    let mut all = Vec::new();
-    for i in 0..objects {
-        // 1 to 3 blocks each, most not a whole number of blocks.
-        let data = bytes_for(700 + i as u64, BLOCK + (i % 3) * 50 * KIB + i);
-        origin
-            .put("bucket", &format!("train/obj-{i:03}"), data.clone())
-            .await;
-        all.push(data);
-    }
-    Arc::new(all)
+    put_objects(origin, "bucket", "train", objects, 700, |i| {
+        BLOCK + (i % 3) * 50 * KIB + i
+    })
+    .await
 }
 
 fn blocks(objects: &[Vec<u8>]) -> u64 {
@@ -265,26 +260,11 @@ async fn a_manifest_pins_reads_to_what_was_warmed() {
         .unwrap();
     let last = warm(&ctl, "ds/", true).await;
     assert_eq!(last.manifest.len(), 6);
-    let manifest = Manifest::new(
-        "ds",
-        last.manifest
-            .iter()
-            .map(|m| ManifestObject {
-                key: m.key.clone(),
-                size: m.size,
-                etag: m.etag.clone(),
-                crc32c: m.crc32c,
-            })
-            .collect(),
-    );
+    let manifest = Manifest::from_warm("ds", &last.manifest);
     for (i, o) in objects.iter().enumerate() {
         let entry = manifest.get(&format!("ds/obj-{i:03}")).unwrap();
         assert_eq!(entry.size, o.len() as u64);
-        assert_eq!(
-            entry.crc32c,
-            crc32c_of(o),
-            "the warm's CRC32C is the object's"
-        );
+        assert_eq!(entry.crc32c, crc32c(o), "the warm's CRC32C is the object's");
     }
     let file = tempfile::NamedTempFile::new().unwrap();
     manifest.save(file.path()).unwrap();
@@ -318,36 +298,14 @@ async fn a_manifest_pins_reads_to_what_was_warmed() {
     assert!(err.to_string().contains("not in the manifest"), "{err}");
 }
 
-fn crc32c_of(data: &[u8]) -> u32 {
-    shardcache_proto::DataChunk::new(0, bytes::Bytes::copy_from_slice(data)).crc32c
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_control_plane_speaks_tls_and_counts_warm_blocks() {
-    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
     use shardcache_testsuite::TestServer;
 
     let origin = S3Origin::start(&["bucket"]).await;
     let objects = dataset(&origin, 4).await;
     let dir = tempfile::tempdir().unwrap();
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca_key = KeyPair::generate().unwrap();
-    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
-    let issuer = Issuer::new(ca_params, ca_key);
-    let key = KeyPair::generate().unwrap();
-    let cert = CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
-        .unwrap()
-        .signed_by(&key, &issuer)
-        .unwrap();
-    let (ca, cert_file, key_file) = (
-        dir.path().join("ca.pem"),
-        dir.path().join("node.pem"),
-        dir.path().join("node.key"),
-    );
-    std::fs::write(&ca, ca_cert.pem()).unwrap();
-    std::fs::write(&cert_file, cert.pem()).unwrap();
-    std::fs::write(&key_file, key.serialize_pem()).unwrap();
+    let (ca, cert_file, key_file) = test_ca(dir.path(), &["127.0.0.1", "localhost"]);
 
     let mut d = origin.dataset("ds", "bucket", "train");
     d.block_size = Some(BLOCK as u64);

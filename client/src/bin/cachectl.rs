@@ -7,9 +7,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 use serde_json::json;
 use shardcache_client::control_proto::WarmRequest;
-use shardcache_client::{
-    Client, ClientOptions, ControlClient, Manifest, ManifestObject, Transport,
-};
+use shardcache_client::{Client, ClientOptions, ControlClient, Manifest, Transport};
 
 #[derive(Parser)]
 #[command(
@@ -133,6 +131,16 @@ fn main() -> ExitCode {
     }
 }
 
+async fn data_client(cli: &Cli) -> anyhow::Result<Client> {
+    let options = ClientOptions {
+        connections: 1,
+        tls_ca: cli.tls_ca.clone(),
+        insecure_skip_verify: cli.insecure,
+        ..ClientOptions::default()
+    };
+    Ok(Client::connect_with(&cli.data, options).await?)
+}
+
 async fn control(cli: &Cli) -> anyhow::Result<ControlClient> {
     let token = match &cli.token_file {
         Some(path) => Some(
@@ -169,13 +177,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Evict { path } => return evict(&cli, path).await,
         Command::Members => return members(&cli).await,
     }
-    let options = ClientOptions {
-        connections: 1,
-        tls_ca: cli.tls_ca.clone(),
-        insecure_skip_verify: cli.insecure,
-        ..ClientOptions::default()
-    };
-    let client = Client::connect_with(&cli.data, options).await?;
+    let client = data_client(&cli).await?;
     match cli.command {
         Command::Cat {
             path,
@@ -208,13 +210,7 @@ async fn stat(cli: &Cli, path: &str) -> anyhow::Result<()> {
         Ok(c) => c,
         Err(e) => {
             eprintln!("cachectl: {e:#}; showing the data plane's view only");
-            let options = ClientOptions {
-                connections: 1,
-                tls_ca: cli.tls_ca.clone(),
-                insecure_skip_verify: cli.insecure,
-                ..ClientOptions::default()
-            };
-            let client = Client::connect_with(&cli.data, options).await?;
+            let client = data_client(cli).await?;
             let info = client.stat(path).await?;
             match cli.output {
                 Output::Text => {
@@ -344,17 +340,7 @@ async fn warm(
     }
     if let (Some(file), true) = (manifest, last.done) {
         let dataset = path.split_once('/').map_or(path, |(d, _)| d);
-        let objects = last
-            .manifest
-            .iter()
-            .map(|m| ManifestObject {
-                key: m.key.clone(),
-                size: m.size,
-                etag: m.etag.clone(),
-                crc32c: m.crc32c,
-            })
-            .collect();
-        Manifest::new(dataset, objects).save(file)?;
+        Manifest::from_warm(dataset, &last.manifest).save(file)?;
     }
     match cli.output {
         Output::Text => {
