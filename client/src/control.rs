@@ -17,6 +17,9 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
 use crate::{Client, ClientError, ErrorCode};
 
+/// Largest control-plane answer accepted (a listing or manifest of a million objects).
+const MAX_MESSAGE: usize = 512 << 20;
+
 /// Adds `authorization: Bearer <token>` to every call.
 #[derive(Clone)]
 pub struct Bearer(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
@@ -96,9 +99,10 @@ impl ControlClient {
             })?),
             None => None,
         };
-        Ok(ControlClient {
-            grpc: Grpc::with_interceptor(channel, Bearer(bearer)),
-        })
+        // Lists and manifests of large prefixes are large messages.
+        let grpc =
+            Grpc::with_interceptor(channel, Bearer(bearer)).max_decoding_message_size(MAX_MESSAGE);
+        Ok(ControlClient { grpc })
     }
 
     /// Start a warm; progress messages until the last one (`done`).

@@ -324,7 +324,8 @@ pub struct BlockState {
     /// Held after this request.
     pub present: bool,
     pub len: u64,
-    /// CRC32C of the block when held after the request; 0 otherwise.
+    /// CRC32C of the block when held after the request and known without reading it (held in
+    /// RAM, or just loaded); 0 otherwise.
     pub crc32c: u32,
 }
 

@@ -323,17 +323,23 @@ impl Control for ControlService {
                 tokio::select! {
                     () = &mut work => break,
                     _ = tick.tick() => {
-                        let progress = state.lock().expect("lock").progress(false, false);
-                        // The caller went away: stop (running the warm again finishes it),
-                        // unless it asked the warm to go on without it.
-                        if tx.send(Ok(progress)).await.is_err() && !detach {
-                            state.lock().expect("lock").stopping = true;
-                        }
+                        // Never wait on the caller: a report it has not read yet is skipped
+                        // (failures stay queued for the next one).
+                        let Ok(slot) = tx.try_reserve() else {
+                            // The caller went away: stop (running the warm again finishes it),
+                            // unless it asked the warm to go on without it.
+                            if tx.is_closed() && !detach {
+                                state.lock().expect("lock").stopping = true;
+                            }
+                            continue;
+                        };
+                        slot.send(Ok(state.lock().expect("lock").progress(false, false)));
                     }
                 }
             }
             let last = state.lock().expect("lock").progress(true, with_manifest);
-            let _ = tx.send(Ok(last)).await;
+            // The caller gets a while to take the last report; the warm slot is freed anyway.
+            let _ = tokio::time::timeout(Duration::from_secs(60), tx.send(Ok(last))).await;
         });
         let stream = futures::stream::unfold(rx, |mut rx| async move {
             rx.recv().await.map(|item| (item, rx))
@@ -451,6 +457,19 @@ impl Control for ControlService {
         let objects = list_objects(&origin, &prefix).await?;
         let everyone = self.service.cluster().everyone();
         let mut resp = EvictResponse::default();
+        // Members that are not up keep their copies: say so rather than report success.
+        for m in self.service.cluster().members() {
+            if matches!(m.state, PeerState::Down { .. } | PeerState::Unknown) {
+                resp.failures.push(Failure {
+                    path: req.path.clone(),
+                    message: format!(
+                        "node {} is {}: its copies were not evicted",
+                        m.addr,
+                        m.state.name()
+                    ),
+                });
+            }
+        }
         for (key, _) in objects {
             resp.objects += 1;
             let version = match self.service.version(&origin, &key).await {
@@ -590,14 +609,33 @@ impl ControlService {
                         return None;
                     }
                     let bkey = CacheService::block_key(origin, key, version, index);
-                    let targets = if all_nodes {
-                        cluster.everyone()
-                    } else {
-                        cluster.candidates(&bkey, replicas)
-                    };
-                    let placed = self
+                    let mut targets = cluster.candidates(&bkey, replicas);
+                    if all_nodes {
+                        // The owner first, then everyone else.
+                        targets.truncate(1);
+                        for c in cluster.everyone() {
+                            let same = match (&c, &targets[0]) {
+                                (Candidate::Me, Candidate::Me) => true,
+                                (Candidate::Peer(a), Candidate::Peer(b)) => Arc::ptr_eq(a, b),
+                                _ => false,
+                            };
+                            if !same {
+                                targets.push(c);
+                            }
+                        }
+                    }
+                    // The owner loads the block (from the origin, once); the other copies are
+                    // loaded after it, so they find it at the owner instead of the origin.
+                    let rest = targets.split_off(targets.len().min(1));
+                    let mut placed = self
                         .on_targets(origin, key, version, index, PeerMode::Load, &targets)
                         .await;
+                    if !rest.is_empty() {
+                        placed.extend(
+                            self.on_targets(origin, key, version, index, PeerMode::Load, &rest)
+                                .await,
+                        );
+                    }
                     let mut first: Option<BlockState> = None;
                     let stats = self.service.stats();
                     let mut s = state.lock().expect("lock");

@@ -246,7 +246,10 @@ impl Server {
                 refresh: config.peer_refresh,
                 probe_interval: config.peer_probe_interval,
                 peer_timeout: config.peer_timeout,
-                fill_timeout: config.peer_timeout + origin_budget,
+                // A backstop: an owner that dies or stalls is noticed by the probes sooner; this
+                // bounds an owner that is alive but stuck (its neighbour probes, a wait for an
+                // origin slot, every origin attempt and the backoff between them).
+                fill_timeout: config.peer_timeout * 5 + origin_budget * 2,
                 read_neighbours: config.read_neighbours,
                 keep_copies: config.peer_keep_copies,
                 transport: match &config.tls_ca {

@@ -336,6 +336,8 @@ impl CacheService {
         };
         let bs = ctx.origin.settings().block_size;
         let range = index * bs..((index + 1) * bs).min(ctx.version.size);
+        // Set when the block came from its owner (a copy), not to this node as its holder.
+        let copy = std::sync::atomic::AtomicBool::new(false);
         let fill = async {
             if let Some(disk) = &self.disk
                 && let Some(block) = disk.get(&key).await
@@ -343,8 +345,12 @@ impl CacheService {
                 return Ok(block);
             }
             if let Some((block, owned)) = self.ask_peers(ctx, &key).await? {
-                if owned && let Some(disk) = &self.disk {
-                    disk.admit(key, block.clone());
+                if owned {
+                    if let Some(disk) = &self.disk {
+                        disk.admit(key, block.clone());
+                    }
+                } else {
+                    copy.store(true, std::sync::atomic::Ordering::Relaxed);
                 }
                 return Ok(block);
             }
@@ -358,7 +364,7 @@ impl CacheService {
         match self.ram.get_or_fill(key, fill).await {
             Ok((block, how)) => {
                 if how == Filled::Filled
-                    && block.source == FillSource::Peer
+                    && copy.load(std::sync::atomic::Ordering::Relaxed)
                     && !self.cluster.settings().keep_copies
                 {
                     self.ram.invalidate(&key).await;
@@ -392,7 +398,9 @@ impl CacheService {
         let plan = self
             .cluster
             .candidates(key, MAX_FILL_TRIES + settings.read_neighbours + 1);
-        if plan.len() <= 1 {
+        // Alone, or first in line: fill here. (A node of weight 0 is in no plan, so it still
+        // asks the owner.)
+        if matches!(plan.as_slice(), [] | [Candidate::Me]) {
             return Ok(None);
         }
         let request = |mode| PeerBlock {
@@ -483,8 +491,14 @@ impl CacheService {
                     Stats::add(&self.stats.peer_probe_failed, 1);
                     Stats::add(&self.stats.checksum_failures, 1);
                     tracing::warn!(peer = peer.addr(), reason, "neighbour sent a damaged block");
+                    self.cluster.report_failure(peer, &reason);
                 }
-                Err(PeerFailure::Unavailable { reason } | PeerFailure::Declined { reason }) => {
+                Err(PeerFailure::Unavailable { reason }) => {
+                    Stats::add(&self.stats.peer_probe_failed, 1);
+                    tracing::debug!(peer = peer.addr(), reason, "neighbour probe failed");
+                    self.cluster.report_failure(peer, &reason);
+                }
+                Err(PeerFailure::Declined { reason }) => {
                     Stats::add(&self.stats.peer_probe_failed, 1);
                     tracing::debug!(peer = peer.addr(), reason, "neighbour probe failed");
                 }
@@ -507,6 +521,11 @@ impl CacheService {
                     path.dataset(),
                     req.block_size
                 ),
+            });
+        }
+        if req.size > u64::MAX - bs {
+            return Err(Error::BadRequest {
+                reason: format!("object size {} is out of range", req.size),
             });
         }
         let start = req.index.saturating_mul(bs);

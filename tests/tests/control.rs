@@ -340,3 +340,50 @@ async fn the_control_plane_speaks_tls_and_counts_warm_blocks() {
         "a plain-text client was served by a TLS control plane"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_and_all_nodes_read_the_origin_once() {
+    let origin = S3Origin::start(&["bucket"]).await;
+    let objects = dataset(&origin, 10).await;
+    let cluster = cluster(&origin, &[]).await;
+    let ctl = ControlClient::connect(&cluster.control_endpoint(0), None, None)
+        .await
+        .unwrap();
+    let run = |replicas: u32, all_nodes: bool| {
+        let ctl = ctl.clone();
+        async move {
+            let mut stream = ctl
+                .warm(WarmRequest {
+                    path: "ds/".into(),
+                    replicas,
+                    all_nodes,
+                    ..WarmRequest::default()
+                })
+                .await
+                .unwrap();
+            while let Some(p) = stream.message().await.unwrap() {
+                assert!(p.failures.is_empty(), "{:?}", p.failures);
+                if p.done {
+                    return p;
+                }
+            }
+            panic!("no last report");
+        }
+    };
+    let two = run(2, false).await;
+    let total: u64 = objects.iter().map(|o| o.len() as u64).sum();
+    assert_eq!(two.nodes.iter().map(|n| n.bytes).sum::<u64>(), 2 * total);
+    assert_eq!(
+        origin.total().gets,
+        blocks(&objects),
+        "copies come from the owner"
+    );
+    let stat = ctl.stat("ds/obj-004").await.unwrap();
+    assert!(stat.blocks.iter().all(|b| b.holders.len() >= 2), "{stat:?}");
+
+    let all = run(1, true).await;
+    assert_eq!(all.nodes.iter().map(|n| n.bytes).sum::<u64>(), 3 * total);
+    assert_eq!(origin.total().gets, blocks(&objects));
+    let stat = ctl.stat("ds/obj-004").await.unwrap();
+    assert!(stat.blocks.iter().all(|b| b.holders.len() == 3), "{stat:?}");
+}

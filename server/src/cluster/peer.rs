@@ -235,8 +235,8 @@ impl Peer {
         }
     }
 
-    /// Ask for one block. Ends with `Unavailable` after `deadline`, or as soon as the peer is
-    /// marked down. The block's checksum is verified before it is returned.
+    /// Ask for one block. Ends with `Declined` after `deadline` (dropping the block connection,
+    /// which may be the stuck part) or as soon as the peer is marked down. The block's checksum is verified before it is returned.
     pub async fn block(
         &self,
         req: PeerBlock,
@@ -330,11 +330,19 @@ impl Peer {
             }
         };
         let mut state = self.state.subscribe();
-        tokio::select! {
-            result = work => result,
-            // Slow is not dead: the probes decide that.
-            () = tokio::time::sleep(deadline) => Err(declined(format!("no answer within {deadline:?}"))),
-            _ = state.wait_for(PeerState::is_down) => Err(declined("marked down")),
+        let outcome = tokio::select! {
+            result = work => Some(result),
+            () = tokio::time::sleep(deadline) => None,
+            _ = state.wait_for(PeerState::is_down) => Some(Err(declined("marked down"))),
+        };
+        match outcome {
+            Some(result) => result,
+            None => {
+                // Slow is not dead: the probes decide that. The connection may be the stuck
+                // part, though: the next request opens a fresh one.
+                *self.data.lock().await = None;
+                Err(declined(format!("no answer within {deadline:?}")))
+            }
         }
     }
 }
