@@ -40,15 +40,24 @@ async fn warm(
     path: &str,
     manifest: bool,
 ) -> shardcache_client::control_proto::WarmProgress {
-    let mut stream = ctl
-        .warm(WarmRequest {
+    warm_with(
+        ctl,
+        WarmRequest {
             path: path.into(),
             replicas: 1,
             manifest,
             ..WarmRequest::default()
-        })
-        .await
-        .unwrap();
+        },
+    )
+    .await
+}
+
+/// Run a warm to its end, asserting no failure; the last progress message.
+async fn warm_with(
+    ctl: &ControlClient,
+    req: WarmRequest,
+) -> shardcache_client::control_proto::WarmProgress {
+    let mut stream = ctl.warm(req).await.unwrap();
     let mut last = None;
     while let Some(p) = stream.message().await.unwrap() {
         assert!(p.failures.is_empty(), "warm failures: {:?}", p.failures);
@@ -350,25 +359,15 @@ async fn replicas_and_all_nodes_read_the_origin_once() {
         .await
         .unwrap();
     let run = |replicas: u32, all_nodes: bool| {
-        let ctl = ctl.clone();
-        async move {
-            let mut stream = ctl
-                .warm(WarmRequest {
-                    path: "ds/".into(),
-                    replicas,
-                    all_nodes,
-                    ..WarmRequest::default()
-                })
-                .await
-                .unwrap();
-            while let Some(p) = stream.message().await.unwrap() {
-                assert!(p.failures.is_empty(), "{:?}", p.failures);
-                if p.done {
-                    return p;
-                }
-            }
-            panic!("no last report");
-        }
+        warm_with(
+            &ctl,
+            WarmRequest {
+                path: "ds/".into(),
+                replicas,
+                all_nodes,
+                ..WarmRequest::default()
+            },
+        )
     };
     let two = run(2, false).await;
     let total: u64 = objects.iter().map(|o| o.len() as u64).sum();
