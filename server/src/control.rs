@@ -22,11 +22,11 @@ use shardcache_proto::control::{
     ListResponse, ManifestEntry, Member, MembersRequest, MembersResponse, NodeBytes, ObjectEntry,
     StatRequest, StatResponse, WarmProgress, WarmRequest,
 };
-use shardcache_proto::{BlockState, ErrorCode, ObjectPath, PeerBlock, PeerMode};
+use shardcache_proto::{BlockState, ErrorCode, ObjectPath, PeerMode};
 use tokio::sync::mpsc;
 use tonic::{Request, Response, Status};
 
-use crate::cluster::{Candidate, PeerFailure, PeerState};
+use crate::cluster::{Candidate, PeerState};
 use crate::error::Error;
 use crate::origin::{Origin, Version};
 use crate::service::CacheService;
@@ -114,16 +114,6 @@ fn status(e: &Error) -> Status {
     }
 }
 
-fn peer_failure(f: PeerFailure) -> String {
-    match f {
-        PeerFailure::Miss => "not cached".into(),
-        PeerFailure::Answer { message, .. } => message,
-        PeerFailure::Unavailable { reason }
-        | PeerFailure::Declined { reason }
-        | PeerFailure::Corrupt { reason } => reason,
-    }
-}
-
 /// `DATASET/PREFIX` split and checked: the dataset must exist; the prefix (possibly empty) must
 /// obey the key rules once a trailing `/` is set aside.
 fn dataset_prefix(service: &CacheService, path: &str) -> Result<(Arc<Origin>, String), Status> {
@@ -201,21 +191,13 @@ impl ControlService {
                         .map_err(|e| e.to_string()),
                 },
                 Candidate::Peer(peer) => {
-                    let req = PeerBlock {
-                        path: format!("{}/{key}", origin.dataset()),
-                        etag: version.etag.clone(),
-                        size: version.size,
-                        last_modified_ms: version.last_modified_ms,
-                        block_size: origin.settings().block_size as u32,
-                        index,
-                        mode,
-                    };
+                    let req = CacheService::peer_request(origin, key, version, index, mode);
                     Placed {
                         node: peer.node_id().unwrap_or_else(|| peer.addr().to_string()),
                         result: peer
                             .block_state(req, settings.fill_timeout, settings.peer_timeout)
                             .await
-                            .map_err(|f| format!("node {}: {}", peer.addr(), peer_failure(f))),
+                            .map_err(|f| format!("node {}: {}", peer.addr(), f.reason())),
                     }
                 }
             }
@@ -609,21 +591,18 @@ impl ControlService {
                         return None;
                     }
                     let bkey = CacheService::block_key(origin, key, version, index);
-                    let mut targets = cluster.candidates(&bkey, replicas);
-                    if all_nodes {
-                        // The owner first, then everyone else.
-                        targets.truncate(1);
-                        for c in cluster.everyone() {
-                            let same = match (&c, &targets[0]) {
-                                (Candidate::Me, Candidate::Me) => true,
-                                (Candidate::Peer(a), Candidate::Peer(b)) => Arc::ptr_eq(a, b),
-                                _ => false,
-                            };
-                            if !same {
-                                targets.push(c);
-                            }
+                    let mut targets = if all_nodes {
+                        // Everyone, the owner first.
+                        let mut all = cluster.everyone();
+                        if let Some(owner) = cluster.candidates(&bkey, 1).first()
+                            && let Some(i) = all.iter().position(|c| c == owner)
+                        {
+                            all.swap(0, i);
                         }
-                    }
+                        all
+                    } else {
+                        cluster.candidates(&bkey, replicas)
+                    };
                     // The owner loads the block (from the origin, once); the other copies are
                     // loaded after it, so they find it at the owner instead of the origin.
                     let rest = targets.split_off(targets.len().min(1));

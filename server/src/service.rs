@@ -303,7 +303,7 @@ impl CacheService {
                 &self.stats.served_bytes_origin,
                 &self.stats.served_chunks_origin,
             ),
-            (_, FillSource::Peer) => (
+            (_, FillSource::Peer | FillSource::Neighbour) => (
                 &self.stats.served_bytes_peer,
                 &self.stats.served_chunks_peer,
             ),
@@ -336,21 +336,19 @@ impl CacheService {
         };
         let bs = ctx.origin.settings().block_size;
         let range = index * bs..((index + 1) * bs).min(ctx.version.size);
-        // Set when the block came from its owner (a copy), not to this node as its holder.
-        let copy = std::sync::atomic::AtomicBool::new(false);
         let fill = async {
             if let Some(disk) = &self.disk
                 && let Some(block) = disk.get(&key).await
             {
                 return Ok(block);
             }
-            if let Some((block, owned)) = self.ask_peers(ctx, &key).await? {
-                if owned {
-                    if let Some(disk) = &self.disk {
-                        disk.admit(key, block.clone());
-                    }
-                } else {
-                    copy.store(true, std::sync::atomic::Ordering::Relaxed);
+            if let Some(block) = self.ask_peers(ctx, &key).await? {
+                // Taken from a neighbour, the block is now this node's to hold; a copy from its
+                // owner stays in RAM only.
+                if block.source == FillSource::Neighbour
+                    && let Some(disk) = &self.disk
+                {
+                    disk.admit(key, block.clone());
                 }
                 return Ok(block);
             }
@@ -364,7 +362,7 @@ impl CacheService {
         match self.ram.get_or_fill(key, fill).await {
             Ok((block, how)) => {
                 if how == Filled::Filled
-                    && copy.load(std::sync::atomic::Ordering::Relaxed)
+                    && block.source == FillSource::Peer
                     && !self.cluster.settings().keep_copies
                 {
                     self.ram.invalidate(&key).await;
@@ -390,10 +388,9 @@ impl CacheService {
 }
 
 impl CacheService {
-    /// The block from another member, or `None` when this node should read the origin. The
-    /// flag says whether this node filled it as its holder (a neighbour had it), so it belongs
-    /// in the disk tier too; blocks served by their owner are only kept in RAM.
-    async fn ask_peers(&self, ctx: &ReadCtx, key: &BlockKey) -> Result<Option<(Block, bool)>> {
+    /// The block from another member (`FillSource::Peer` from its owner, `Neighbour` from a
+    /// neighbour while this node fills it), or `None` when this node should read the origin.
+    async fn ask_peers(&self, ctx: &ReadCtx, key: &BlockKey) -> Result<Option<Block>> {
         let settings = self.cluster.settings();
         let plan = self
             .cluster
@@ -403,15 +400,8 @@ impl CacheService {
         if matches!(plan.as_slice(), [] | [Candidate::Me]) {
             return Ok(None);
         }
-        let request = |mode| PeerBlock {
-            path: format!("{}/{}", ctx.origin.dataset(), ctx.key),
-            etag: ctx.version.etag.clone(),
-            size: ctx.version.size,
-            last_modified_ms: ctx.version.last_modified_ms,
-            block_size: ctx.origin.settings().block_size as u32,
-            index: key.index,
-            mode,
-        };
+        let request =
+            |mode| Self::peer_request(&ctx.origin, &ctx.key, &ctx.version, key.index, mode);
         let mut asked: Vec<&Arc<Peer>> = Vec::new();
         if !ctx.for_peer {
             for candidate in plan.iter().take(MAX_FILL_TRIES) {
@@ -429,7 +419,7 @@ impl CacheService {
                 {
                     Ok(block) => {
                         Stats::add(&self.stats.peer_fill_ok, 1);
-                        return Ok(Some((block, false)));
+                        return Ok(Some(block));
                     }
                     Err(PeerFailure::Answer { code, message }) => {
                         Stats::add(&self.stats.peer_fill_failed, 1);
@@ -483,7 +473,10 @@ impl CacheService {
             match result {
                 Ok(block) => {
                     Stats::add(&self.stats.peer_probe_hit, 1);
-                    return Ok(Some((block, true)));
+                    return Ok(Some(Block {
+                        source: FillSource::Neighbour,
+                        ..block
+                    }));
                 }
                 Err(PeerFailure::Miss) => Stats::add(&self.stats.peer_probe_miss, 1),
                 Err(PeerFailure::Answer { .. }) => Stats::add(&self.stats.peer_probe_miss, 1),
@@ -523,40 +516,25 @@ impl CacheService {
                 ),
             });
         }
-        if req.size > u64::MAX - bs {
-            return Err(Error::BadRequest {
-                reason: format!("object size {} is out of range", req.size),
-            });
-        }
-        let start = req.index.saturating_mul(bs);
-        if start >= req.size {
-            return Err(Error::RangeNotSatisfiable {
-                dataset: path.dataset().to_string(),
-                key: path.key().to_string(),
-                offset: start,
-                size: req.size,
-            });
-        }
         let version = Version {
             size: req.size,
             etag: req.etag,
             last_modified_ms: req.last_modified_ms,
         };
-        let object = ObjectId::new(path.dataset(), path.key(), &version);
-        let key = BlockKey {
-            object,
-            index: req.index,
-        };
+        let ctx = Self::one_block(origin, path.key(), version, req.index)?;
         let block = match req.mode {
             PeerMode::Load | PeerMode::Check | PeerMode::Evict => {
-                let (origin, key) = (origin, path.key().to_string());
                 return self
-                    .block_op(&origin, &key, version, req.index, req.mode)
+                    .block_state(&ctx, req.index, req.mode)
                     .await
                     .map(PeerAnswer::State);
             }
             PeerMode::Probe => {
                 Stats::add(&self.stats.peer_served_probe, 1);
+                let key = BlockKey {
+                    object: ctx.object,
+                    index: req.index,
+                };
                 let mut found = self.ram.get(&key).await;
                 if found.is_none()
                     && let Some(disk) = &self.disk
@@ -567,23 +545,63 @@ impl CacheService {
             }
             PeerMode::Fill => {
                 Stats::add(&self.stats.peer_served_fill, 1);
-                let ctx = ReadCtx {
-                    origin,
-                    key: path.key().to_string(),
-                    end: (start + bs).min(version.size),
-                    version,
-                    object,
-                    start,
-                    for_peer: true,
-                };
                 self.block(&ctx, req.index).await?.0
             }
         };
         Ok(PeerAnswer::Data(DataChunk {
-            offset: start,
+            offset: ctx.start,
             crc32c: block.crc32c,
             data: block.data,
         }))
+    }
+
+    /// The context of one whole block of one version, filled on behalf of a peer or the control
+    /// plane (so never forwarded to another owner). The range is checked here: sizes and
+    /// indices come from other nodes.
+    fn one_block(origin: Arc<Origin>, key: &str, version: Version, index: u64) -> Result<ReadCtx> {
+        let bs = origin.settings().block_size;
+        let start = index.saturating_mul(bs);
+        if start >= version.size {
+            return Err(Error::RangeNotSatisfiable {
+                dataset: origin.dataset().to_string(),
+                key: key.to_string(),
+                offset: start,
+                size: version.size,
+            });
+        }
+        if version.size > u64::MAX - bs {
+            return Err(Error::BadRequest {
+                reason: format!("object size {} is out of range", version.size),
+            });
+        }
+        Ok(ReadCtx {
+            object: ObjectId::new(origin.dataset(), key, &version),
+            key: key.to_string(),
+            end: (start + bs).min(version.size),
+            start,
+            version,
+            origin,
+            for_peer: true,
+        })
+    }
+
+    /// The request that asks a peer about block `index` of one version of an object.
+    pub fn peer_request(
+        origin: &Origin,
+        key: &str,
+        version: &Version,
+        index: u64,
+        mode: PeerMode,
+    ) -> PeerBlock {
+        PeerBlock {
+            path: format!("{}/{key}", origin.dataset()),
+            etag: version.etag.clone(),
+            size: version.size,
+            last_modified_ms: version.last_modified_ms,
+            block_size: origin.settings().block_size as u32,
+            index,
+            mode,
+        }
     }
 
     /// The origin of a dataset, for the control plane.
@@ -615,18 +633,16 @@ impl CacheService {
         index: u64,
         mode: PeerMode,
     ) -> Result<BlockState> {
-        let bs = origin.settings().block_size;
-        let start = index.saturating_mul(bs);
-        if start >= version.size {
-            return Err(Error::RangeNotSatisfiable {
-                dataset: origin.dataset().to_string(),
-                key: key.to_string(),
-                offset: start,
-                size: version.size,
-            });
-        }
-        let len = bs.min(version.size - start);
-        let bkey = Self::block_key(origin, key, &version, index);
+        let ctx = Self::one_block(origin.clone(), key, version, index)?;
+        self.block_state(&ctx, index, mode).await
+    }
+
+    async fn block_state(&self, ctx: &ReadCtx, index: u64, mode: PeerMode) -> Result<BlockState> {
+        let len = ctx.end - ctx.start;
+        let bkey = BlockKey {
+            object: ctx.object,
+            index,
+        };
         let in_ram = self.ram.get(&bkey).await;
         let on_disk = self.disk.as_ref().is_some_and(|d| d.contains(&bkey));
         let was_present = in_ram.is_some() || on_disk;
@@ -645,22 +661,16 @@ impl CacheService {
                 }
                 Ok(state(false, 0))
             }
-            _ => {
+            PeerMode::Load => {
                 if let Some(block) = in_ram {
                     return Ok(state(true, block.crc32c));
                 }
-                let ctx = ReadCtx {
-                    origin: origin.clone(),
-                    key: key.to_string(),
-                    end: start + len,
-                    object: bkey.object,
-                    version,
-                    start,
-                    for_peer: true,
-                };
-                let (block, _) = self.block(&ctx, index).await?;
+                let (block, _) = self.block(ctx, index).await?;
                 Ok(state(true, block.crc32c))
             }
+            PeerMode::Fill | PeerMode::Probe => Err(Error::BadRequest {
+                reason: "fill and probe answer with data, not a block state".into(),
+            }),
         }
     }
 
@@ -676,12 +686,18 @@ impl CacheService {
             return Ok(());
         }
         Stats::add(&self.stats.peer_refused, 1);
-        Err(Error::Forbidden {
-            reason: format!(
-                "{} is not a cluster member; block requests between members only",
+        let reason = if self.peer_auth_required {
+            format!(
+                "{} presented no certificate signed by the cluster CA; block requests between members need one (QUIC with --tls-cert/--tls-key signed by --tls-ca)",
                 remote.name
-            ),
-        })
+            )
+        } else {
+            format!(
+                "{} is not a cluster member (not an address in --peers, --peers-file or --peer-dns); block requests between members only",
+                remote.name
+            )
+        };
+        Err(Error::Forbidden { reason })
     }
 }
 

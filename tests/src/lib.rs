@@ -7,6 +7,8 @@
 //!   stopped when dropped.
 //! - [`TestCluster`]: a cluster of real `shardcache` processes on loopback ports sharing a
 //!   membership file, for SIGKILL, stall, restart and join scenarios.
+//! - [`scripted_server`]: a fake protocol server that answers each request as a closure says
+//!   (peers and servers that misbehave on purpose).
 //! - [`bytes_for`]: deterministic test data.
 
 mod cluster;
@@ -110,6 +112,50 @@ pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
     (status, body)
 }
 
+/// A fake protocol server on a loopback port: every request frame is answered with the frames
+/// `answer` returns (none: no answer), under the request's id. For peers and servers that
+/// misbehave on purpose. Stops when the returned task is aborted (or the runtime ends).
+pub async fn scripted_server<F>(answer: F) -> (std::net::SocketAddr, tokio::task::JoinHandle<()>)
+where
+    F: Fn(shardcache_proto::Frame) -> Vec<shardcache_proto::Frame> + Send + Sync + 'static,
+{
+    use shardcache_proto::frame::{MAX_REQUEST_PAYLOAD, encode};
+    use shardcache_proto::{FrameCodec, Framed};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let answer = std::sync::Arc::new(answer);
+    let task = tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let answer = answer.clone();
+            tokio::spawn(async move {
+                let mut codec = FrameCodec::new(MAX_REQUEST_PAYLOAD);
+                loop {
+                    while let Ok(Some(req)) = codec.next_frame() {
+                        for frame in answer(req.frame) {
+                            let out = encode(&Framed {
+                                request_id: req.request_id,
+                                frame,
+                            });
+                            if s.write_all(&out.to_vec()).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                    match s.read_buf(codec.buffer_mut()).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(_) => {}
+                    }
+                }
+            });
+        }
+    });
+    (addr, task)
+}
+
 /// An S3 dataset whose endpoint is `addr`, where no real S3 server runs: an origin that stalls
 /// (see [`black_hole`]) or refuses connections (a closed port).
 pub fn s3_dataset_at(
@@ -126,7 +172,7 @@ pub fn s3_dataset_at(
 }
 
 /// A loopback listener that accepts connections and never answers: a stalled origin. Stops
-/// when the returned task is dropped or aborted.
+/// when the returned task is aborted (or the runtime ends).
 pub async fn black_hole() -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
     let hole = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await

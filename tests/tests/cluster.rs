@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use shardcache_client::Client;
-use shardcache_testsuite::{S3Origin, TestCluster, crc32c, put_objects, test_ca};
+use shardcache_testsuite::{S3Origin, TestCluster, crc32c, put_objects, scripted_server, test_ca};
 
 const KIB: usize = 1 << 10;
 const BLOCK: usize = 256 * KIB;
@@ -467,7 +467,15 @@ async fn members_authenticate_with_certificates_over_quic() {
         .await
         .unwrap()
     {
-        Frame::Error(e) => assert_eq!(e.code, ErrorCode::Forbidden, "{}", e.message),
+        Frame::Error(e) => {
+            assert_eq!(e.code, ErrorCode::Forbidden, "{}", e.message);
+            assert!(
+                e.message
+                    .contains("no certificate signed by the cluster CA"),
+                "{}",
+                e.message
+            );
+        }
         other => panic!("peer request without a certificate got {other:?}"),
     }
     let reader = Client::connect_with(
@@ -495,7 +503,15 @@ async fn members_authenticate_with_certificates_over_quic() {
     .await
     .unwrap();
     match quic_conn.request(ask).await.unwrap().next().await.unwrap() {
-        Frame::Error(e) => assert_eq!(e.code, ErrorCode::Forbidden, "{}", e.message),
+        Frame::Error(e) => {
+            assert_eq!(e.code, ErrorCode::Forbidden, "{}", e.message);
+            assert!(
+                e.message
+                    .contains("no certificate signed by the cluster CA"),
+                "{}",
+                e.message
+            );
+        }
         other => panic!("peer request from a reader got {other:?}"),
     }
 }
@@ -503,54 +519,27 @@ async fn members_authenticate_with_certificates_over_quic() {
 /// A member that answers pings claiming a huge weight (so it owns nearly every block) and
 /// answers every block request with damaged bytes.
 async fn lying_member() -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
-    use shardcache_proto::frame::{MAX_REQUEST_PAYLOAD, encode};
-    use shardcache_proto::{DataChunk, Frame, FrameCodec, Framed, Pong};
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let task = tokio::spawn(async move {
-        while let Ok((mut s, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut codec = FrameCodec::new(MAX_REQUEST_PAYLOAD);
-                loop {
-                    while let Ok(Some(f)) = codec.next_frame() {
-                        let frame = match f.frame {
-                            Frame::Ping(_) => Frame::Pong(Pong {
-                                node_id: "liar".into(),
-                                instance: 7,
-                                weight: 1000,
-                                ..Pong::default()
-                            }),
-                            Frame::PeerBlock(b) => {
-                                let start = b.index * u64::from(b.block_size);
-                                let len = u64::from(b.block_size).min(b.size - start);
-                                let data = bytes::Bytes::from(vec![0xAB; len as usize]);
-                                Frame::Data(DataChunk {
-                                    offset: start,
-                                    crc32c: crc32c(&data) ^ 1,
-                                    data,
-                                })
-                            }
-                            _ => continue,
-                        };
-                        let out = encode(&Framed {
-                            request_id: f.request_id,
-                            frame,
-                        });
-                        if s.write_all(&out.to_vec()).await.is_err() {
-                            return;
-                        }
-                    }
-                    match s.read_buf(codec.buffer_mut()).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(_) => {}
-                    }
-                }
-            });
+    use shardcache_proto::{DataChunk, Frame, Pong};
+    scripted_server(|frame| match frame {
+        Frame::Ping(_) => vec![Frame::Pong(Pong {
+            node_id: "liar".into(),
+            instance: 7,
+            weight: 1000,
+            ..Pong::default()
+        })],
+        Frame::PeerBlock(b) => {
+            let start = b.index * u64::from(b.block_size);
+            let len = u64::from(b.block_size).min(b.size - start);
+            let data = bytes::Bytes::from(vec![0xAB; len as usize]);
+            vec![Frame::Data(DataChunk {
+                offset: start,
+                crc32c: crc32c(&data) ^ 1,
+                data,
+            })]
         }
-    });
-    (addr, task)
+        _ => Vec::new(),
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

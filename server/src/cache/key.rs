@@ -41,8 +41,10 @@ pub struct BlockKey {
 pub enum FillSource {
     Origin,
     Disk,
-    /// Another member of the cluster.
+    /// The block's owner in the cluster: a copy, kept only in RAM.
     Peer,
+    /// A neighbour that held it: this node fills the block as its holder.
+    Neighbour,
 }
 
 /// A cached block: its bytes and their CRC32C.

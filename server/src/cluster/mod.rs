@@ -79,6 +79,16 @@ pub enum Candidate {
     Peer(Arc<Peer>),
 }
 
+impl PartialEq for Candidate {
+    fn eq(&self, other: &Candidate) -> bool {
+        match (self, other) {
+            (Candidate::Me, Candidate::Me) => true,
+            (Candidate::Peer(a), Candidate::Peer(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        }
+    }
+}
+
 /// A member as listed by [`Cluster::members`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MemberStatus {

@@ -73,6 +73,19 @@ pub enum PeerFailure {
     Declined { reason: String },
 }
 
+impl PeerFailure {
+    /// What went wrong, in words.
+    pub fn reason(self) -> String {
+        match self {
+            PeerFailure::Miss => "not cached".into(),
+            PeerFailure::Answer { message, .. } => message,
+            PeerFailure::Unavailable { reason }
+            | PeerFailure::Declined { reason }
+            | PeerFailure::Corrupt { reason } => reason,
+        }
+    }
+}
+
 fn unavailable(reason: impl Into<String>) -> PeerFailure {
     PeerFailure::Unavailable {
         reason: reason.into(),
@@ -206,7 +219,10 @@ impl Peer {
     /// Ask who answers at this address.
     pub async fn ping(&self, from: &str, timeout: Duration) -> Result<Pong, String> {
         let work = async {
-            let conn = self.conn(&self.probe, timeout).await.map_err(reason)?;
+            let conn = self
+                .conn(&self.probe, timeout)
+                .await
+                .map_err(PeerFailure::reason)?;
             let mut responses = conn
                 .request(
                     Frame::Ping(Ping {
@@ -344,15 +360,5 @@ impl Peer {
                 Err(declined(format!("no answer within {deadline:?}")))
             }
         }
-    }
-}
-
-fn reason(f: PeerFailure) -> String {
-    match f {
-        PeerFailure::Unavailable { reason }
-        | PeerFailure::Declined { reason }
-        | PeerFailure::Corrupt { reason } => reason,
-        PeerFailure::Miss => "not cached".into(),
-        PeerFailure::Answer { message, .. } => message,
     }
 }
