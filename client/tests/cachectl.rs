@@ -202,6 +202,17 @@ async fn warm_ls_members_evict_with_a_token() {
         serde_json::from_str(&std::fs::read_to_string(&manifest).unwrap()).unwrap();
     assert_eq!(saved["objects"].as_array().unwrap().len(), 5);
 
+    // A broadcast is a warm to every node that waits; everything is here already.
+    let out = ctl(&good, &["-o", "json", "broadcast", "ds/train/"]).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["done"], true);
+    assert_eq!(report["bytes_skipped"], 1_000_000);
+
     let out = ctl(&good, &["ls", "ds/train/"]).await;
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success());

@@ -62,6 +62,10 @@ const T_PONG: u8 = 0x88;
 const T_BLOCK_STATE: u8 = 0x89;
 /// Most paths one prefetch frame may name.
 pub const MAX_PREFETCH_PATHS: usize = 256;
+/// Most nodes ahead of a receiver in a chain ([`PeerBlock::upstream`]).
+pub const MAX_CHAIN_UPSTREAM: usize = 256;
+/// Largest address in a chain.
+const MAX_ADDR_LEN: usize = 256;
 
 /// Why a byte sequence could not be decoded into a frame.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -291,6 +295,15 @@ pub enum PeerMode {
     Check,
     /// Drop it from the receiver's tiers; the [`BlockState`] says whether it was there.
     Evict,
+    /// Chain distribution: make sure the receiver holds it, taking it chunk by chunk from the
+    /// last node of [`PeerBlock::upstream`] (earlier ones if that one fails, the origin when
+    /// the list is empty or all fail), and answer with a [`BlockState`].
+    Chain,
+    /// Chain distribution, from a node to the one before it: send the block from
+    /// [`PeerBlock::offset`] as [`Frame::Data`] chunks of [`PeerBlock::chunk_size`] while they
+    /// arrive (filling it like `Chain` with the given upstream if it is not here yet). Each chunk
+    /// carries the CRC32C it had when it entered the chain, so damage anywhere is caught.
+    Stream,
 }
 
 impl PeerMode {
@@ -301,6 +314,8 @@ impl PeerMode {
             PeerMode::Load => 2,
             PeerMode::Check => 3,
             PeerMode::Evict => 4,
+            PeerMode::Chain => 5,
+            PeerMode::Stream => 6,
         }
     }
 
@@ -311,6 +326,8 @@ impl PeerMode {
             2 => PeerMode::Load,
             3 => PeerMode::Check,
             4 => PeerMode::Evict,
+            5 => PeerMode::Chain,
+            6 => PeerMode::Stream,
             _ => return None,
         })
     }
@@ -330,7 +347,8 @@ pub struct BlockState {
 }
 
 /// Cluster: block `index` of one version of an object, asked by one member of another. The
-/// answer is one [`Frame::Data`] with the whole block (offset `index * block_size`) or an error.
+/// answer is one [`Frame::Data`] with the whole block (offset `index * block_size`), a
+/// [`BlockState`], a run of chunks (`Stream`), or an error.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PeerBlock {
     /// `DATASET/KEY`.
@@ -342,6 +360,19 @@ pub struct PeerBlock {
     pub block_size: u32,
     pub index: u64,
     pub mode: PeerMode,
+    /// `Chain` and `Stream` only (not sent otherwise): the chunk size of the stream.
+    pub chunk_size: u32,
+    /// `Stream`: the offset in the block to send from (a receiver resuming after a failure).
+    pub offset: u64,
+    /// `Chain` and `Stream`: the data-plane addresses of the nodes ahead of the receiver, the
+    /// chain's head first.
+    pub upstream: Vec<String>,
+}
+
+impl PeerBlock {
+    fn is_chain(&self) -> bool {
+        matches!(self.mode, PeerMode::Chain | PeerMode::Stream)
+    }
 }
 
 /// Cluster: a liveness probe. Anyone may send it.
@@ -488,6 +519,15 @@ pub fn encode(framed: &Framed) -> Encoded {
             fields.put_u8(b.mode.to_u8());
             put_str(&mut fields, &b.path);
             put_str(&mut fields, &b.etag);
+            if b.is_chain() {
+                fields.put_u32(b.chunk_size);
+                fields.put_u64(b.offset);
+                let n = b.upstream.len().min(MAX_CHAIN_UPSTREAM);
+                fields.put_u16(n as u16);
+                for addr in b.upstream.iter().take(n) {
+                    put_str(&mut fields, addr);
+                }
+            }
         }
         Frame::Ping(p) => put_str(&mut fields, &p.from),
         Frame::BlockState(b) => {
@@ -620,7 +660,7 @@ fn decode_payload(kind: u8, payload: BytesMut) -> Result<Frame, DecodeError> {
             let Some(mode) = PeerMode::from_u8(m) else {
                 return Err(r.malformed(format!("unknown mode {m}")));
             };
-            Frame::PeerBlock(PeerBlock {
+            let mut b = PeerBlock {
                 path: r.string(MAX_PATH_LEN)?,
                 etag: r.string(MAX_STRING_LEN)?,
                 size,
@@ -628,7 +668,24 @@ fn decode_payload(kind: u8, payload: BytesMut) -> Result<Frame, DecodeError> {
                 block_size,
                 index,
                 mode,
-            })
+                chunk_size: 0,
+                offset: 0,
+                upstream: Vec::new(),
+            };
+            if b.is_chain() {
+                b.chunk_size = r.u32()?;
+                b.offset = r.u64()?;
+                let n = r.u16()? as usize;
+                if n > MAX_CHAIN_UPSTREAM {
+                    return Err(
+                        r.malformed(format!("{n} upstream nodes exceed {MAX_CHAIN_UPSTREAM}"))
+                    );
+                }
+                for _ in 0..n {
+                    b.upstream.push(r.string(MAX_ADDR_LEN)?);
+                }
+            }
+            Frame::PeerBlock(b)
         }
         T_BLOCK_STATE => {
             let flags = r.u8()?;
@@ -1021,10 +1078,22 @@ mod tests {
                 any::<i64>(),
                 any::<u32>(),
                 any::<u64>(),
-                0u8..5
+                0u8..7,
+                (
+                    any::<u32>(),
+                    any::<u64>(),
+                    proptest::collection::vec("[a-z0-9.:]{1,30}", 0..5)
+                )
             )
                 .prop_map(
-                    |(path, etag, size, last_modified_ms, block_size, index, probe)| {
+                    |(path, etag, size, last_modified_ms, block_size, index, probe, chain)| {
+                        let mode = PeerMode::from_u8(probe).expect("mode in range");
+                        let (chunk_size, offset, upstream) =
+                            if matches!(mode, PeerMode::Chain | PeerMode::Stream) {
+                                chain
+                            } else {
+                                (0, 0, Vec::new())
+                            };
                         Frame::PeerBlock(PeerBlock {
                             path,
                             etag,
@@ -1032,7 +1101,10 @@ mod tests {
                             last_modified_ms,
                             block_size,
                             index,
-                            mode: PeerMode::from_u8(probe).expect("mode in range"),
+                            mode,
+                            chunk_size,
+                            offset,
+                            upstream,
                         })
                     }
                 ),
@@ -1188,6 +1260,49 @@ mod tests {
             decode(&mut BytesMut::from(&enc[..]), MAX_REQUEST_PAYLOAD),
             Err(DecodeError::UnknownType { kind: 0x55 })
         );
+    }
+
+    #[test]
+    fn chain_fields_travel_only_with_chain_modes_and_are_bounded() {
+        let block = |mode, upstream: Vec<String>| PeerBlock {
+            path: "ds/k".into(),
+            etag: "e".into(),
+            size: 10,
+            last_modified_ms: 0,
+            block_size: 4,
+            index: 1,
+            mode,
+            chunk_size: 2,
+            offset: 1,
+            upstream,
+        };
+        let len = |b: PeerBlock| {
+            encode(&Framed {
+                request_id: 1,
+                frame: Frame::PeerBlock(b),
+            })
+            .to_vec()
+            .len()
+        };
+        // A fill carries no chain fields (the frame older members send and expect).
+        let plain = len(block(PeerMode::Fill, Vec::new()));
+        assert_eq!(len(block(PeerMode::Stream, Vec::new())), plain + 4 + 8 + 2);
+        roundtrip(Framed {
+            request_id: 1,
+            frame: Frame::PeerBlock(block(PeerMode::Chain, vec!["10.0.0.1:7070".into(); 3])),
+        });
+        // Too many nodes ahead: refused, not allocated.
+        let mut enc = encode(&Framed {
+            request_id: 1,
+            frame: Frame::PeerBlock(block(PeerMode::Chain, Vec::new())),
+        })
+        .to_vec();
+        let n = enc.len();
+        enc[n - 2..].copy_from_slice(&(MAX_CHAIN_UPSTREAM as u16 + 1).to_be_bytes());
+        assert!(matches!(
+            decode(&mut BytesMut::from(&enc[..]), MAX_REQUEST_PAYLOAD),
+            Err(DecodeError::Malformed { .. })
+        ));
     }
 
     #[test]

@@ -90,6 +90,7 @@ const SCALAR_KEYS: &[(&str, Kind)] = &[
     ("peer_timeout", Kind::Str),
     ("read_neighbours", Kind::Int),
     ("peer_keep_copies", Kind::Bool),
+    ("chain_chunk", Kind::Str),
     ("tls_ca", Kind::Str),
     ("tls_cert", Kind::Str),
     ("tls_key", Kind::Str),
@@ -243,6 +244,10 @@ pub struct Config {
     pub read_neighbours: usize,
     /// Keep blocks read from peers in this node's RAM tier, so hot blocks spread.
     pub peer_keep_copies: bool,
+    /// Chunk size of chain distribution (`warm --replicas N`, `--all-nodes`): each node
+    /// forwards a block to the next in chunks of this size as they arrive.
+    #[serde(deserialize_with = "de_size")]
+    pub chain_chunk: u64,
     /// CA that signed the members' certificates.
     pub tls_ca: Option<PathBuf>,
     pub tls_cert: Option<PathBuf>,
@@ -295,6 +300,7 @@ impl Default for Config {
             peer_timeout: Duration::from_secs(1),
             read_neighbours: 2,
             peer_keep_copies: true,
+            chain_chunk: 1 << 20,
             tls_ca: None,
             tls_cert: None,
             tls_key: None,
@@ -421,6 +427,16 @@ impl Config {
 
     fn validate(&self) -> Result<(), ConfigError> {
         check_block_size("block_size", self.block_size)?;
+        let (lo, hi) = (
+            u64::from(crate::service::MIN_CHAIN_CHUNK),
+            u64::from(crate::service::MAX_CHAIN_CHUNK),
+        );
+        if !(lo..=hi).contains(&self.chain_chunk) {
+            return Err(ConfigError::new(format!(
+                "chain_chunk of {} bytes is outside {lo}..={hi} (64KiB to 4MiB)",
+                self.chain_chunk
+            )));
+        }
         for d in &self.datasets {
             shardcache_proto::path::validate_dataset(&d.name)
                 .map_err(|e| ConfigError::new(format!("dataset {:?}: {e}", d.name)))?;

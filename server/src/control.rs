@@ -193,7 +193,7 @@ impl ControlService {
                 Candidate::Peer(peer) => {
                     let req = CacheService::peer_request(origin, key, version, index, mode);
                     Placed {
-                        node: peer.node_id().unwrap_or_else(|| peer.addr().to_string()),
+                        node: peer.name(),
                         result: peer
                             .block_state(req, settings.fill_timeout, settings.peer_timeout)
                             .await
@@ -203,6 +203,77 @@ impl ControlService {
             }
         });
         futures::future::join_all(ops).await
+    }
+
+    /// Put one block on `targets` through a chain in that order: each target is told the
+    /// nodes ahead of it and takes the block from the nearest one, chunk by chunk, while it
+    /// arrives there; the head reads the origin. A target that fails is reported and cut out
+    /// by the ones behind it.
+    async fn chain(
+        &self,
+        origin: &Arc<Origin>,
+        key: &str,
+        version: &Version,
+        index: u64,
+        targets: &[Candidate],
+    ) -> Vec<Placed> {
+        let cluster = self.service.cluster();
+        let settings = cluster.settings();
+        let me = cluster.own_addr();
+        // This node can be in the chain only if the others can name it.
+        let (chain, rest): (Vec<&Candidate>, Vec<&Candidate>) = targets
+            .iter()
+            .partition(|t| me.is_some() || !matches!(t, Candidate::Me));
+        let addrs: Vec<String> = chain
+            .iter()
+            .map(|t| match t {
+                Candidate::Me => me.clone().unwrap_or_default(),
+                Candidate::Peer(p) => p.addr().to_string(),
+            })
+            .collect();
+        let addrs = &addrs;
+        let chunk = settings.chain_chunk;
+        let hops = chain.iter().enumerate().map(|(i, t)| async move {
+            let upstream = addrs[..i].to_vec();
+            match t {
+                Candidate::Me => Placed {
+                    node: cluster.node_id().to_string(),
+                    result: self
+                        .service
+                        .chain_op(origin, key, version.clone(), index, upstream, chunk)
+                        .await
+                        .map_err(|e| e.to_string()),
+                },
+                Candidate::Peer(peer) => {
+                    let mut req =
+                        CacheService::peer_request(origin, key, version, index, PeerMode::Chain);
+                    req.chunk_size = chunk;
+                    req.upstream = upstream;
+                    Placed {
+                        node: peer.name(),
+                        result: peer
+                            .block_state(req, settings.fill_timeout, settings.peer_timeout)
+                            .await
+                            .map_err(|f| {
+                                format!(
+                                    "node {} (cut out of the chain): {}",
+                                    peer.addr(),
+                                    f.reason()
+                                )
+                            }),
+                    }
+                }
+            }
+        });
+        let mut placed = futures::future::join_all(hops).await;
+        if !rest.is_empty() {
+            let rest: Vec<Candidate> = rest.into_iter().cloned().collect();
+            placed.extend(
+                self.on_targets(origin, key, version, index, PeerMode::Load, &rest)
+                    .await,
+            );
+        }
+        placed
     }
 
     fn blocks(origin: &Origin, size: u64) -> u64 {
@@ -399,7 +470,7 @@ impl Control for ControlService {
         for index in 0..ControlService::blocks(&origin, version.size) {
             let bkey = CacheService::block_key(&origin, path.key(), &version, index);
             let owner = match cluster.candidates(&bkey, 1).first() {
-                Some(Candidate::Peer(p)) => p.node_id().unwrap_or_else(|| p.addr().to_string()),
+                Some(Candidate::Peer(p)) => p.name(),
                 _ => cluster.node_id().to_string(),
             };
             let found = self
@@ -449,6 +520,7 @@ impl Control for ControlService {
                         m.addr,
                         m.state.name()
                     ),
+                    node: m.addr.clone(),
                 });
             }
         }
@@ -460,6 +532,7 @@ impl Control for ControlService {
                     resp.failures.push(Failure {
                         path: format!("{}/{key}", origin.dataset()),
                         message: e.to_string(),
+                        node: String::new(),
                     });
                     continue;
                 }
@@ -475,6 +548,7 @@ impl Control for ControlService {
                         Err(message) => resp.failures.push(Failure {
                             path: format!("{}/{key}", origin.dataset()),
                             message,
+                            node: placed.node,
                         }),
                     }
                 }
@@ -568,6 +642,7 @@ impl ControlService {
             s.failures.push(Failure {
                 path: format!("{}/{key}", origin.dataset()),
                 message,
+                node: String::new(),
             });
         };
         if state.lock().expect("lock").stopping {
@@ -591,30 +666,14 @@ impl ControlService {
                         return None;
                     }
                     let bkey = CacheService::block_key(origin, key, version, index);
-                    let mut targets = if all_nodes {
-                        // Everyone, the owner first.
-                        let mut all = cluster.everyone();
-                        if let Some(owner) = cluster.candidates(&bkey, 1).first()
-                            && let Some(i) = all.iter().position(|c| c == owner)
-                        {
-                            all.swap(0, i);
-                        }
-                        all
+                    let targets = cluster.chain(&bkey, (!all_nodes).then_some(replicas));
+                    let placed = if targets.len() > 1 {
+                        // Several copies: one chain, the origin read once at its head.
+                        self.chain(origin, key, version, index, &targets).await
                     } else {
-                        cluster.candidates(&bkey, replicas)
+                        self.on_targets(origin, key, version, index, PeerMode::Load, &targets)
+                            .await
                     };
-                    // The owner loads the block (from the origin, once); the other copies are
-                    // loaded after it, so they find it at the owner instead of the origin.
-                    let rest = targets.split_off(targets.len().min(1));
-                    let mut placed = self
-                        .on_targets(origin, key, version, index, PeerMode::Load, &targets)
-                        .await;
-                    if !rest.is_empty() {
-                        placed.extend(
-                            self.on_targets(origin, key, version, index, PeerMode::Load, &rest)
-                                .await,
-                        );
-                    }
                     let mut first: Option<BlockState> = None;
                     let stats = self.service.stats();
                     let mut s = state.lock().expect("lock");
@@ -627,6 +686,7 @@ impl ControlService {
                             Err(message) => s.failures.push(Failure {
                                 path: format!("{}/{key}", origin.dataset()),
                                 message: format!("block {index}: {message}"),
+                                node: p.node,
                             }),
                         }
                     }

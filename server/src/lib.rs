@@ -19,6 +19,7 @@ pub mod cache;
 pub mod cluster;
 pub mod config;
 pub mod control;
+pub mod distribute;
 pub mod error;
 pub mod origin;
 pub mod service;
@@ -252,6 +253,7 @@ impl Server {
                 fill_timeout: config.peer_timeout * 5 + origin_budget * 2,
                 read_neighbours: config.read_neighbours,
                 keep_copies: config.peer_keep_copies,
+                chain_chunk: config.chain_chunk as u32,
                 transport: match &config.tls_ca {
                     None => PeerTransport::Tcp,
                     Some(ca) => PeerTransport::Quic(Arc::new(shardcache_client::ClientOptions {

@@ -113,6 +113,9 @@ struct ServeArgs {
     /// Keep blocks read from peers in RAM: true or false [default: true].
     #[arg(long, value_name = "BOOL")]
     peer_keep_copies: Option<String>,
+    /// Chunk size of chain distribution (warms to several nodes) [default: 1MiB].
+    #[arg(long, value_name = "SIZE")]
+    chain_chunk: Option<String>,
     /// PEM CA that signed the members' certificates.
     #[arg(long, value_name = "FILE")]
     tls_ca: Option<PathBuf>,
@@ -179,6 +182,7 @@ impl ServeArgs {
             ("peer_timeout", self.peer_timeout),
             ("read_neighbours", self.read_neighbours),
             ("peer_keep_copies", self.peer_keep_copies),
+            ("chain_chunk", self.chain_chunk),
             ("tls_ca", path(self.tls_ca)),
             ("tls_cert", path(self.tls_cert)),
             ("tls_key", path(self.tls_key)),

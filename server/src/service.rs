@@ -34,6 +34,7 @@ use crate::cache::{
     Block, BlockKey, DiskTier, FillSource, Filled, ObjectId, RamTier, VersionCache,
 };
 use crate::cluster::{Candidate, Cluster, Peer, PeerFailure};
+use crate::distribute::Growing;
 use crate::error::{Error, Result};
 use crate::origin::{Origin, Version};
 use crate::stats::Stats;
@@ -54,10 +55,17 @@ pub struct CacheService {
     cluster: Arc<Cluster>,
     /// Peer-only requests need a member certificate (a cluster CA is configured).
     peer_auth_required: bool,
+    /// Chain fills in flight, by block: a block is filled once however it is asked for.
+    chains: std::sync::Mutex<HashMap<BlockKey, Arc<Growing>>>,
+    /// Bounds the chain fills in flight (each buffers up to a block).
+    chain_slots: Arc<tokio::sync::Semaphore>,
 }
 
 /// Owners (and their successors when they fail) a node asks before filling a block itself.
 const MAX_FILL_TRIES: usize = 3;
+
+/// Chain fills a node accepts at once at least (a warm keeps 32 blocks in flight).
+const MIN_CHAIN_FILLS: usize = 64;
 
 /// Prefetch requests that may load in the background at once; more are declined.
 const PREFETCH_SLOTS: usize = 4;
@@ -80,6 +88,10 @@ struct ReadCtx {
     for_peer: bool,
 }
 
+mod chain;
+
+pub use chain::{MAX_CHAIN_CHUNK, MIN_CHAIN_CHUNK};
+
 impl CacheService {
     pub fn new(
         origins: Vec<Arc<Origin>>,
@@ -90,6 +102,15 @@ impl CacheService {
         readahead: usize,
         cluster: Arc<Cluster>,
     ) -> CacheService {
+        // A quarter of the RAM budget may be blocks in flight through chains (each fill buffers
+        // one block), and never fewer than a warm keeps in flight.
+        let largest = origins
+            .iter()
+            .map(|o| o.settings().block_size)
+            .max()
+            .unwrap_or(1)
+            .max(1);
+        let chain_slots = ((ram.capacity() / 4 / largest) as usize).max(MIN_CHAIN_FILLS);
         let origins = origins
             .into_iter()
             .map(|o| (o.dataset().to_string(), o))
@@ -104,6 +125,8 @@ impl CacheService {
             prefetch_slots: Arc::new(tokio::sync::Semaphore::new(PREFETCH_SLOTS)),
             cluster,
             peer_auth_required: false,
+            chains: std::sync::Mutex::new(HashMap::new()),
+            chain_slots: Arc::new(tokio::sync::Semaphore::new(chain_slots)),
         }
     }
 
@@ -303,7 +326,7 @@ impl CacheService {
                 &self.stats.served_bytes_origin,
                 &self.stats.served_chunks_origin,
             ),
-            (_, FillSource::Peer | FillSource::Neighbour) => (
+            (_, FillSource::Peer | FillSource::Neighbour | FillSource::Chain) => (
                 &self.stats.served_bytes_peer,
                 &self.stats.served_chunks_peer,
             ),
@@ -503,7 +526,7 @@ impl CacheService {
     /// Serve a block to a peer: from this node's tiers only (`Probe`), or as its holder
     /// (`Fill`: tiers, neighbours, origin; never forwarded to another owner); or report on it
     /// (`Load`, `Check`, `Evict`: see [`CacheService::block_op`]).
-    pub async fn peer_block(&self, req: PeerBlock) -> Result<PeerAnswer> {
+    pub async fn peer_block(self: &Arc<Self>, req: PeerBlock) -> Result<PeerAnswer> {
         let path = ObjectPath::parse(&req.path)?;
         let origin = self.origin(path.dataset())?;
         let bs = origin.settings().block_size;
@@ -518,11 +541,22 @@ impl CacheService {
         }
         let version = Version {
             size: req.size,
-            etag: req.etag,
+            etag: req.etag.clone(),
             last_modified_ms: req.last_modified_ms,
         };
         let ctx = Self::one_block(origin, path.key(), version, req.index)?;
         let block = match req.mode {
+            PeerMode::Chain => {
+                Stats::add(&self.stats.peer_served_chain, 1);
+                return self
+                    .chain_load(ctx, req.index, req.upstream, req.chunk_size)
+                    .await
+                    .map(PeerAnswer::State);
+            }
+            PeerMode::Stream => {
+                Stats::add(&self.stats.peer_served_stream, 1);
+                return self.chain_stream(ctx, &req).await.map(PeerAnswer::Stream);
+            }
             PeerMode::Load | PeerMode::Check | PeerMode::Evict => {
                 return self
                     .block_state(&ctx, req.index, req.mode)
@@ -601,6 +635,9 @@ impl CacheService {
             block_size: origin.settings().block_size as u32,
             index,
             mode,
+            chunk_size: 0,
+            offset: 0,
+            upstream: Vec::new(),
         }
     }
 
@@ -668,10 +705,27 @@ impl CacheService {
                 let (block, _) = self.block(ctx, index).await?;
                 Ok(state(true, block.crc32c))
             }
-            PeerMode::Fill | PeerMode::Probe => Err(Error::BadRequest {
-                reason: "fill and probe answer with data, not a block state".into(),
-            }),
+            PeerMode::Fill | PeerMode::Probe | PeerMode::Chain | PeerMode::Stream => {
+                Err(Error::BadRequest {
+                    reason: "fill, probe, chain and stream are not block operations".into(),
+                })
+            }
         }
+    }
+
+    /// This node's part of a chain (the warming node is in the chain): hold the block, taking
+    /// it from `upstream`, the chain's head first.
+    pub async fn chain_op(
+        self: &Arc<Self>,
+        origin: &Arc<Origin>,
+        key: &str,
+        version: Version,
+        index: u64,
+        upstream: Vec<String>,
+        chunk_size: u32,
+    ) -> Result<BlockState> {
+        let ctx = Self::one_block(origin.clone(), key, version, index)?;
+        self.chain_load(ctx, index, upstream, chunk_size).await
     }
 
     /// Whether a connection may send peer-only requests: with a cluster CA, only members that
@@ -705,6 +759,8 @@ impl CacheService {
 pub enum PeerAnswer {
     Data(DataChunk),
     State(BlockState),
+    /// A chain stream: chunks while they arrive.
+    Stream(BoxStream<'static, Result<DataChunk>>),
 }
 
 /// A definitive error from the peer that owns a block, as this node's own error.

@@ -66,6 +66,16 @@ pub struct Stats {
     /// Block requests from peers this node answered, by mode.
     pub peer_served_fill: IntCounter,
     pub peer_served_probe: IntCounter,
+    pub peer_served_chain: IntCounter,
+    pub peer_served_stream: IntCounter,
+    /// Bytes chain fills took from the node ahead of them, and from the origin.
+    pub chain_bytes_upstream: IntCounter,
+    pub chain_bytes_origin: IntCounter,
+    /// Chain chunks that failed their checksum on arrival and were asked for again.
+    pub chain_resends: IntCounter,
+    /// Times a chain fill cut out a node ahead of it and went on from the one before (or the
+    /// origin).
+    pub chain_cutovers: IntCounter,
     pub peer_refused: IntCounter,
     /// Blocks warms started on this node handled, by outcome.
     pub warm_loaded: IntCounter,
@@ -228,6 +238,11 @@ impl Stats {
             "Block requests answered for peers, by mode",
             &["mode"],
         );
+        let chain_bytes = counter_vec(
+            "shardcache_chain_bytes_total",
+            "Bytes chain fills took, by source (upstream: the node ahead in the chain; origin: the head's read, or a fallback)",
+            &["source"],
+        );
         let build = gauge_vec("shardcache_build_info", "Build information", &["version"]);
         build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
 
@@ -293,6 +308,18 @@ impl Stats {
             peer_probe_failed: peer_requests.with_label_values(&["probe", "failed"]),
             peer_served_fill: peer_served.with_label_values(&["fill"]),
             peer_served_probe: peer_served.with_label_values(&["probe"]),
+            peer_served_chain: peer_served.with_label_values(&["chain"]),
+            peer_served_stream: peer_served.with_label_values(&["stream"]),
+            chain_bytes_upstream: chain_bytes.with_label_values(&["upstream"]),
+            chain_bytes_origin: chain_bytes.with_label_values(&["origin"]),
+            chain_resends: counter(
+                "shardcache_chain_resends_total",
+                "Chain chunks that arrived damaged (CRC32C mismatch) and were asked for again",
+            ),
+            chain_cutovers: counter(
+                "shardcache_chain_cutovers_total",
+                "Times a chain fill cut out a failed node ahead of it and went on from the node before it or the origin",
+            ),
             peer_refused: rejected.with_label_values(&["not_a_member"]),
             warm_loaded: warm.with_label_values(&["loaded"]),
             warm_cached: warm.with_label_values(&["cached"]),

@@ -101,6 +101,7 @@ pub struct TestClusterBuilder {
     nodes: usize,
     datasets: Vec<DatasetConfig>,
     args: Vec<(String, String)>,
+    extra: Vec<SocketAddr>,
 }
 
 impl TestClusterBuilder {
@@ -111,6 +112,13 @@ impl TestClusterBuilder {
 
     pub fn dataset(mut self, d: DatasetConfig) -> Self {
         self.datasets.push(d);
+        self
+    }
+
+    /// One more member address in the membership file, served by the test itself (a fake
+    /// member that misbehaves on purpose).
+    pub fn extra_member(mut self, addr: SocketAddr) -> Self {
+        self.extra.push(addr);
         self
     }
 
@@ -130,6 +138,7 @@ impl TestClusterBuilder {
             peers_file: dir.path().join("peers"),
             config,
             args: self.args,
+            extra: self.extra,
             bin: server_binary(),
             dir,
         };
@@ -204,6 +213,7 @@ pub struct TestCluster {
     peers_file: PathBuf,
     config: PathBuf,
     args: Vec<(String, String)>,
+    extra: Vec<SocketAddr>,
     bin: PathBuf,
     dir: tempfile::TempDir,
 }
@@ -226,11 +236,15 @@ impl TestCluster {
             nodes: 3,
             datasets: Vec::new(),
             args: Vec::new(),
+            extra: Vec::new(),
         }
     }
 
     fn write_peers(&self, addrs: impl Iterator<Item = SocketAddr>) {
-        let text: String = addrs.map(|a| format!("{a}\n")).collect();
+        let text: String = addrs
+            .chain(self.extra.iter().copied())
+            .map(|a| format!("{a}\n"))
+            .collect();
         // Replace atomically: nodes re-read the file at any moment.
         let tmp = self.peers_file.with_extension("tmp");
         std::fs::write(&tmp, text).expect("write peers");
@@ -391,7 +405,7 @@ impl TestCluster {
     /// down (30 s at most).
     pub async fn wait_converged(&self) {
         let running = self.running();
-        let want = (running.len() - 1) as f64;
+        let want = (running.len() - 1 + self.extra.len()) as f64;
         let want_down = (self.nodes.len() - running.len()) as f64;
         let deadline = Instant::now() + Duration::from_secs(30);
         'outer: loop {

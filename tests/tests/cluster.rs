@@ -285,6 +285,9 @@ async fn peer_requests_from_a_stranger_are_refused() {
             block_size: BLOCK as u32,
             index: 0,
             mode,
+            chunk_size: 0,
+            offset: 0,
+            upstream: Vec::new(),
         })
     };
     let node0 = cluster.nodes[0].data;
@@ -455,6 +458,9 @@ async fn members_authenticate_with_certificates_over_quic() {
         block_size: BLOCK as u32,
         index: 0,
         mode: PeerMode::Probe,
+        chunk_size: 0,
+        offset: 0,
+        upstream: Vec::new(),
     });
     let tcp = TcpConn::connect(&nodes[1].tcp_endpoint(), "node-1", BufPool::new(1))
         .await

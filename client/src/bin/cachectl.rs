@@ -95,6 +95,16 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         manifest: Option<PathBuf>,
     },
+    /// Put DATASET/PREFIX on every node (a checkpoint restored everywhere, say) and wait:
+    /// `warm --all-nodes --wait`. Each block is read from the origin once and passed down a
+    /// chain of the nodes in pipelined chunks.
+    Broadcast {
+        /// DATASET/PREFIX
+        path: String,
+        /// Write a manifest to FILE.
+        #[arg(long, value_name = "FILE")]
+        manifest: Option<PathBuf>,
+    },
     /// List objects under DATASET/PREFIX with their size and cached fraction.
     Ls {
         /// DATASET/PREFIX
@@ -172,6 +182,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 manifest.as_deref(),
             )
             .await;
+        }
+        Command::Broadcast { path, manifest } => {
+            return warm(&cli, path, 1, true, true, manifest.as_deref()).await;
         }
         Command::Ls { path } => return ls(&cli, path).await,
         Command::Evict { path } => return evict(&cli, path).await,
@@ -303,11 +316,23 @@ async fn warm(
     let mut printed = std::time::Instant::now() - std::time::Duration::from_secs(10);
     while let Some(p) = stream.message().await? {
         for f in &p.failures {
-            failures.push((f.path.clone(), f.message.clone()));
+            failures.push((f.path.clone(), f.message.clone(), f.node.clone()));
+            // A node that fails is reported once, not once per block.
+            if !f.node.is_empty() && failures.iter().filter(|x| x.2 == f.node).count() > 1 {
+                continue;
+            }
+            let line = if f.node.is_empty() {
+                format!("failed: {}: {}", f.path, f.message)
+            } else {
+                format!(
+                    "node {} failed ({}: {}); going on without it",
+                    f.node, f.path, f.message
+                )
+            };
             if let Some(bar) = &bar {
-                bar.println(format!("failed: {}: {}", f.path, f.message));
+                bar.println(line);
             } else if matches!(cli.output, Output::Text) {
-                eprintln!("failed: {}: {}", f.path, f.message);
+                eprintln!("{line}");
             }
         }
         if let Some(bar) = &bar {
@@ -370,7 +395,7 @@ async fn warm(
                 .collect();
             let fails: Vec<_> = failures
                 .iter()
-                .map(|(p, m)| json!({"path": p, "message": m}))
+                .map(|(p, m, n)| json!({"path": p, "message": m, "node": n}))
                 .collect();
             println!(
                 "{}",
@@ -382,11 +407,34 @@ async fn warm(
         }
     }
     if !failures.is_empty() {
+        let mut nodes: Vec<&str> = failures
+            .iter()
+            .filter(|f| !f.2.is_empty())
+            .map(|f| f.2.as_str())
+            .collect();
+        nodes.sort_unstable();
+        nodes.dedup();
         let list: Vec<String> = failures
             .iter()
-            .map(|(p, m)| format!("  {p}: {m}"))
+            .filter(|f| f.2.is_empty())
+            .map(|(p, m, _)| format!("  {p}: {m}"))
             .collect();
-        anyhow::bail!("{} failures:\n{}", failures.len(), list.join("\n"));
+        if list.is_empty() && last.done && last.bytes_done == last.bytes_total {
+            anyhow::bail!(
+                "every block is on the nodes that stayed up, but node(s) {} failed during the warm",
+                nodes.join(", ")
+            );
+        }
+        anyhow::bail!(
+            "{} failures{}:\n{}",
+            failures.len(),
+            if nodes.is_empty() {
+                String::new()
+            } else {
+                format!(" (node(s) {} failed)", nodes.join(", "))
+            },
+            list.join("\n")
+        );
     }
     Ok(())
 }

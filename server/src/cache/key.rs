@@ -45,6 +45,8 @@ pub enum FillSource {
     Peer,
     /// A neighbour that held it: this node fills the block as its holder.
     Neighbour,
+    /// The node ahead of this one in a chain distribution.
+    Chain,
 }
 
 /// A cached block: its bytes and their CRC32C.

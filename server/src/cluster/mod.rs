@@ -60,6 +60,8 @@ pub struct ClusterSettings {
     pub read_neighbours: usize,
     /// Keep blocks fetched from peers in this node's RAM tier.
     pub keep_copies: bool,
+    /// Chunk size of chain distribution.
+    pub chain_chunk: u32,
     pub transport: PeerTransport,
 }
 
@@ -190,6 +192,22 @@ impl Cluster {
             .collect()
     }
 
+    /// The targets of a block's chain in chain order (see [`crate::distribute::plan`]): its
+    /// `replicas` highest-ranked holders, or every member that is up when `None`.
+    pub fn chain(&self, key: &BlockKey, replicas: Option<usize>) -> Vec<Candidate> {
+        let view = self.view.read().expect("lock").clone();
+        if view.members.len() == 1 {
+            return vec![Candidate::Me];
+        }
+        crate::distribute::plan::chain(&view.members, placement::block_hash(key), replicas)
+            .into_iter()
+            .map(|i| match &view.nodes[i] {
+                None => Candidate::Me,
+                Some(peer) => Candidate::Peer(peer.clone()),
+            })
+            .collect()
+    }
+
     /// This node and every peer that is up (the targets of a warm to all nodes).
     pub fn everyone(&self) -> Vec<Candidate> {
         let view = self.view.read().expect("lock").clone();
@@ -223,6 +241,23 @@ impl Cluster {
                 last_pong: p.last_pong(),
             })
             .collect()
+    }
+
+    /// The peer at a data-plane address, if it is a member.
+    pub fn peer(&self, addr: &str) -> Option<Arc<Peer>> {
+        self.peers.lock().expect("lock").get(addr).cloned()
+    }
+
+    /// This node's data-plane address as the other members know it (its entry in the member
+    /// list), or the address it listens on when that is specific.
+    pub fn own_addr(&self) -> Option<String> {
+        self.peers
+            .lock()
+            .expect("lock")
+            .values()
+            .find(|p| p.state() == PeerState::Myself)
+            .map(|p| p.addr().to_string())
+            .or_else(|| self.settings.own_addr.map(|a| a.to_string()))
     }
 
     /// Whether every known peer has been probed at least once (membership is known).

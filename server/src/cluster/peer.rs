@@ -11,8 +11,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use shardcache_client::ClientOptions;
-use shardcache_client::raw::{BufPool, Conn, QuicConn, TcpConn};
-use shardcache_proto::{BlockState, ErrorCode, Frame, PeerBlock, Ping, Pong};
+use shardcache_client::raw::{BufPool, Conn, QuicConn, Responses, TcpConn};
+use shardcache_proto::{BlockState, ErrorCode, ErrorFrame, Frame, PeerBlock, Ping, Pong};
 use tokio::sync::{Mutex, Semaphore, watch};
 
 use crate::cache::{Block, FillSource};
@@ -86,13 +86,28 @@ impl PeerFailure {
     }
 }
 
-fn unavailable(reason: impl Into<String>) -> PeerFailure {
+pub fn unavailable(reason: impl Into<String>) -> PeerFailure {
     PeerFailure::Unavailable {
         reason: reason.into(),
     }
 }
 
-fn declined(reason: impl Into<String>) -> PeerFailure {
+/// What an error answer from a peer means for the asker.
+pub fn refusal(e: ErrorFrame) -> PeerFailure {
+    match e.code {
+        ErrorCode::NotCached => PeerFailure::Miss,
+        ErrorCode::NotFound
+        | ErrorCode::PreconditionFailed
+        | ErrorCode::OriginUnavailable
+        | ErrorCode::RangeNotSatisfiable => PeerFailure::Answer {
+            code: e.code,
+            message: e.message,
+        },
+        code => declined(format!("answered {code:?}: {}", e.message)),
+    }
+}
+
+pub fn declined(reason: impl Into<String>) -> PeerFailure {
     PeerFailure::Declined {
         reason: reason.into(),
     }
@@ -170,6 +185,14 @@ impl Peer {
             PeerState::Up { node_id, .. } => Some(node_id.clone()),
             _ => None,
         }
+    }
+
+    /// The peer's node id as last known (also while it is down), else its address.
+    pub fn name(&self) -> String {
+        self.node_id()
+            .or_else(|| self.last_pong().map(|p| p.node_id))
+            .filter(|id| !id.is_empty())
+            .unwrap_or_else(|| self.addr.clone())
     }
 
     pub fn remove(&self) {
@@ -311,6 +334,25 @@ impl Peer {
         }
     }
 
+    /// Open a `Stream` request: its answer frames, each arriving within `idle` of the last.
+    /// The caller watches [`Peer::state_watch`] to stop when the peer is marked down.
+    pub async fn stream(
+        &self,
+        req: PeerBlock,
+        idle: Duration,
+        connect_timeout: Duration,
+    ) -> Result<Responses, PeerFailure> {
+        let conn = self.conn(&self.data, connect_timeout).await?;
+        conn.request(Frame::PeerBlock(req), idle)
+            .await
+            .map_err(|e| unavailable(e.to_string()))
+    }
+
+    /// The peer's state, to wait on.
+    pub fn state_watch(&self) -> watch::Receiver<PeerState> {
+        self.state.subscribe()
+    }
+
     /// Send one block request and take its one answer frame; errors become [`PeerFailure`]s.
     async fn ask(
         &self,
@@ -330,17 +372,7 @@ impl Peer {
                 .await
                 .map_err(|e| unavailable(e.to_string()))?;
             match responses.next().await {
-                Ok(Frame::Error(e)) => Err(match e.code {
-                    ErrorCode::NotCached => PeerFailure::Miss,
-                    ErrorCode::NotFound
-                    | ErrorCode::PreconditionFailed
-                    | ErrorCode::OriginUnavailable
-                    | ErrorCode::RangeNotSatisfiable => PeerFailure::Answer {
-                        code: e.code,
-                        message: e.message,
-                    },
-                    code => declined(format!("answered {code:?}: {}", e.message)),
-                }),
+                Ok(Frame::Error(e)) => Err(refusal(e)),
                 Ok(frame) => Ok(frame),
                 Err(e) => Err(unavailable(e.to_string())),
             }

@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures::stream::{self, BoxStream, StreamExt};
 use object_store::path::Path;
 use object_store::{GetOptions, GetRange, ObjectStore, ObjectStoreExt};
 use tokio::sync::Semaphore;
@@ -164,23 +165,10 @@ impl Origin {
             Ok((found, size, bytes))
         };
         // A 412 says the version changed; name the version this read pinned in the error.
-        let (found, size, bytes) =
-            self.with_retry(key, Op::Get, fetch)
-                .await
-                .map_err(|e| match e {
-                    Error::VersionChanged {
-                        dataset,
-                        key,
-                        found,
-                        ..
-                    } => Error::VersionChanged {
-                        dataset,
-                        key,
-                        expected: version.etag.clone(),
-                        found,
-                    },
-                    other => other,
-                })?;
+        let (found, size, bytes) = self
+            .with_retry(key, Op::Get, fetch)
+            .await
+            .map_err(|e| self.pinned(e, version))?;
         let changed = |found: String| Error::VersionChanged {
             dataset: self.dataset.clone(),
             key: key.to_string(),
@@ -195,6 +183,108 @@ impl Origin {
         }
         Stats::add(&self.stats.origin_bytes, bytes.len() as u64);
         Ok(bytes)
+    }
+
+    /// Bytes `range` of `key` at `version`, as the origin sends them (cut-through). Opening
+    /// the read is retried like [`Origin::get_range`]; a failure or a silence longer than the
+    /// attempt timeout inside the body ends the stream with an error, and the caller resumes
+    /// from what it got. Holds one origin permit until the stream is dropped.
+    pub async fn open_range(
+        &self,
+        key: &str,
+        version: &Version,
+        range: Range<u64>,
+    ) -> Result<BoxStream<'static, Result<Bytes>>> {
+        let path = self.path(key)?;
+        let permit = self
+            .permits
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| Error::Internal {
+                reason: "origin limiter closed".into(),
+            })?;
+        let open = || async {
+            let options = GetOptions {
+                if_match: (!version.etag.is_empty()).then(|| version.etag.clone()),
+                range: Some(GetRange::Bounded(range.clone())),
+                ..GetOptions::default()
+            };
+            self.store.get_opts(&path, options).await
+        };
+        let result = self
+            .with_retry(key, Op::Get, open)
+            .await
+            .map_err(|e| self.pinned(e, version))?;
+        let found = result.meta.e_tag.clone().unwrap_or_default();
+        let changed = |found: String| Error::VersionChanged {
+            dataset: self.dataset.clone(),
+            key: key.to_string(),
+            expected: version.etag.clone(),
+            found,
+        };
+        if !version.etag.is_empty() && !found.is_empty() && found != version.etag {
+            return Err(changed(found));
+        }
+        if result.meta.size != version.size || result.range != range {
+            return Err(changed(format!("{found} ({} bytes)", result.meta.size)));
+        }
+        let body = result.into_stream();
+        let stats = self.stats.clone();
+        let timeout = self.retry.attempt_timeout;
+        let (dataset, key) = (self.dataset.clone(), key.to_string());
+        let state = (body, permit, stats, dataset, key, false);
+        Ok(stream::unfold(state, move |mut st| async move {
+            if st.5 {
+                return None;
+            }
+            let item = match tokio::time::timeout(timeout, st.0.next()).await {
+                Ok(Some(Ok(bytes))) => {
+                    Stats::add(&st.2.origin_bytes, bytes.len() as u64);
+                    Ok(bytes)
+                }
+                Ok(None) => return None,
+                Ok(Some(Err(e))) => {
+                    Stats::add(&st.2.origin_errors, 1);
+                    Err(Error::Origin {
+                        dataset: st.3.clone(),
+                        key: st.4.clone(),
+                        attempts: 1,
+                        source: Arc::new(e),
+                    })
+                }
+                Err(_) => {
+                    Stats::add(&st.2.origin_timeouts, 1);
+                    Err(Error::OriginTimeout {
+                        dataset: st.3.clone(),
+                        key: st.4.clone(),
+                        attempts: 1,
+                        timeout,
+                    })
+                }
+            };
+            st.5 = item.is_err();
+            Some((item, st))
+        })
+        .boxed())
+    }
+
+    /// A version change found by a retried request, naming the version the read pinned.
+    fn pinned(&self, e: Error, version: &Version) -> Error {
+        match e {
+            Error::VersionChanged {
+                dataset,
+                key,
+                found,
+                ..
+            } => Error::VersionChanged {
+                dataset,
+                key,
+                expected: version.etag.clone(),
+                found,
+            },
+            other => other,
+        }
     }
 
     /// Run `op` with a deadline per attempt and bounded retries. Missing objects and failed

@@ -273,6 +273,24 @@ async fn handle(
                         send(Frame::BlockState(state)).await;
                         Ok(())
                     }
+                    Ok(PeerAnswer::Stream(mut chunks)) => {
+                        let mut result = Ok(());
+                        while let Some(chunk) = chunks.next().await {
+                            match chunk {
+                                // The asker went away: stop sending.
+                                Ok(chunk) => {
+                                    if !send(Frame::Data(chunk)).await {
+                                        break;
+                                    }
+                                }
+                                Err(e) => {
+                                    result = Err(e);
+                                    break;
+                                }
+                            }
+                        }
+                        result
+                    }
                     Err(e) => Err(e),
                 },
                 Err(e) => Err(e),
