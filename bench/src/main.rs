@@ -67,13 +67,37 @@ pub(crate) struct Args {
     /// Objects the cluster benchmark's dataset is split into.
     #[arg(long, default_value_t = 64)]
     cluster_objects: usize,
-    /// Only these parts (hot-tcp, hot-quic, cold, disk-hot, disk-rebuild, local, cluster); all
-    /// when empty.
+    /// Cluster sizes of the chain benchmark.
+    #[arg(long, value_delimiter = ',', default_value = "2,3,4")]
+    chain_nodes: Vec<usize>,
+    /// Data size S of the chain benchmark in MiB.
+    #[arg(long, default_value_t = 1024)]
+    chain_mib: usize,
+    /// Objects S is split into.
+    #[arg(long, default_value_t = 16)]
+    chain_objects: usize,
+    /// Origin egress limits (MB/s) the chain benchmark runs under, in turn; 0: unlimited.
+    #[arg(long, value_delimiter = ',', default_value = "100,0")]
+    chain_origin_mbps: Vec<u64>,
+    /// Chain chunk size in KiB.
+    #[arg(long, default_value_t = 1024)]
+    chain_chunk_kib: u64,
+    /// Shard size of the GPU benchmark in MiB (feature `cuda`).
+    #[arg(long, default_value_t = 256)]
+    gpu_mib: usize,
+    /// Write the chain benchmark's times to this CSV (for bench/plot_chain.py).
+    #[arg(long)]
+    chain_csv: Option<std::path::PathBuf>,
+    /// Only these parts (hot-tcp, hot-quic, cold, disk-hot, disk-rebuild, local, cluster,
+    /// chain, gpu); all when empty (gpu only with the `cuda` feature and a GPU).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
 }
 
+mod chain;
 mod cluster;
+#[cfg(feature = "cuda")]
+mod gpu;
 
 pub(crate) struct Row {
     name: String,
@@ -112,7 +136,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let size = args.object_mib << 20;
     let origin = S3Origin::start(&["bench"]).await;
     let mut rows = Vec::new();
-    let mut ratios = Vec::new();
+    let mut ratios: Vec<(String, f64, f64, bool)> = Vec::new();
 
     if wants(&args, "hot-tcp") || wants(&args, "hot-quic") {
         for r in 0..args.readers {
@@ -153,13 +177,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
             }
             let (raw, stream, into) = (median(raws), median(streams), median(intos));
             ratios.push((
-                "hot TCP (read_stream) / raw loopback TCP",
+                "hot TCP (read_stream) / raw loopback TCP".to_string(),
                 stream.gbps() / raw.gbps(),
                 0.80,
                 true,
             ));
             ratios.push((
-                "hot TCP (read_into) / raw loopback TCP",
+                "hot TCP (read_into) / raw loopback TCP".to_string(),
                 into.gbps() / raw.gbps(),
                 0.0,
                 true,
@@ -195,7 +219,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 );
             }
             let (raw, cache) = (median(raws), median(caches));
-            ratios.push(("hot QUIC / raw QUIC", cache.gbps() / raw.gbps(), 0.0, true));
+            ratios.push((
+                "hot QUIC / raw QUIC".to_string(),
+                cache.gbps() / raw.gbps(),
+                0.0,
+                true,
+            ));
             rows.push(raw);
             rows.push(Row {
                 name: "shardcache hot, QUIC, read_stream".into(),
@@ -211,13 +240,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
     if wants(&args, "cold") {
         let (direct, ranged, cache) = cold(&origin, &args).await?;
         ratios.push((
-            "cold cache time / direct GET time",
+            "cold cache time / direct GET time".to_string(),
             direct.gbps() / cache.gbps(),
             1.15,
             false,
         ));
         ratios.push((
-            "cold cache time / direct get_ranges time",
+            "cold cache time / direct get_ranges time".to_string(),
             ranged.gbps() / cache.gbps(),
             0.0,
             false,
@@ -230,7 +259,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     if wants(&args, "disk-hot") {
         let (raw, cache) = disk_hot(&origin, &args).await?;
         ratios.push((
-            "hot disk tier / raw sequential file reads",
+            "hot disk tier / raw sequential file reads".to_string(),
             cache.gbps() / raw.gbps(),
             0.70,
             true,
@@ -241,13 +270,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
     if wants(&args, "local") {
         let (memcpy, local, tcp) = local_path(&origin, &args).await?;
         ratios.push((
-            "local path / memcpy",
+            "local path / memcpy".to_string(),
             local.gbps() / memcpy.gbps(),
             0.50,
             true,
         ));
         ratios.push((
-            "local path / TCP path",
+            "local path / TCP path".to_string(),
             local.gbps() / tcp.gbps(),
             2.0,
             true,
@@ -259,29 +288,81 @@ async fn run(args: Args) -> anyhow::Result<()> {
     if wants(&args, "cluster") {
         let c = cluster::cluster(&origin, &args).await?;
         ratios.push((
-            "cluster cold epoch: origin bytes / dataset bytes",
+            "cluster cold epoch: origin bytes / dataset bytes".to_string(),
             c.origin_ratio,
             1.0,
             false,
         ));
         ratios.push((
-            "cluster / one node, cold epoch throughput",
+            "cluster / one node, cold epoch throughput".to_string(),
             c.cold_ratio,
             0.0,
             true,
         ));
         ratios.push((
-            "cluster / one node, warm epoch throughput",
+            "cluster / one node, warm epoch throughput".to_string(),
             c.warm_ratio,
             0.0,
             true,
         ));
         rows.extend(c.rows);
     }
+    #[cfg(feature = "cuda")]
+    if wants(&args, "gpu") {
+        if shardcache_client::cuda_driver_available() {
+            let (gpu_rows, pinned_over_pageable, end_over_pinned) =
+                gpu::gpu(&origin, &args).await?;
+            ratios.push((
+                "H2D from registered pinned / from pageable memory".to_string(),
+                pinned_over_pageable,
+                0.0,
+                true,
+            ));
+            ratios.push((
+                "cache read + H2D / H2D alone (pinned)".to_string(),
+                end_over_pinned,
+                0.0,
+                true,
+            ));
+            rows.extend(gpu_rows);
+        } else {
+            println!("gpu: skipped, no CUDA driver (libcuda) on this machine");
+        }
+    }
+    if wants(&args, "chain") {
+        let c = chain::chain(&origin, &args).await?;
+        for p in &c.points {
+            let n = p.nodes;
+            let limit = if p.origin_mbps == 0 {
+                "origin unlimited".to_string()
+            } else {
+                format!("origin {} MB/s", p.origin_mbps)
+            };
+            ratios.push((
+                format!("{limit}, N={n}: chain / one node, time"),
+                p.chain / p.one_node,
+                if n == 4 { 1.3 } else { 0.0 },
+                false,
+            ));
+            ratios.push((
+                format!("{limit}, N={n}: independent copies / one node, time"),
+                p.independent / p.one_node,
+                0.0,
+                false,
+            ));
+            ratios.push((
+                format!("{limit}, N={n}: chain origin bytes / S"),
+                p.origin_ratio,
+                1.0,
+                false,
+            ));
+        }
+        rows.extend(c.rows);
+    }
     if wants(&args, "disk-rebuild") {
         let (blocks, secs) = disk_rebuild(&args)?;
         println!("disk index rebuild: {blocks} block files indexed in {secs:.3} s");
-        ratios.push(("disk index rebuild, seconds", secs, 10.0, false));
+        ratios.push(("disk index rebuild, seconds".to_string(), secs, 10.0, false));
     }
 
     println!(

@@ -40,10 +40,60 @@ impl Counter {
     }
 }
 
+/// A shared egress budget for GET bodies: the origin's bandwidth to the cache cluster (an
+/// object store's limit, or the cluster's uplink), so benchmarks can model a network-bound
+/// origin instead of one bound by this machine's CPU.
+#[derive(Default)]
+struct Egress {
+    /// Bytes per second for all GET bodies together; 0: unlimited.
+    rate: std::sync::atomic::AtomicU64,
+    /// When the bytes granted so far will have left.
+    next: Mutex<Option<tokio::time::Instant>>,
+}
+
+impl Egress {
+    /// Wait until `n` more bytes fit the budget.
+    async fn pace(&self, n: usize) {
+        let rate = self.rate.load(std::sync::atomic::Ordering::Relaxed);
+        if rate == 0 {
+            return;
+        }
+        let start = {
+            let mut next = self.next.lock().expect("lock");
+            let now = tokio::time::Instant::now();
+            let start = next.map_or(now, |t| t.max(now));
+            *next = Some(start + std::time::Duration::from_secs_f64(n as f64 / rate as f64));
+            start
+        };
+        // Bodies run a little ahead (a few ms of credit) rather than sleep per piece: timers
+        // are coarse, and the average rate is what the budget keeps.
+        let slack = std::time::Duration::from_millis(5);
+        if start > tokio::time::Instant::now() + slack {
+            tokio::time::sleep_until(start - slack).await;
+        }
+    }
+
+    fn limit(&self, body: StreamingBlob, egress: Arc<Egress>) -> StreamingBlob {
+        use futures::StreamExt;
+        if self.rate.load(std::sync::atomic::Ordering::Relaxed) == 0 {
+            return body;
+        }
+        StreamingBlob::wrap(body.then(move |piece| {
+            let egress = egress.clone();
+            async move {
+                let piece = piece.map_err(std::io::Error::other)?;
+                egress.pace(piece.len()).await;
+                Ok::<_, std::io::Error>(piece)
+            }
+        }))
+    }
+}
+
 /// s3s-fs with every GET and HEAD counted.
 struct CountingS3 {
     inner: s3s_fs::FileSystem,
     counter: Arc<Counter>,
+    egress: Arc<Egress>,
 }
 
 #[async_trait::async_trait]
@@ -53,13 +103,18 @@ impl S3 for CountingS3 {
         req: S3Request<GetObjectInput>,
     ) -> S3Result<S3Response<GetObjectOutput>> {
         let (bucket, key) = (req.input.bucket.clone(), req.input.key.clone());
-        let resp = self.inner.get_object(req).await;
+        let mut resp = self.inner.get_object(req).await;
         self.counter.bump(&bucket, &key, |c| {
             c.gets += 1;
             if let Ok(r) = &resp {
                 c.get_bytes += r.output.content_length.unwrap_or(0) as u64;
             }
         });
+        if let Ok(r) = &mut resp
+            && let Some(body) = r.output.body.take()
+        {
+            r.output.body = Some(self.egress.limit(body, self.egress.clone()));
+        }
         resp
     }
 
@@ -112,6 +167,7 @@ impl S3 for CountingS3 {
 pub struct S3Origin {
     addr: SocketAddr,
     counter: Arc<Counter>,
+    egress: Arc<Egress>,
     task: JoinHandle<()>,
     dir: tempfile::TempDir,
 }
@@ -136,10 +192,12 @@ impl S3Origin {
     async fn start_in(dir: tempfile::TempDir) -> S3Origin {
         let fs = s3s_fs::FileSystem::new(dir.path()).expect("s3s-fs root");
         let counter = Arc::new(Counter::default());
+        let egress = Arc::new(Egress::default());
         let service = {
             let mut b = s3s::service::S3ServiceBuilder::new(CountingS3 {
                 inner: fs,
                 counter: counter.clone(),
+                egress: egress.clone(),
             });
             b.set_auth(s3s::auth::SimpleAuth::from_single(ACCESS_KEY, SECRET_KEY));
             b.build()
@@ -162,9 +220,19 @@ impl S3Origin {
         S3Origin {
             addr,
             counter,
+            egress,
             task,
             dir,
         }
+    }
+
+    /// Limit the bytes per second of all GET bodies together (0: no limit), like an object
+    /// store's egress to a cluster; requests are not limited, only their bodies' pace.
+    pub fn limit_egress(&self, bytes_per_sec: u64) {
+        self.egress
+            .rate
+            .store(bytes_per_sec, std::sync::atomic::Ordering::Relaxed);
+        *self.egress.next.lock().expect("lock") = None;
     }
 
     pub fn endpoint(&self) -> String {
