@@ -161,6 +161,12 @@ async fn list_objects(origin: &Origin, prefix: &str) -> Result<Vec<(String, u64)
     Ok(out)
 }
 
+/// A block's placement under way: done, or a chain still travelling.
+enum Placement {
+    Done(Vec<Placed>),
+    Chain(tokio::task::JoinHandle<Vec<Placed>>),
+}
+
 /// Where a block operation ran, and what it found.
 struct Placed {
     node: String,
@@ -216,10 +222,13 @@ impl ControlService {
         version: &Version,
         index: u64,
         targets: &[Candidate],
+        head_done: tokio::sync::oneshot::Sender<()>,
     ) -> Vec<Placed> {
         let cluster = self.service.cluster();
         let settings = cluster.settings();
         let me = cluster.own_addr();
+        let head_done = std::sync::Mutex::new(Some(head_done));
+        let head_done = &head_done;
         // This node can be in the chain only if the others can name it.
         let (chain, rest): (Vec<&Candidate>, Vec<&Candidate>) = targets
             .iter()
@@ -235,7 +244,7 @@ impl ControlService {
         let chunk = settings.chain_chunk;
         let hops = chain.iter().enumerate().map(|(i, t)| async move {
             let upstream = addrs[..i].to_vec();
-            match t {
+            let placed = match t {
                 Candidate::Me => Placed {
                     node: cluster.node_id().to_string(),
                     result: self
@@ -263,7 +272,15 @@ impl ControlService {
                             }),
                     }
                 }
+            };
+            // The head has read the block from the origin (or failed): the warm may start
+            // the next one while this one travels on.
+            if i == 0
+                && let Some(tx) = head_done.lock().expect("lock").take()
+            {
+                let _ = tx.send(());
             }
+            placed
         });
         let mut placed = futures::future::join_all(hops).await;
         if !rest.is_empty() {
@@ -274,6 +291,46 @@ impl ControlService {
             );
         }
         placed
+    }
+
+    /// Add one block's placements to the warm's totals; its length and CRC32C when it is held
+    /// somewhere.
+    fn account(
+        &self,
+        origin: &Origin,
+        key: &str,
+        index: u64,
+        placed: Vec<Placed>,
+        state: &Mutex<WarmState>,
+    ) -> Option<(u64, u32)> {
+        let mut first: Option<BlockState> = None;
+        let stats = self.service.stats();
+        let mut s = state.lock().expect("lock");
+        for p in placed {
+            match p.result {
+                Ok(b) => {
+                    *s.nodes.entry(p.node).or_default() += b.len;
+                    first.get_or_insert(b);
+                }
+                Err(message) => s.failures.push(Failure {
+                    path: format!("{}/{key}", origin.dataset()),
+                    message: format!("block {index}: {message}"),
+                    node: p.node,
+                }),
+            }
+        }
+        let Some(b) = first else {
+            crate::stats::Stats::add(&stats.warm_failed, 1);
+            return None;
+        };
+        s.bytes_done += b.len;
+        if b.was_present {
+            s.bytes_skipped += b.len;
+            crate::stats::Stats::add(&stats.warm_cached, 1);
+        } else {
+            crate::stats::Stats::add(&stats.warm_loaded, 1);
+        }
+        Some((b.len, b.crc32c))
     }
 
     fn blocks(origin: &Origin, size: u64) -> u64 {
@@ -658,6 +715,10 @@ impl ControlService {
         };
         let cluster = self.service.cluster();
         let blocks = ControlService::blocks(origin, version.size);
+        // Stage one starts each block's placement and holds a window slot until the block is
+        // read from the origin (a chain's head holds it; a single copy is done); stage two
+        // waits for the rest of each chain. So the origin is kept busy while the last chunks
+        // of earlier blocks travel down their chains.
         let results: Vec<Option<(u64, u32)>> = stream::iter(0..blocks)
             .map(|index| {
                 let version = &version;
@@ -667,42 +728,42 @@ impl ControlService {
                     }
                     let bkey = CacheService::block_key(origin, key, version, index);
                     let targets = cluster.chain(&bkey, (!all_nodes).then_some(replicas));
-                    let placed = if targets.len() > 1 {
+                    if targets.len() > 1 {
                         // Several copies: one chain, the origin read once at its head.
-                        self.chain(origin, key, version, index, &targets).await
+                        let (head_done, head) = tokio::sync::oneshot::channel();
+                        let (this, origin, key, version) = (
+                            self.clone(),
+                            origin.clone(),
+                            key.to_string(),
+                            version.clone(),
+                        );
+                        let chain = tokio::spawn(async move {
+                            this.chain(&origin, &key, &version, index, &targets, head_done)
+                                .await
+                        });
+                        let _ = head.await;
+                        Some((index, Placement::Chain(chain)))
                     } else {
-                        self.on_targets(origin, key, version, index, PeerMode::Load, &targets)
-                            .await
-                    };
-                    let mut first: Option<BlockState> = None;
-                    let stats = self.service.stats();
-                    let mut s = state.lock().expect("lock");
-                    for p in placed {
-                        match p.result {
-                            Ok(b) => {
-                                *s.nodes.entry(p.node).or_default() += b.len;
-                                first.get_or_insert(b);
-                            }
-                            Err(message) => s.failures.push(Failure {
-                                path: format!("{}/{key}", origin.dataset()),
-                                message: format!("block {index}: {message}"),
-                                node: p.node,
-                            }),
-                        }
+                        let placed = self
+                            .on_targets(origin, key, version, index, PeerMode::Load, &targets)
+                            .await;
+                        Some((index, Placement::Done(placed)))
                     }
-                    let Some(b) = first else {
-                        crate::stats::Stats::add(&stats.warm_failed, 1);
-                        return None;
-                    };
-                    s.bytes_done += b.len;
-                    if b.was_present {
-                        s.bytes_skipped += b.len;
-                        crate::stats::Stats::add(&stats.warm_cached, 1);
-                    } else {
-                        crate::stats::Stats::add(&stats.warm_loaded, 1);
-                    }
-                    Some((b.len, b.crc32c))
                 }
+            })
+            .buffered(WARM_BLOCKS_AT_ONCE)
+            .map(|started| async move {
+                let (index, placement) = started?;
+                let placed = match placement {
+                    Placement::Done(placed) => placed,
+                    Placement::Chain(chain) => chain.await.unwrap_or_else(|e| {
+                        vec![Placed {
+                            node: self.service.cluster().node_id().to_string(),
+                            result: Err(format!("chain task failed: {e}")),
+                        }]
+                    }),
+                };
+                self.account(origin, key, index, placed, state)
             })
             .buffered(WARM_BLOCKS_AT_ONCE)
             .collect()

@@ -277,6 +277,7 @@ impl Server {
             config.readahead_blocks,
             cluster,
         );
+        service.set_chain_fills(config.origin_concurrency);
         if config.tls_ca.is_some() {
             service.require_peer_certificates();
         }

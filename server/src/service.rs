@@ -64,8 +64,9 @@ pub struct CacheService {
 /// Owners (and their successors when they fail) a node asks before filling a block itself.
 const MAX_FILL_TRIES: usize = 3;
 
-/// Chain fills a node accepts at once at least (a warm keeps 32 blocks in flight).
-const MIN_CHAIN_FILLS: usize = 64;
+/// Chain fills in flight at once unless set (`set_chain_fills`; the server uses
+/// `origin_concurrency`: a chain fill is a fill, each buffers up to a block).
+const DEFAULT_CHAIN_FILLS: usize = 64;
 
 /// Prefetch requests that may load in the background at once; more are declined.
 const PREFETCH_SLOTS: usize = 4;
@@ -102,15 +103,6 @@ impl CacheService {
         readahead: usize,
         cluster: Arc<Cluster>,
     ) -> CacheService {
-        // A quarter of the RAM budget may be blocks in flight through chains (each fill buffers
-        // one block), and never fewer than a warm keeps in flight.
-        let largest = origins
-            .iter()
-            .map(|o| o.settings().block_size)
-            .max()
-            .unwrap_or(1)
-            .max(1);
-        let chain_slots = ((ram.capacity() / 4 / largest) as usize).max(MIN_CHAIN_FILLS);
         let origins = origins
             .into_iter()
             .map(|o| (o.dataset().to_string(), o))
@@ -126,7 +118,7 @@ impl CacheService {
             cluster,
             peer_auth_required: false,
             chains: std::sync::Mutex::new(HashMap::new()),
-            chain_slots: Arc::new(tokio::sync::Semaphore::new(chain_slots)),
+            chain_slots: Arc::new(tokio::sync::Semaphore::new(DEFAULT_CHAIN_FILLS)),
         }
     }
 
@@ -186,6 +178,11 @@ impl CacheService {
     }
 
     /// Accept peer-only requests only from connections authenticated by the cluster CA.
+    /// Bound the chain fills in flight (each buffers up to a block).
+    pub fn set_chain_fills(&mut self, n: usize) {
+        self.chain_slots = Arc::new(tokio::sync::Semaphore::new(n.max(1)));
+    }
+
     pub fn require_peer_certificates(&mut self) {
         self.peer_auth_required = true;
     }

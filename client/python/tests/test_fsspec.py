@@ -22,5 +22,16 @@ def test_fsspec_filesystem_is_registered(server):
         fs.info("ds/train/none.bin")
     with pytest.raises(NotImplementedError, match="control plane"):
         fs.ls("ds/train")
+    listed = fsspec.filesystem(
+        "shardcache", endpoint=server.endpoint, control=server.control, token=server.token, skip_instance_cache=True
+    )
+    names = listed.ls("ds/train", detail=False)
+    assert names == sorted(f"ds/{k}" for k in server.files if k.startswith("train/") and "/" not in k[len("train/") :])
+    entry = next(e for e in listed.ls("ds/train") if e["name"] == "ds/train/shard-000003.bin")
+    assert entry["type"] == "file" and entry["size"] == 256 * 1024
+    top = listed.ls("ds", detail=True)
+    assert {"name": "ds/train", "size": 0, "type": "directory"} in top
+    with pytest.raises(FileNotFoundError):
+        listed.ls("ds/nothing-here")
     with pytest.raises(PermissionError):
         fs.open("ds/train/shard-000003.bin", "wb")

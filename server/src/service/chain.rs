@@ -7,8 +7,9 @@
 //! cut out and the fill goes on, from the offset it reached, with the node before it, and
 //! finally with the origin. A chunk that fails its end-to-end checksum is asked for again from
 //! the same node, a few times, before that node is cut out too. Fills run in their own task (a
-//! caller that goes away does not waste the bytes in flight), bounded in number: at the bound,
-//! new fills are refused with `Busy` instead of buffering more blocks.
+//! caller that goes away does not waste the bytes in flight), bounded in number like origin
+//! fills (`origin_concurrency`): a new fill waits up to `peer_timeout` for a slot, then is
+//! refused with `Busy` instead of buffering more blocks.
 
 use std::sync::Arc;
 
@@ -128,18 +129,26 @@ impl CacheService {
         if let Some(block) = self.ram.get(&key).await {
             return Ok(Held::Whole(block));
         }
+        // A slot first (waiting a little: chains of other blocks finish all the time), then
+        // the registry again, since another request may have started the fill meanwhile.
+        let wait = self.cluster.settings().peer_timeout;
+        let permit =
+            match tokio::time::timeout(wait, self.chain_slots.clone().acquire_owned()).await {
+                Ok(Ok(permit)) => permit,
+                _ => {
+                    if let Some(g) = self.chains.lock().expect("lock").get(&key) {
+                        return Ok(Held::Filling(g.clone()));
+                    }
+                    return Err(Error::Busy {
+                        what: "chain fills in flight are at their bound",
+                    });
+                }
+            };
         let g = {
             let mut chains = self.chains.lock().expect("lock");
             if let Some(g) = chains.get(&key) {
                 return Ok(Held::Filling(g.clone()));
             }
-            let permit = self
-                .chain_slots
-                .clone()
-                .try_acquire_owned()
-                .map_err(|_| Error::Busy {
-                    what: "chain fills in flight are at their bound",
-                })?;
             let g = Growing::new(ctx.start, ctx.end - ctx.start);
             chains.insert(key, g.clone());
             let this = self.clone();

@@ -2,8 +2,9 @@
 
     fsspec.open("shardcache://imagenet/train/shard-000001.tar", endpoint="127.0.0.1:7070")
 
-Reads, seeks and ``info`` are supported; listing directories needs the control plane and is
-not available yet (``ls`` raises NotImplementedError saying so).
+Reads, seeks and ``info`` are supported. Listing needs the control plane: pass
+``control="HOST:PORT"`` (the server's ``--control-listen``) and ``token=`` if it has one;
+without it ``ls`` raises NotImplementedError saying so.
 """
 
 from fsspec.spec import AbstractFileSystem
@@ -16,10 +17,11 @@ class ShardcacheFileSystem(AbstractFileSystem):
     protocol = "shardcache"
     root_marker = ""
 
-    def __init__(self, endpoint: str = "127.0.0.1:7070", **kwargs):
+    def __init__(self, endpoint: str = "127.0.0.1:7070", control=None, token=None, **kwargs):
         super().__init__(**kwargs)
         self.endpoint = endpoint
-        self._client = Client(endpoint)
+        self._control = control
+        self._client = Client(endpoint, control=control, token=token)
 
     @classmethod
     def _strip_protocol(cls, path):
@@ -39,7 +41,30 @@ class ShardcacheFileSystem(AbstractFileSystem):
         return {"name": path, "size": i.size, "type": "file", "etag": i.etag, "block_size": i.block_size}
 
     def ls(self, path, detail=True, **kwargs):
-        raise NotImplementedError("listing needs the shardcache control plane, which is not available yet")
+        if self._control is None:
+            raise NotImplementedError(
+                "listing needs the shardcache control plane: pass control='HOST:PORT' (the server's --control-listen)"
+            )
+        path = self._strip_protocol(path)
+        dataset, _, rest = path.partition("/")
+        prefix = rest + "/" if rest else ""
+        out = {}
+        for e in self._client.ls(f"{dataset}/{prefix}"):
+            head, sep, _ = e.key[len(prefix) :].partition("/")
+            if sep:
+                name = f"{dataset}/{prefix}{head}"
+                out.setdefault(name, {"name": name, "size": 0, "type": "directory"})
+            else:
+                name = f"{dataset}/{e.key}"
+                out[name] = {
+                    "name": name,
+                    "size": e.size,
+                    "type": "file",
+                    "etag": e.etag,
+                    "cached_fraction": e.cached_fraction,
+                }
+        items = sorted(out.values(), key=lambda x: x["name"])
+        return items if detail else [i["name"] for i in items]
 
     def _open(self, path, mode="rb", block_size=None, autocommit=True, cache_options=None, **kwargs):
         if mode != "rb":
