@@ -115,6 +115,15 @@ async fn warm(server: &TestServer, all_nodes: bool) -> anyhow::Result<(f64, u64)
     Ok((secs, last.nodes.iter().map(|n| n.bytes).sum()))
 }
 
+/// The median of some times; NaN when there are none.
+fn median(times: &mut [f64]) -> f64 {
+    if times.is_empty() {
+        return f64::NAN;
+    }
+    times.sort_by(f64::total_cmp);
+    times[times.len() / 2]
+}
+
 async fn stop(servers: Vec<TestServer>) {
     for s in servers {
         s.stop().await;
@@ -146,39 +155,47 @@ pub async fn chain(origin: &S3Origin, args: &Args) -> anyhow::Result<ChainResult
             format!("origin {mbps} MB/s")
         };
         for &n in &args.chain_nodes {
-            let (mut one_secs, mut indep_secs) = (f64::NAN, f64::NAN);
-            if !args.chain_skip_baselines {
-                // (a) one node.
-                let one = nodes(origin, 1, ram, chunk, false).await?;
-                let (secs, placed) = warm(&one[0], false).await?;
-                anyhow::ensure!(placed == dataset, "one node placed {placed} bytes");
-                one_secs = secs;
-                stop(one).await;
+            // The three setups take turns `reps` times; each time is the median, so a slow
+            // moment of the machine does not land on one side only.
+            let (mut ones, mut indeps, mut chains) = (Vec::new(), Vec::new(), Vec::new());
+            let mut origin_bytes = 0;
+            for _ in 0..args.chain_reps.max(1) {
+                if !args.chain_skip_baselines {
+                    // (a) one node.
+                    let one = nodes(origin, 1, ram, chunk, false).await?;
+                    let (secs, placed) = warm(&one[0], false).await?;
+                    anyhow::ensure!(placed == dataset, "one node placed {placed} bytes");
+                    ones.push(secs);
+                    stop(one).await;
 
-                // (b) N independent copies from the origin, at once.
-                let alone = nodes(origin, n, ram, chunk, false).await?;
-                let started = Instant::now();
-                let runs: Vec<_> = alone.iter().map(|s| warm(s, false)).collect();
-                for r in futures::future::join_all(runs).await {
-                    let (_, placed) = r?;
-                    anyhow::ensure!(placed == dataset, "a single node placed {placed} bytes");
+                    // (b) N independent copies from the origin, at once.
+                    let alone = nodes(origin, n, ram, chunk, false).await?;
+                    let started = Instant::now();
+                    let runs: Vec<_> = alone.iter().map(|s| warm(s, false)).collect();
+                    for r in futures::future::join_all(runs).await {
+                        let (_, placed) = r?;
+                        anyhow::ensure!(placed == dataset, "a single node placed {placed} bytes");
+                    }
+                    indeps.push(started.elapsed().as_secs_f64());
+                    stop(alone).await;
                 }
-                indep_secs = started.elapsed().as_secs_f64();
-                stop(alone).await;
-            }
 
-            // (c) one chain warm to all N.
-            let cluster = nodes(origin, n, ram, chunk, true).await?;
-            let before = origin.total().get_bytes;
-            let (chain_secs, placed) = warm(&cluster[0], true).await?;
-            let origin_bytes = origin.total().get_bytes - before;
-            anyhow::ensure!(
-                placed == n as u64 * dataset,
-                "the chain placed {placed} bytes on {n} nodes"
-            );
-            stop(cluster).await;
+                // (c) one chain warm to all N.
+                let cluster = nodes(origin, n, ram, chunk, true).await?;
+                let before = origin.total().get_bytes;
+                let (secs, placed) = warm(&cluster[0], true).await?;
+                origin_bytes = origin_bytes.max(origin.total().get_bytes - before);
+                anyhow::ensure!(
+                    placed == n as u64 * dataset,
+                    "the chain placed {placed} bytes on {n} nodes"
+                );
+                chains.push(secs);
+                stop(cluster).await;
+            }
+            let (one_secs, indep_secs, chain_secs) =
+                (median(&mut ones), median(&mut indeps), median(&mut chains));
             println!(
-                "{limit}, N={n}: one node {one_secs:.2} s, {n} independent copies {indep_secs:.2} s, chain {chain_secs:.2} s; chain origin bytes {origin_bytes} of {dataset}"
+                "{limit}, N={n}: one node {ones:.2?} s, {n} independent copies {indeps:.2?} s, chain {chains:.2?} s; chain origin bytes {origin_bytes} of {dataset} (most of any run)"
             );
             rows.push(Row {
                 name: format!("{limit}, N={n}: one node, warm of S"),

@@ -79,6 +79,9 @@ pub(crate) struct Args {
     /// Origin egress limits (MB/s) the chain benchmark runs under, in turn; 0: unlimited.
     #[arg(long, value_delimiter = ',', default_value = "100,0")]
     chain_origin_mbps: Vec<u64>,
+    /// Repetitions of each chain-benchmark setup (medians reported).
+    #[arg(long, default_value_t = 3)]
+    chain_reps: usize,
     /// Measure only the chains (no one-node and independent-copy runs): for exploring settings.
     #[arg(long)]
     chain_skip_baselines: bool,

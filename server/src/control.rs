@@ -263,13 +263,7 @@ impl ControlService {
                         result: peer
                             .block_state(req, settings.fill_timeout, settings.peer_timeout)
                             .await
-                            .map_err(|f| {
-                                format!(
-                                    "node {} (cut out of the chain): {}",
-                                    peer.addr(),
-                                    f.reason()
-                                )
-                            }),
+                            .map_err(|f| format!("node {}: {}", peer.addr(), f.reason())),
                     }
                 }
             };

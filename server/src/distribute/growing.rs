@@ -2,9 +2,9 @@
 //!
 //! The filler appends chunks in order, each with the CRC32C it had when it entered the chain;
 //! readers (the next nodes of chains, and this node's own waiters) take chunks from any offset
-//! as soon as they are here, and wait for the rest. When the last chunk is in, the chunks are
-//! joined into one [`Block`] for the tiers, its CRC32C combined from the chunks' without
-//! reading the bytes again.
+//! as soon as they are here, and wait for the rest. Each chunk is also copied, while it is
+//! still in the CPU's caches, into the block's one buffer, so when the last chunk is in the
+//! block for the tiers is ready without another pass; its CRC32C is combined from the chunks'.
 
 use std::sync::{Arc, Mutex};
 
@@ -36,6 +36,11 @@ struct Chunk {
 #[derive(Default)]
 struct Inner {
     chunks: Vec<Chunk>,
+    /// The whole block being put together (`None` before the first chunk, and for good once
+    /// a chunk arrived that is not copied: see [`Growing::push_rest_of`]).
+    whole: Option<BytesMut>,
+    /// The block is put together in `whole`.
+    assembling: bool,
     filled: u64,
     /// Set once: the fill finished (every byte is in) or failed.
     end: Option<std::result::Result<(), Error>>,
@@ -47,7 +52,10 @@ impl Growing {
         Arc::new(Growing {
             start,
             len,
-            inner: Mutex::new(Inner::default()),
+            inner: Mutex::new(Inner {
+                assembling: true,
+                ..Inner::default()
+            }),
             progress: watch::Sender::new(0),
         })
     }
@@ -82,6 +90,14 @@ impl Growing {
             }
             let at = inner.filled;
             inner.filled += data.len() as u64;
+            // A block that is one chunk needs no copy.
+            if inner.assembling && data.len() as u64 != self.len {
+                let len = self.len as usize;
+                inner
+                    .whole
+                    .get_or_insert_with(|| BytesMut::with_capacity(len))
+                    .extend_from_slice(&data);
+            }
             inner.chunks.push(Chunk { at, data, crc32c });
             inner.filled
         };
@@ -92,6 +108,12 @@ impl Growing {
     /// Append the rest of a whole block that arrived another way (another reader's fill, the
     /// disk tier), in chunks of `chunk_size`, checksummed here.
     pub fn push_rest_of(&self, block: &Block, chunk_size: usize) -> Result<()> {
+        // The block exists already: nothing to put together.
+        {
+            let mut inner = self.inner.lock().expect("lock");
+            inner.assembling = false;
+            inner.whole = None;
+        }
         let mut at = self.filled() as usize;
         while at < block.len() {
             let end = (at + chunk_size).min(block.len());
@@ -119,26 +141,28 @@ impl Growing {
         self.progress.send_replace(filled);
     }
 
-    /// The whole block, once every chunk is in: the chunks joined, the CRC combined.
+    /// The whole block, once every chunk is in (once: the buffer is handed over), its CRC
+    /// combined from the chunks'.
     pub fn assemble(&self, source: FillSource) -> Result<Block> {
-        let inner = self.inner.lock().expect("lock");
+        let mut inner = self.inner.lock().expect("lock");
         if inner.filled != self.len {
             return Err(Error::Internal {
                 reason: format!("block has {} of {} bytes", inner.filled, self.len),
             });
         }
-        let (data, crc32c) = match inner.chunks.as_slice() {
-            [one] => (one.data.clone(), one.crc32c),
-            chunks => {
-                let mut buf = BytesMut::with_capacity(self.len as usize);
-                let mut crc = 0u32;
-                for c in chunks {
-                    buf.extend_from_slice(&c.data);
-                    crc = crc32c::crc32c_combine(crc, c.crc32c, c.data.len());
-                }
-                (buf.freeze(), crc)
+        let whole = inner.whole.take();
+        let data = match (inner.chunks.as_slice(), whole) {
+            ([one], _) => one.data.clone(),
+            (_, Some(whole)) if whole.len() as u64 == self.len => whole.freeze(),
+            _ => {
+                return Err(Error::Internal {
+                    reason: "the block was not put together here".into(),
+                });
             }
         };
+        let crc32c = inner.chunks.iter().fold(0u32, |crc, c| {
+            crc32c::crc32c_combine(crc, c.crc32c, c.data.len())
+        });
         Ok(Block {
             data,
             crc32c,
@@ -305,6 +329,8 @@ mod tests {
         let whole = Block::new(bytes(4, 9));
         g.push_rest_of(&whole, 3).unwrap();
         assert_eq!(g.filled(), 4);
-        assert_eq!(g.assemble(FillSource::Origin).unwrap().crc32c, whole.crc32c);
+        assert_eq!(g.crc32c(), whole.crc32c);
+        // A block that arrived whole is not put together again.
+        assert!(g.assemble(FillSource::Origin).is_err());
     }
 }

@@ -184,12 +184,7 @@ impl CacheService {
                 return Ok(block);
             }
             let source = self.pull_chain(&ctx, g, &upstream, chunk).await?;
-            let whole = g.clone();
-            let block = tokio::task::spawn_blocking(move || whole.assemble(source))
-                .await
-                .map_err(|e| Error::Internal {
-                    reason: format!("assembling a block failed: {e}"),
-                })??;
+            let block = g.assemble(source)?;
             if let Some(disk) = &self.disk {
                 disk.admit(key, block.clone());
             }
