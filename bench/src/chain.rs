@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use shardcache_client::ControlClient;
 use shardcache_client::control_proto::WarmRequest;
-use shardcache_testsuite::{S3Origin, TestServer, bytes_for, free_port};
+use shardcache_testsuite::{S3Origin, TestServer, bytes_for};
 
 use crate::{Args, Row};
 
@@ -36,7 +36,7 @@ pub struct ChainResult {
     pub points: Vec<ChainPoint>,
 }
 
-/// `n` in-process nodes; members of one cluster when `clustered`, else each alone.
+/// `n` fresh nodes over the chain dataset; one cluster when `clustered`, else each alone.
 async fn nodes(
     origin: &S3Origin,
     n: usize,
@@ -44,48 +44,14 @@ async fn nodes(
     chunk: u64,
     clustered: bool,
 ) -> anyhow::Result<Vec<TestServer>> {
-    let addrs: Vec<String> = (0..n)
-        .map(|_| format!("127.0.0.1:{}", free_port()))
-        .collect();
-    let mut servers = Vec::new();
-    for (i, addr) in addrs.iter().enumerate() {
-        let addr = addr.parse()?;
-        let peers = if clustered && n > 1 {
-            addrs.clone()
-        } else {
-            Vec::new()
-        };
-        servers.push(
-            TestServer::builder()
-                .dataset(origin.dataset("ds", "bench", "chain"))
-                .config(|c| {
-                    c.listen = addr;
-                    c.quic_listen = None;
-                    c.ram_cache = ram;
-                    c.node_id = Some(format!("node-{i}"));
-                    c.peers = peers;
-                    c.peer_refresh = Duration::from_millis(200);
-                    c.peer_probe_interval = Duration::from_millis(100);
-                    c.chain_chunk = chunk;
-                    // With the origin's egress shared by many block reads, one read takes
-                    // seconds: the deadline covers it, as it would for a slow object store.
-                    c.origin_timeout = Duration::from_secs(120);
-                })
-                .start()
-                .await,
-        );
-    }
-    if clustered && n > 1 {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while servers
-            .iter()
-            .any(|s| s.stats.peers.with_label_values(&["up"]).get() != (n - 1) as i64)
-        {
-            anyhow::ensure!(Instant::now() < deadline, "cluster never converged");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-    Ok(servers)
+    crate::cluster::nodes(origin, "chain", n, clustered, |c| {
+        c.ram_cache = ram;
+        c.chain_chunk = chunk;
+        // With the origin's egress shared by many block reads, one read takes seconds: the
+        // deadline covers it, as it would for a slow object store.
+        c.origin_timeout = Duration::from_secs(120);
+    })
+    .await
 }
 
 /// Warm `ds/` through `server`'s control plane; seconds, and bytes placed on all nodes.

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use shardcache_client::Client;
+use shardcache_server::config::Config;
 use shardcache_testsuite::{S3Origin, TestServer, bytes_for, free_port};
 
 use crate::{Args, Row};
@@ -24,35 +25,45 @@ pub struct ClusterResult {
     pub warm_ratio: f64,
 }
 
-/// Start `n` in-process nodes that know each other, and wait until each sees the others up.
-async fn nodes(origin: &S3Origin, n: usize, ram: u64) -> anyhow::Result<Vec<TestServer>> {
+/// Start `n` in-process nodes over the dataset `ds` = `bench/PREFIX`; members of one cluster
+/// when `clustered` (then wait until each sees the others up), else each alone. `set` adjusts
+/// each node's settings.
+pub(crate) async fn nodes(
+    origin: &S3Origin,
+    prefix: &str,
+    n: usize,
+    clustered: bool,
+    set: impl Fn(&mut Config),
+) -> anyhow::Result<Vec<TestServer>> {
+    let clustered = clustered && n > 1;
     let addrs: Vec<String> = (0..n)
         .map(|_| format!("127.0.0.1:{}", free_port()))
         .collect();
     let mut servers = Vec::new();
     for (i, addr) in addrs.iter().enumerate() {
         let addr = addr.parse()?;
-        let peers = if n > 1 { addrs.clone() } else { Vec::new() };
+        let peers = if clustered { addrs.clone() } else { Vec::new() };
         servers.push(
             TestServer::builder()
-                .dataset(origin.dataset("ds", "bench", "epoch"))
+                .dataset(origin.dataset("ds", "bench", prefix))
                 .config(|c| {
                     c.listen = addr;
                     c.quic_listen = None;
-                    c.ram_cache = ram;
                     c.node_id = Some(format!("node-{i}"));
                     c.peers = peers;
                     c.peer_refresh = Duration::from_millis(200);
                     c.peer_probe_interval = Duration::from_millis(100);
+                    set(c);
                 })
                 .start()
                 .await,
         );
     }
     let deadline = Instant::now() + Duration::from_secs(30);
-    while servers
-        .iter()
-        .any(|s| s.stats.peers.with_label_values(&["up"]).get() != (n - 1) as i64)
+    while clustered
+        && servers
+            .iter()
+            .any(|s| s.stats.peers.with_label_values(&["up"]).get() != (n - 1) as i64)
     {
         anyhow::ensure!(Instant::now() < deadline, "cluster never converged");
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -112,7 +123,7 @@ pub async fn cluster(origin: &S3Origin, args: &Args) -> anyhow::Result<ClusterRe
     // One node first, then the cluster; each on fresh caches.
     for (label, count) in [("1 node", 1), ("cluster", n)] {
         let ram = if count == 1 { dataset * 2 } else { dataset };
-        let servers = nodes(origin, count, ram).await?;
+        let servers = nodes(origin, "epoch", count, true, |c| c.ram_cache = ram).await?;
         let before = origin.total();
         let (bytes, cold) = epoch(&servers, args.cluster_readers, 0, &crcs).await?;
         let origin_bytes = origin.total().get_bytes - before.get_bytes;

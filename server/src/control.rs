@@ -26,7 +26,7 @@ use shardcache_proto::{BlockState, ErrorCode, ObjectPath, PeerMode};
 use tokio::sync::mpsc;
 use tonic::{Request, Response, Status};
 
-use crate::cluster::{Candidate, PeerState};
+use crate::cluster::{Candidate, Peer, PeerState};
 use crate::error::Error;
 use crate::origin::{Origin, Version};
 use crate::service::CacheService;
@@ -185,7 +185,6 @@ impl ControlService {
         targets: &[Candidate],
     ) -> Vec<Placed> {
         let cluster = self.service.cluster();
-        let settings = cluster.settings();
         let ops = targets.iter().map(|t| async move {
             match t {
                 Candidate::Me => Placed {
@@ -198,13 +197,7 @@ impl ControlService {
                 },
                 Candidate::Peer(peer) => {
                     let req = CacheService::peer_request(origin, key, version, index, mode);
-                    Placed {
-                        node: peer.name(),
-                        result: peer
-                            .block_state(req, settings.fill_timeout, settings.peer_timeout)
-                            .await
-                            .map_err(|f| format!("node {}: {}", peer.addr(), f.reason())),
-                    }
+                    self.on_peer(peer, req).await
                 }
             }
         });
@@ -258,13 +251,7 @@ impl ControlService {
                         CacheService::peer_request(origin, key, version, index, PeerMode::Chain);
                     req.chunk_size = chunk;
                     req.upstream = upstream;
-                    Placed {
-                        node: peer.name(),
-                        result: peer
-                            .block_state(req, settings.fill_timeout, settings.peer_timeout)
-                            .await
-                            .map_err(|f| format!("node {}: {}", peer.addr(), f.reason())),
-                    }
+                    self.on_peer(peer, req).await
                 }
             };
             // The head has read the block from the origin (or failed): the warm may start
@@ -325,6 +312,18 @@ impl ControlService {
             crate::stats::Stats::add(&stats.warm_loaded, 1);
         }
         Some((b.len, b.crc32c))
+    }
+
+    /// One block-state request to a peer.
+    async fn on_peer(&self, peer: &Peer, req: shardcache_proto::PeerBlock) -> Placed {
+        let settings = self.service.cluster().settings();
+        Placed {
+            node: peer.name(),
+            result: peer
+                .block_state(req, settings.fill_timeout, settings.peer_timeout)
+                .await
+                .map_err(|f| format!("node {}: {}", peer.addr(), f.reason())),
+        }
     }
 
     fn blocks(origin: &Origin, size: u64) -> u64 {

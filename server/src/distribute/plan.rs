@@ -8,7 +8,7 @@
 //! placement), and for `--replicas` the head is the block's owner, which already holds it
 //! when the block was read before.
 
-use crate::cluster::placement::{Weighted, rank, score};
+use crate::cluster::placement::{Weighted, rank};
 
 /// Indices of `members` in chain order for the block with hash `block`: the `replicas`
 /// highest-ranked members (weighted placement: owner first), or, when `replicas` is `None`,
@@ -17,19 +17,14 @@ pub fn chain(members: &[Weighted], block: u64, replicas: Option<usize>) -> Vec<u
     match replicas {
         Some(n) => rank(members, block, n),
         None => {
-            let mut scored: Vec<(f64, u64, usize)> = members
+            let equal: Vec<Weighted> = members
                 .iter()
-                .enumerate()
-                .map(|(i, m)| {
-                    let w = Weighted {
-                        hash: m.hash,
-                        weight: 1,
-                    };
-                    (score(w, block), m.hash, i)
+                .map(|m| Weighted {
+                    hash: m.hash,
+                    weight: 1,
                 })
                 .collect();
-            scored.sort_by(|a, b| b.0.total_cmp(&a.0).then(b.1.cmp(&a.1)));
-            scored.into_iter().map(|(_, _, i)| i).collect()
+            rank(&equal, block, equal.len())
         }
     }
 }

@@ -169,18 +169,13 @@ impl Origin {
             .with_retry(key, Op::Get, fetch)
             .await
             .map_err(|e| self.pinned(e, version))?;
-        let changed = |found: String| Error::VersionChanged {
-            dataset: self.dataset.clone(),
-            key: key.to_string(),
-            expected: version.etag.clone(),
-            found,
-        };
-        if !version.etag.is_empty() && !found.is_empty() && found != version.etag {
-            return Err(changed(found));
-        }
-        if size != version.size || bytes.len() as u64 != expected_len {
-            return Err(changed(format!("{found} ({size} bytes)")));
-        }
+        self.check_answer(
+            key,
+            version,
+            &found,
+            size,
+            bytes.len() as u64 == expected_len,
+        )?;
         Stats::add(&self.stats.origin_bytes, bytes.len() as u64);
         Ok(bytes)
     }
@@ -217,18 +212,13 @@ impl Origin {
             .await
             .map_err(|e| self.pinned(e, version))?;
         let found = result.meta.e_tag.clone().unwrap_or_default();
-        let changed = |found: String| Error::VersionChanged {
-            dataset: self.dataset.clone(),
-            key: key.to_string(),
-            expected: version.etag.clone(),
-            found,
-        };
-        if !version.etag.is_empty() && !found.is_empty() && found != version.etag {
-            return Err(changed(found));
-        }
-        if result.meta.size != version.size || result.range != range {
-            return Err(changed(format!("{found} ({} bytes)", result.meta.size)));
-        }
+        self.check_answer(
+            key,
+            version,
+            &found,
+            result.meta.size,
+            result.range == range,
+        )?;
         let body = result.into_stream();
         let stats = self.stats.clone();
         let timeout = self.retry.attempt_timeout;
@@ -267,6 +257,31 @@ impl Origin {
             Some((item, st))
         })
         .boxed())
+    }
+
+    /// Whether the origin answered with the pinned version (some S3-compatible servers ignore
+    /// `If-Match`): the ETag it sent, the object size, and whether the range is the one asked.
+    fn check_answer(
+        &self,
+        key: &str,
+        version: &Version,
+        found: &str,
+        size: u64,
+        range_ok: bool,
+    ) -> Result<()> {
+        let changed = |found: String| Error::VersionChanged {
+            dataset: self.dataset.clone(),
+            key: key.to_string(),
+            expected: version.etag.clone(),
+            found,
+        };
+        if !version.etag.is_empty() && !found.is_empty() && found != version.etag {
+            return Err(changed(found.to_string()));
+        }
+        if size != version.size || !range_ok {
+            return Err(changed(format!("{found} ({size} bytes)")));
+        }
+        Ok(())
     }
 
     /// A version change found by a retried request, naming the version the read pinned.

@@ -63,6 +63,8 @@ class ShardcacheFileSystem(AbstractFileSystem):
                     "etag": e.etag,
                     "cached_fraction": e.cached_fraction,
                 }
+        if not out:
+            raise FileNotFoundError(path)
         items = sorted(out.values(), key=lambda x: x["name"])
         return items if detail else [i["name"] for i in items]
 
