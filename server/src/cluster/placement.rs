@@ -80,12 +80,13 @@ pub fn owner(members: &[Weighted], block: u64) -> Option<usize> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::cache::ObjectId;
     use proptest::prelude::*;
 
-    fn nodes(n: usize, weight: impl Fn(usize) -> u32) -> Vec<Weighted> {
+    /// Members `node-0`, `node-1`, ... with the given weights.
+    pub(crate) fn nodes(n: usize, weight: impl Fn(usize) -> u32) -> Vec<Weighted> {
         (0..n)
             .map(|i| Weighted {
                 hash: node_hash(&format!("node-{i}")),

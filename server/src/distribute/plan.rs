@@ -33,16 +33,8 @@ pub fn chain(members: &[Weighted], block: u64, replicas: Option<usize>) -> Vec<u
 mod tests {
     use super::*;
     use crate::cache::{BlockKey, ObjectId};
-    use crate::cluster::placement::{block_hash, node_hash};
-
-    fn nodes(n: usize, weight: impl Fn(usize) -> u32) -> Vec<Weighted> {
-        (0..n)
-            .map(|i| Weighted {
-                hash: node_hash(&format!("node-{i}")),
-                weight: weight(i),
-            })
-            .collect()
-    }
+    use crate::cluster::placement::block_hash;
+    use crate::cluster::placement::tests::nodes;
 
     fn blocks(n: u64) -> impl Iterator<Item = u64> {
         (0..n).map(|i| {
