@@ -54,8 +54,8 @@ async fn nodes(
     .await
 }
 
-/// Warm `ds/` through `server`'s control plane; seconds, and bytes placed on all nodes.
-async fn warm(server: &TestServer, all_nodes: bool) -> anyhow::Result<(f64, u64)> {
+/// Warm `ds/` through `server`'s control plane; seconds, and the bytes placed on each node.
+async fn warm(server: &TestServer, all_nodes: bool) -> anyhow::Result<(f64, Vec<u64>)> {
     let control = server.control.expect("control plane").to_string();
     let ctl = ControlClient::connect(&control, None, None).await?;
     let started = Instant::now();
@@ -78,7 +78,7 @@ async fn warm(server: &TestServer, all_nodes: bool) -> anyhow::Result<(f64, u64)
     let secs = started.elapsed().as_secs_f64();
     let last = last.ok_or_else(|| anyhow::anyhow!("no progress report"))?;
     anyhow::ensure!(last.done, "the warm did not finish");
-    Ok((secs, last.nodes.iter().map(|n| n.bytes).sum()))
+    Ok((secs, last.nodes.iter().map(|n| n.bytes).collect()))
 }
 
 /// The median of some times; NaN when there are none.
@@ -130,7 +130,7 @@ pub async fn chain(origin: &S3Origin, args: &Args) -> anyhow::Result<ChainResult
                     // (a) one node.
                     let one = nodes(origin, 1, ram, chunk, false).await?;
                     let (secs, placed) = warm(&one[0], false).await?;
-                    anyhow::ensure!(placed == dataset, "one node placed {placed} bytes");
+                    anyhow::ensure!(placed == [dataset], "one node placed {placed:?} bytes");
                     ones.push(secs);
                     stop(one).await;
 
@@ -140,7 +140,10 @@ pub async fn chain(origin: &S3Origin, args: &Args) -> anyhow::Result<ChainResult
                     let runs: Vec<_> = alone.iter().map(|s| warm(s, false)).collect();
                     for r in futures::future::join_all(runs).await {
                         let (_, placed) = r?;
-                        anyhow::ensure!(placed == dataset, "a single node placed {placed} bytes");
+                        anyhow::ensure!(
+                            placed == [dataset],
+                            "a single node placed {placed:?} bytes"
+                        );
                     }
                     indeps.push(started.elapsed().as_secs_f64());
                     stop(alone).await;
@@ -152,8 +155,8 @@ pub async fn chain(origin: &S3Origin, args: &Args) -> anyhow::Result<ChainResult
                 let (secs, placed) = warm(&cluster[0], true).await?;
                 origin_bytes = origin_bytes.max(origin.total().get_bytes - before);
                 anyhow::ensure!(
-                    placed == n as u64 * dataset,
-                    "the chain placed {placed} bytes on {n} nodes"
+                    placed.len() == n && placed.iter().all(|&b| b == dataset),
+                    "the chain placed {placed:?} bytes on {n} nodes"
                 );
                 chains.push(secs);
                 stop(cluster).await;

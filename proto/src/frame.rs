@@ -341,8 +341,7 @@ pub struct BlockState {
     /// Held after this request.
     pub present: bool,
     pub len: u64,
-    /// CRC32C of the block when held after the request and known without reading it (held in
-    /// RAM, or just loaded); 0 otherwise.
+    /// `Load` and `Chain`: CRC32C of the block now held; 0 otherwise.
     pub crc32c: u32,
 }
 

@@ -38,6 +38,8 @@ const WARM_OBJECTS_AT_ONCE: usize = 4;
 const WARM_BLOCKS_AT_ONCE: usize = 8;
 /// Warms running at once on one node; more are refused as busy.
 const MAX_WARMS: usize = 4;
+/// Failures a warm keeps for its next report; more are counted, not kept.
+const MAX_QUEUED_FAILURES: usize = 1000;
 /// How often a warm reports progress.
 const PROGRESS_EVERY: Duration = Duration::from_millis(250);
 
@@ -220,8 +222,7 @@ impl ControlService {
         let cluster = self.service.cluster();
         let settings = cluster.settings();
         let me = cluster.own_addr();
-        let head_done = std::sync::Mutex::new(Some(head_done));
-        let head_done = &head_done;
+        let mut head_done = Some(head_done);
         // This node can be in the chain only if the others can name it.
         let (chain, rest): (Vec<&Candidate>, Vec<&Candidate>) = targets
             .iter()
@@ -235,33 +236,39 @@ impl ControlService {
             .collect();
         let addrs = &addrs;
         let chunk = settings.chain_chunk;
-        let hops = chain.iter().enumerate().map(|(i, t)| async move {
-            let upstream = addrs[..i].to_vec();
-            let placed = match t {
-                Candidate::Me => Placed {
-                    node: cluster.node_id().to_string(),
-                    result: self
-                        .service
-                        .chain_op(origin, key, version.clone(), index, upstream, chunk)
-                        .await
-                        .map_err(|e| e.to_string()),
-                },
-                Candidate::Peer(peer) => {
-                    let mut req =
-                        CacheService::peer_request(origin, key, version, index, PeerMode::Chain);
-                    req.chunk_size = chunk;
-                    req.upstream = upstream;
-                    self.on_peer(peer, req).await
+        let hops = chain.iter().enumerate().map(|(i, t)| {
+            let head_done = if i == 0 { head_done.take() } else { None };
+            async move {
+                let upstream = addrs[..i].to_vec();
+                let placed = match t {
+                    Candidate::Me => Placed {
+                        node: cluster.node_id().to_string(),
+                        result: self
+                            .service
+                            .chain_op(origin, key, version.clone(), index, upstream, chunk)
+                            .await
+                            .map_err(|e| e.to_string()),
+                    },
+                    Candidate::Peer(peer) => {
+                        let mut req = CacheService::peer_request(
+                            origin,
+                            key,
+                            version,
+                            index,
+                            PeerMode::Chain,
+                        );
+                        req.chunk_size = chunk;
+                        req.upstream = upstream;
+                        self.on_peer(peer, req).await
+                    }
+                };
+                // The head has read the block from the origin (or failed): the warm may start
+                // the next one while this one travels on.
+                if let Some(tx) = head_done {
+                    let _ = tx.send(());
                 }
-            };
-            // The head has read the block from the origin (or failed): the warm may start
-            // the next one while this one travels on.
-            if i == 0
-                && let Some(tx) = head_done.lock().expect("lock").take()
-            {
-                let _ = tx.send(());
+                placed
             }
-            placed
         });
         let mut placed = futures::future::join_all(hops).await;
         if !rest.is_empty() {
@@ -293,7 +300,7 @@ impl ControlService {
                     *s.nodes.entry(p.node).or_default() += b.len;
                     first.get_or_insert(b);
                 }
-                Err(message) => s.failures.push(Failure {
+                Err(message) => s.fail(Failure {
                     path: format!("{}/{key}", origin.dataset()),
                     message: format!("block {index}: {message}"),
                     node: p.node,
@@ -340,7 +347,11 @@ struct WarmState {
     bytes_done: u64,
     bytes_skipped: u64,
     nodes: BTreeMap<String, u64>,
+    /// Failures not yet reported (at most `MAX_QUEUED_FAILURES`; the rest are counted).
     failures: Vec<Failure>,
+    failures_dropped: u64,
+    /// Collect the manifest (the caller asked for one).
+    with_manifest: bool,
     manifest: Vec<ManifestEntry>,
     /// The caller went away: start nothing new, let what runs finish (so no fetched block is
     /// thrown away before it is stored).
@@ -348,7 +359,29 @@ struct WarmState {
 }
 
 impl WarmState {
-    fn progress(&mut self, done: bool, with_manifest: bool) -> WarmProgress {
+    /// Queue a failure for the next report. A caller that is not reading (a detached warm)
+    /// and a node that fails every block cannot make the queue grow without bound.
+    fn fail(&mut self, failure: Failure) {
+        if self.failures.len() < MAX_QUEUED_FAILURES {
+            self.failures.push(failure);
+        } else {
+            self.failures_dropped += 1;
+        }
+    }
+
+    fn progress(&mut self, done: bool) -> WarmProgress {
+        let mut failures = std::mem::take(&mut self.failures);
+        if self.failures_dropped > 0 {
+            failures.push(Failure {
+                path: String::new(),
+                message: format!(
+                    "{} more failures not listed (more than {MAX_QUEUED_FAILURES} between two reports)",
+                    self.failures_dropped
+                ),
+                node: String::new(),
+            });
+            self.failures_dropped = 0;
+        }
         WarmProgress {
             objects_total: self.objects_total,
             objects_done: self.objects_done,
@@ -363,9 +396,9 @@ impl WarmState {
                     bytes: *bytes,
                 })
                 .collect(),
-            failures: std::mem::take(&mut self.failures),
+            failures,
             done,
-            manifest: if done && with_manifest {
+            manifest: if done && self.with_manifest {
                 std::mem::take(&mut self.manifest)
             } else {
                 Vec::new()
@@ -398,11 +431,11 @@ impl Control for ControlService {
         let state = Arc::new(Mutex::new(WarmState {
             objects_total: objects.len() as u64,
             bytes_total: objects.iter().map(|(_, s)| s).sum(),
+            with_manifest: req.manifest,
             ..WarmState::default()
         }));
         let (tx, rx) = mpsc::channel(4);
         let this = self.clone();
-        let with_manifest = req.manifest;
         let replicas = req.replicas.max(1) as usize;
         let all_nodes = req.all_nodes;
         let detach = req.detach;
@@ -436,11 +469,11 @@ impl Control for ControlService {
                             }
                             continue;
                         };
-                        slot.send(Ok(state.lock().expect("lock").progress(false, false)));
+                        slot.send(Ok(state.lock().expect("lock").progress(false)));
                     }
                 }
             }
-            let last = state.lock().expect("lock").progress(true, with_manifest);
+            let last = state.lock().expect("lock").progress(true);
             // The caller gets a while to take the last report; the warm slot is freed anyway.
             let _ = tokio::time::timeout(Duration::from_secs(60), tx.send(Ok(last))).await;
         });
@@ -468,25 +501,25 @@ impl Control for ControlService {
                         };
                     };
                     let blocks = ControlService::blocks(&origin, version.size);
-                    let mut cached = 0u64;
-                    for index in 0..blocks {
-                        let bkey = CacheService::block_key(&origin, &key, &version, index);
-                        // The owner and its first neighbour: where a block lives.
-                        let targets = cluster.candidates(&bkey, 2);
-                        let found = self
-                            .on_targets(&origin, &key, &version, index, PeerMode::Check, &targets)
-                            .await;
-                        if found
-                            .iter()
-                            .any(|p| p.result.as_ref().is_ok_and(|s| s.present))
-                        {
-                            cached += 1;
-                        }
-                    }
+                    let (origin, key, version) = (&origin, &key, &version);
+                    let cached = stream::iter(0..blocks)
+                        .map(|index| async move {
+                            let bkey = CacheService::block_key(origin, key, version, index);
+                            // The owner and its first neighbour: where a block lives.
+                            let targets = cluster.candidates(&bkey, 2);
+                            self.on_targets(origin, key, version, index, PeerMode::Check, &targets)
+                                .await
+                                .iter()
+                                .any(|p| p.result.as_ref().is_ok_and(|s| s.present))
+                        })
+                        .buffered(WARM_BLOCKS_AT_ONCE)
+                        .filter(|held| std::future::ready(*held))
+                        .count()
+                        .await as u64;
                     ObjectEntry {
-                        key,
+                        key: key.clone(),
                         size: version.size,
-                        etag: version.etag,
+                        etag: version.etag.clone(),
                         cached_fraction: if blocks == 0 {
                             1.0
                         } else {
@@ -516,34 +549,32 @@ impl Control for ControlService {
         let cluster = self.service.cluster();
         let everyone = cluster.everyone();
         let bs = origin.settings().block_size;
-        let mut blocks = Vec::new();
-        for index in 0..ControlService::blocks(&origin, version.size) {
-            let bkey = CacheService::block_key(&origin, path.key(), &version, index);
-            let owner = match cluster.candidates(&bkey, 1).first() {
-                Some(Candidate::Peer(p)) => p.name(),
-                _ => cluster.node_id().to_string(),
-            };
-            let found = self
-                .on_targets(
-                    &origin,
-                    path.key(),
-                    &version,
+        let (origin, version_ref, everyone, key) = (&origin, &version, &everyone, path.key());
+        let blocks = stream::iter(0..ControlService::blocks(origin, version.size))
+            .map(|index| async move {
+                let version = version_ref;
+                let bkey = CacheService::block_key(origin, key, version, index);
+                let owner = match cluster.candidates(&bkey, 1).first() {
+                    Some(Candidate::Peer(p)) => p.name(),
+                    _ => cluster.node_id().to_string(),
+                };
+                let found = self
+                    .on_targets(origin, key, version, index, PeerMode::Check, everyone)
+                    .await;
+                BlockHolders {
                     index,
-                    PeerMode::Check,
-                    &everyone,
-                )
-                .await;
-            blocks.push(BlockHolders {
-                index,
-                length: bs.min(version.size - index * bs),
-                owner,
-                holders: found
-                    .into_iter()
-                    .filter(|p| p.result.as_ref().is_ok_and(|s| s.present))
-                    .map(|p| p.node)
-                    .collect(),
-            });
-        }
+                    length: bs.min(version.size - index * bs),
+                    owner,
+                    holders: found
+                        .into_iter()
+                        .filter(|p| p.result.as_ref().is_ok_and(|s| s.present))
+                        .map(|p| p.node)
+                        .collect(),
+                }
+            })
+            .buffered(WARM_BLOCKS_AT_ONCE)
+            .collect::<Vec<_>>()
+            .await;
         Ok(Response::new(StatResponse {
             path: req.path,
             size: version.size,
@@ -587,10 +618,16 @@ impl Control for ControlService {
                     continue;
                 }
             };
-            for index in 0..ControlService::blocks(&origin, version.size) {
-                for placed in self
-                    .on_targets(&origin, &key, &version, index, PeerMode::Evict, &everyone)
-                    .await
+            let (origin, key, version, everyone) = (&origin, &key, &version, &everyone);
+            let placed: Vec<Placed> = stream::iter(0..ControlService::blocks(origin, version.size))
+                .map(|index| {
+                    self.on_targets(origin, key, version, index, PeerMode::Evict, everyone)
+                })
+                .buffer_unordered(WARM_BLOCKS_AT_ONCE)
+                .flat_map(stream::iter)
+                .collect()
+                .await;
+            for placed in placed {
                 {
                     match placed.result {
                         Ok(s) if s.was_present => resp.blocks += 1,
@@ -618,11 +655,7 @@ impl Control for ControlService {
             .map_or((0, 0), |d| (d.used(), d.capacity()));
         let mut members = vec![Member {
             node_id: cluster.node_id().to_string(),
-            address: cluster
-                .settings()
-                .own_addr
-                .map(|a| a.to_string())
-                .unwrap_or_default(),
+            address: cluster.own_addr().unwrap_or_default(),
             state: "self".into(),
             weight: cluster.weight(),
             ram_used_bytes: self.service.ram().used(),
@@ -633,7 +666,6 @@ impl Control for ControlService {
         }];
         for m in cluster.members() {
             if m.state == PeerState::Myself {
-                members[0].address = m.addr.clone();
                 continue;
             }
             let pong = m.last_pong.clone().unwrap_or_default();
@@ -689,7 +721,7 @@ impl ControlService {
     ) {
         let fail = |message: String| {
             let mut s = state.lock().expect("lock");
-            s.failures.push(Failure {
+            s.fail(Failure {
                 path: format!("{}/{key}", origin.dataset()),
                 message,
                 node: String::new(),
@@ -764,7 +796,7 @@ impl ControlService {
         let mut s = state.lock().expect("lock");
         s.objects_done += 1;
         // The whole object's CRC32C from its blocks', when every block made it.
-        if results.iter().all(Option::is_some) {
+        if s.with_manifest && results.iter().all(Option::is_some) {
             let crc = results.iter().flatten().fold(0u32, |acc, (len, crc)| {
                 crc32c::crc32c_combine(acc, *crc, *len as usize)
             });

@@ -448,10 +448,19 @@ impl Server {
             let _ = admin.await;
         }
         let _ = membership.await;
-        if let Some(control) = control
-            && let Ok(Err(e)) = control.await
-        {
-            tracing::warn!(error = %e, "control plane stopped with an error");
+        // A warm's progress stream lasts as long as the warm: the control plane gets the same
+        // grace as connections, then stops.
+        if let Some(mut control) = control {
+            match tokio::time::timeout(SHUTDOWN_GRACE, &mut control).await {
+                Ok(Ok(Err(e))) => tracing::warn!(error = %e, "control plane stopped with an error"),
+                Ok(_) => {}
+                Err(_) => {
+                    tracing::warn!(
+                        "stopping control-plane calls still open after the shutdown grace period"
+                    );
+                    control.abort();
+                }
+            }
         }
         Ok(())
     }

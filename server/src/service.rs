@@ -177,12 +177,12 @@ impl CacheService {
         &self.stats
     }
 
-    /// Accept peer-only requests only from connections authenticated by the cluster CA.
     /// Bound the chain fills in flight (each buffers up to a block).
     pub fn set_chain_fills(&mut self, n: usize) {
         self.chain_slots = Arc::new(tokio::sync::Semaphore::new(n.max(1)));
     }
 
+    /// Accept peer-only requests only from connections authenticated by the cluster CA.
     pub fn require_peer_certificates(&mut self) {
         self.peer_auth_required = true;
     }
@@ -357,6 +357,13 @@ impl CacheService {
         let bs = ctx.origin.settings().block_size;
         let range = index * bs..((index + 1) * bs).min(ctx.version.size);
         let fill = async {
+            // A chain is bringing the block here: wait for it rather than fetch it twice.
+            if let Some(g) = self.chain_fill(&key)
+                && g.wait().await.is_ok()
+                && let Some(block) = g.block()
+            {
+                return Ok(block);
+            }
             if let Some(disk) = &self.disk
                 && let Some(block) = disk.get(&key).await
             {
@@ -458,11 +465,20 @@ impl CacheService {
                                 ("did not fill the block".to_string(), false)
                             }
                         };
-                        tracing::warn!(
-                            peer = peer.addr(),
-                            reason,
-                            "owner did not deliver a block; trying the next candidate"
-                        );
+                        // A dead owner is worth a warning; a busy one is routine.
+                        if down {
+                            tracing::warn!(
+                                peer = peer.addr(),
+                                reason,
+                                "owner did not deliver a block; trying the next candidate"
+                            );
+                        } else {
+                            tracing::debug!(
+                                peer = peer.addr(),
+                                reason,
+                                "owner declined a block; trying the next candidate"
+                            );
+                        }
                         if down {
                             self.cluster.report_failure(peer, &reason);
                         }
@@ -677,9 +693,10 @@ impl CacheService {
             object: ctx.object,
             index,
         };
-        let in_ram = self.ram.get(&bkey).await;
+        // A look, not a use: listing or evicting a prefix must not reorder the RAM tier.
+        let in_ram = self.ram.contains(&bkey);
         let on_disk = self.disk.as_ref().is_some_and(|d| d.contains(&bkey));
-        let was_present = in_ram.is_some() || on_disk;
+        let was_present = in_ram || on_disk;
         let state = |present: bool, crc32c: u32| BlockState {
             was_present,
             present,
@@ -687,7 +704,7 @@ impl CacheService {
             crc32c: if present { crc32c } else { 0 },
         };
         match mode {
-            PeerMode::Check => Ok(state(was_present, in_ram.map_or(0, |b| b.crc32c))),
+            PeerMode::Check => Ok(state(was_present, 0)),
             PeerMode::Evict => {
                 self.ram.invalidate(&bkey).await;
                 if let Some(disk) = &self.disk {
@@ -696,9 +713,6 @@ impl CacheService {
                 Ok(state(false, 0))
             }
             PeerMode::Load => {
-                if let Some(block) = in_ram {
-                    return Ok(state(true, block.crc32c));
-                }
                 let (block, _) = self.block(ctx, index).await?;
                 Ok(state(true, block.crc32c))
             }

@@ -128,6 +128,13 @@ impl TestClusterBuilder {
         self
     }
 
+    /// Start, then wait until every node sees every other one up.
+    pub async fn start_converged(self) -> TestCluster {
+        let cluster = self.start().await;
+        cluster.wait_converged().await;
+        cluster
+    }
+
     pub async fn start(self) -> TestCluster {
         crate::init();
         let dir = tempfile::tempdir().expect("tempdir");
@@ -230,6 +237,14 @@ impl Drop for TestCluster {
 }
 
 impl TestCluster {
+    /// Three nodes over dataset `ds` = `bucket/train` of `origin` with blocks of `block_size`
+    /// bytes: the common shape of the cluster tests.
+    pub fn over(origin: &crate::S3Origin, block_size: usize) -> TestClusterBuilder {
+        let mut d = origin.dataset("ds", "bucket", "train");
+        d.block_size = Some(block_size as u64);
+        TestCluster::builder().dataset(d)
+    }
+
     /// Three nodes unless told otherwise; fast membership settings for tests.
     pub fn builder() -> TestClusterBuilder {
         TestClusterBuilder {

@@ -22,16 +22,11 @@ fn total(objects: &[Vec<u8>]) -> u64 {
 }
 
 async fn cluster(origin: &S3Origin, nodes: usize) -> TestCluster {
-    let mut d = origin.dataset("ds", "bucket", "train");
-    d.block_size = Some(BLOCK as u64);
-    let c = TestCluster::builder()
+    TestCluster::over(origin, BLOCK)
         .nodes(nodes)
-        .dataset(d)
         .arg("--chain-chunk", CHUNK)
-        .start()
-        .await;
-    c.wait_converged().await;
-    c
+        .start_converged()
+        .await
 }
 
 fn broadcast() -> WarmRequest {
@@ -74,13 +69,22 @@ async fn assert_held(ctl: &ControlClient, objects: &[Vec<u8>], nodes: &[&str]) {
     }
 }
 
-/// Read every object through node `n`: every byte checked.
+/// Read every object through node `n`: every byte checked, and every byte served from the
+/// node's own tiers (none from a peer or the origin), so the node really holds the data.
 async fn read_all(cluster: &TestCluster, n: usize, objects: &[Vec<u8>]) {
+    let served = |source: &str| format!("shardcache_served_bytes_total{{source=\"{source}\"}}");
+    let ram_before = cluster.metric(n, &served("ram")).await;
     let client = Client::connect(&cluster.endpoint(n)).await.unwrap();
     for (i, want) in objects.iter().enumerate() {
         let got = client.read(&format!("ds/obj-{i:03}"), ..).await.unwrap();
         assert!(got[..] == want[..], "node {n} obj-{i:03}");
     }
+    let from_ram = cluster.metric(n, &served("ram")).await - ram_before;
+    assert_eq!(
+        from_ram,
+        total(objects) as f64,
+        "node {n} served every byte from its own RAM"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -272,16 +276,11 @@ async fn a_damaged_chunk_is_caught_and_sent_again() {
     .await;
     let damaged = Arc::new(AtomicU64::new(0));
     let (fake, _task) = damaging_member(objects.clone(), damaged.clone()).await;
-    let mut d = origin.dataset("ds", "bucket", "train");
-    d.block_size = Some(BLOCK as u64);
-    let cluster = TestCluster::builder()
-        .nodes(3)
-        .dataset(d)
+    let cluster = TestCluster::over(&origin, BLOCK)
         .arg("--chain-chunk", CHUNK)
         .extra_member(fake)
-        .start()
+        .start_converged()
         .await;
-    cluster.wait_converged().await;
     let ctl = ControlClient::connect(&cluster.control_endpoint(0), None, None)
         .await
         .unwrap();

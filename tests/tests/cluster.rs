@@ -28,9 +28,7 @@ fn blocks(objects: &[Vec<u8>]) -> u64 {
 }
 
 async fn cluster(origin: &S3Origin, nodes: usize) -> TestCluster {
-    let mut d = origin.dataset("ds", "bucket", "train");
-    d.block_size = Some(BLOCK as u64);
-    TestCluster::builder().nodes(nodes).dataset(d).start().await
+    TestCluster::over(origin, BLOCK).nodes(nodes).start().await
 }
 
 /// Read every object through every listed node at once; every byte checked.
@@ -104,15 +102,10 @@ async fn three_nodes_read_each_block_from_the_origin_once() {
 async fn without_copies_blocks_stay_with_their_owners() {
     let origin = S3Origin::start(&["bucket"]).await;
     let objects = dataset(&origin, 6, 1 << 20).await;
-    let mut d = origin.dataset("ds", "bucket", "train");
-    d.block_size = Some(BLOCK as u64);
-    let cluster = TestCluster::builder()
-        .nodes(3)
-        .dataset(d)
+    let cluster = TestCluster::over(&origin, BLOCK)
         .arg("--peer-keep-copies", "false")
-        .start()
+        .start_converged()
         .await;
-    cluster.wait_converged().await;
     let fills = "shardcache_peer_requests_total{mode=\"fill\",outcome=\"ok\"}";
     read_all(&cluster, &[0], &objects).await;
     let first = cluster.metric(0, fills).await;
@@ -220,16 +213,11 @@ async fn a_stalled_node_is_marked_down_and_skipped() {
     let origin = S3Origin::start(&["bucket"]).await;
     let objects = dataset(&origin, 8, 1 << 20).await;
     // Default probe settings, so this checks the documented detection time.
-    let mut d = origin.dataset("ds", "bucket", "train");
-    d.block_size = Some(BLOCK as u64);
-    let cluster = TestCluster::builder()
-        .nodes(3)
-        .dataset(d)
+    let cluster = TestCluster::over(&origin, BLOCK)
         .arg("--peer-probe-interval", "500ms")
         .arg("--peer-timeout", "1s")
-        .start()
+        .start_converged()
         .await;
-    cluster.wait_converged().await;
 
     cluster.signal(2, rustix::process::Signal::STOP);
     let stopped = Instant::now();

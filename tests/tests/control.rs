@@ -23,15 +23,11 @@ fn blocks(objects: &[Vec<u8>]) -> u64 {
 }
 
 async fn cluster(origin: &S3Origin, extra: &[(&str, &str)]) -> TestCluster {
-    let mut d = origin.dataset("ds", "bucket", "train");
-    d.block_size = Some(BLOCK as u64);
-    let mut b = TestCluster::builder().nodes(3).dataset(d);
+    let mut b = TestCluster::over(origin, BLOCK);
     for (flag, value) in extra {
         b = b.arg(flag, value);
     }
-    let c = b.start().await;
-    c.wait_converged().await;
-    c
+    b.start_converged().await
 }
 
 /// Run a warm to its end; the last progress message.

@@ -312,13 +312,14 @@ async fn warm(
             bar
         });
     let mut failures = Vec::new();
+    let mut failed_nodes = std::collections::BTreeSet::new();
     let mut last = None;
-    let mut printed = std::time::Instant::now() - std::time::Duration::from_secs(10);
+    let mut printed: Option<std::time::Instant> = None;
     while let Some(p) = stream.message().await? {
         for f in &p.failures {
             failures.push((f.path.clone(), f.message.clone(), f.node.clone()));
             // A node that fails is reported once, not once per block.
-            if !f.node.is_empty() && failures.iter().filter(|x| x.2 == f.node).count() > 1 {
+            if !f.node.is_empty() && !failed_nodes.insert(f.node.clone()) {
                 continue;
             }
             let line = if f.node.is_empty() {
@@ -340,9 +341,9 @@ async fn warm(
             bar.set_position(p.bytes_done);
             bar.set_message(format!("{}/{} objects", p.objects_done, p.objects_total));
         } else if matches!(cli.output, Output::Text)
-            && (p.done || printed.elapsed() >= std::time::Duration::from_secs(1))
+            && (p.done || printed.is_none_or(|t| t.elapsed() >= std::time::Duration::from_secs(1)))
         {
-            printed = std::time::Instant::now();
+            printed = Some(std::time::Instant::now());
             eprintln!(
                 "warm {path}: {}/{} objects, {}/{} bytes ({} already cached)",
                 p.objects_done, p.objects_total, p.bytes_done, p.bytes_total, p.bytes_skipped
@@ -407,13 +408,7 @@ async fn warm(
         }
     }
     if !failures.is_empty() {
-        let mut nodes: Vec<&str> = failures
-            .iter()
-            .filter(|f| !f.2.is_empty())
-            .map(|f| f.2.as_str())
-            .collect();
-        nodes.sort_unstable();
-        nodes.dedup();
+        let nodes: Vec<&str> = failed_nodes.iter().map(String::as_str).collect();
         let list: Vec<String> = failures
             .iter()
             .filter(|f| f.2.is_empty())

@@ -91,6 +91,17 @@ impl RamTier {
         }
     }
 
+    /// Store a block filled outside the single flight (a chain fill).
+    pub async fn insert(&self, key: BlockKey, block: Block) {
+        self.cache.insert(key, block).await;
+        self.cache.run_pending_tasks().await;
+    }
+
+    /// Whether the block is held, without counting as a use (eviction order is untouched).
+    pub fn contains(&self, key: &BlockKey) -> bool {
+        self.cache.contains_key(key)
+    }
+
     pub async fn invalidate(&self, key: &BlockKey) {
         self.cache.invalidate(key).await;
     }

@@ -44,6 +44,8 @@ struct Inner {
     filled: u64,
     /// Set once: the fill finished (every byte is in) or failed.
     end: Option<std::result::Result<(), Error>>,
+    /// The whole block, once put together (or handed over whole).
+    block: Option<Block>,
 }
 
 impl Growing {
@@ -113,6 +115,7 @@ impl Growing {
             let mut inner = self.inner.lock().expect("lock");
             inner.assembling = false;
             inner.whole = None;
+            inner.block = Some(block.clone());
         }
         let mut at = self.filled() as usize;
         while at < block.len() {
@@ -163,11 +166,23 @@ impl Growing {
         let crc32c = inner.chunks.iter().fold(0u32, |crc, c| {
             crc32c::crc32c_combine(crc, c.crc32c, c.data.len())
         });
-        Ok(Block {
+        // The chunks now point into the block, so the buffers they arrived in are released
+        // while readers still stream from here: a fill holds two copies only while it runs.
+        for c in &mut inner.chunks {
+            c.data = data.slice(c.at as usize..c.at as usize + c.data.len());
+        }
+        let block = Block {
             data,
             crc32c,
             source,
-        })
+        };
+        inner.block = Some(block.clone());
+        Ok(block)
+    }
+
+    /// The whole block, once the fill has put it together or been handed it.
+    pub fn block(&self) -> Option<Block> {
+        self.inner.lock().expect("lock").block.clone()
     }
 
     /// CRC32C of the bytes in so far, combined from the chunks' checksums.
@@ -196,27 +211,30 @@ impl Growing {
     /// The chunk that starts at `pos`, or the part of one from `pos` (checksummed here); `None`
     /// if not in yet. `Err` once the fill failed.
     fn chunk_at(&self, pos: u64) -> Option<Result<DataChunk>> {
-        let inner = self.inner.lock().expect("lock");
-        if pos < inner.filled {
+        let offset = self.start + pos;
+        let part = {
+            let inner = self.inner.lock().expect("lock");
+            if pos >= inner.filled {
+                return match &inner.end {
+                    Some(Err(e)) => Some(Err(e.clone())),
+                    _ => None,
+                };
+            }
             let i = inner
                 .chunks
                 .partition_point(|c| c.at + c.data.len() as u64 <= pos);
             let c = &inner.chunks[i];
-            let offset = self.start + pos;
-            return Some(Ok(if c.at == pos {
-                DataChunk {
+            if c.at == pos {
+                return Some(Ok(DataChunk {
                     offset,
                     crc32c: c.crc32c,
                     data: c.data.clone(),
-                }
-            } else {
-                DataChunk::new(offset, c.data.slice((pos - c.at) as usize..))
-            }));
-        }
-        match &inner.end {
-            Some(Err(e)) => Some(Err(e.clone())),
-            _ => None,
-        }
+                }));
+            }
+            c.data.slice((pos - c.at) as usize..)
+        };
+        // A reader resuming inside a chunk: the rest of it, checksummed outside the lock.
+        Some(Ok(DataChunk::new(offset, part)))
     }
 
     /// The block from `offset` (inside the block) to its end, as chunks while they arrive.

@@ -33,6 +33,28 @@ const MAX_ORIGIN_READS: u32 = 3;
 pub const MIN_CHAIN_CHUNK: u32 = 64 * 1024;
 pub const MAX_CHAIN_CHUNK: u32 = 4 * 1024 * 1024;
 
+/// Ends a chain fill's registration when its task ends.
+struct FillDone {
+    service: Arc<CacheService>,
+    key: BlockKey,
+    fill: Arc<Growing>,
+}
+
+impl Drop for FillDone {
+    fn drop(&mut self) {
+        self.fill.finish(Err(Error::Internal {
+            reason: "the block's fill stopped".into(),
+        }));
+        let mut chains = self.service.chains.lock().expect("lock");
+        if chains
+            .get(&self.key)
+            .is_some_and(|g| Arc::ptr_eq(g, &self.fill))
+        {
+            chains.remove(&self.key);
+        }
+    }
+}
+
 /// A block this node holds, or is filling.
 pub enum Held {
     Whole(Block),
@@ -63,7 +85,7 @@ impl CacheService {
                     was_present: false,
                     present: true,
                     len,
-                    crc32c: g.crc32c(),
+                    crc32c: g.block().map_or_else(|| g.crc32c(), |b| b.crc32c),
                 })
             }
         }
@@ -129,6 +151,13 @@ impl CacheService {
         if let Some(block) = self.ram.get(&key).await {
             return Ok(Held::Whole(block));
         }
+        // Held on disk (say, after a restart): served from there, no fill and no slot.
+        if let Some(disk) = &self.disk
+            && disk.contains(&key)
+            && let Some(block) = disk.get(&key).await
+        {
+            return Ok(Held::Whole(block));
+        }
         // A slot first (waiting a little: chains of other blocks finish all the time), then
         // the registry again, since another request may have started the fill meanwhile.
         let wait = self.cluster.settings().peer_timeout;
@@ -155,20 +184,24 @@ impl CacheService {
             let fill = g.clone();
             tokio::spawn(async move {
                 let _permit = permit;
+                // However the task ends (a panic included), waiters are told and the registry
+                // forgets the fill.
+                let _done = FillDone {
+                    service: this.clone(),
+                    key,
+                    fill: fill.clone(),
+                };
                 this.run_chain_fill(ctx, key, upstream, chunk_size as usize, &fill)
                     .await;
-                let mut chains = this.chains.lock().expect("lock");
-                if chains.get(&key).is_some_and(|g| Arc::ptr_eq(g, &fill)) {
-                    chains.remove(&key);
-                }
             });
             g
         };
         Ok(Held::Filling(g))
     }
 
-    /// Fill `g` (through the RAM tier's single flight, so a reader of the block waits for this
-    /// fill instead of starting another), then store the block.
+    /// Fill `g`, then store the block. Not inside the RAM tier's single flight: a reader's fill
+    /// of the same block waits for this one instead (`CacheService::block` looks here first),
+    /// so a reader asking another node cannot hold up the chain this node forwards.
     async fn run_chain_fill(
         self: &Arc<Self>,
         ctx: ReadCtx,
@@ -178,6 +211,9 @@ impl CacheService {
         g: &Arc<Growing>,
     ) {
         let fill = async {
+            if let Some(block) = self.ram.get(&key).await {
+                return Ok(block);
+            }
             if let Some(disk) = &self.disk
                 && let Some(block) = disk.get(&key).await
             {
@@ -188,16 +224,22 @@ impl CacheService {
             if let Some(disk) = &self.disk {
                 disk.admit(key, block.clone());
             }
+            self.ram.insert(key, block.clone()).await;
             Ok(block)
         };
-        match self.ram.get_or_fill(key, fill).await {
-            // Another reader's fill, the disk tier or RAM had it: the rest goes out from here.
-            Ok((block, _)) => g.finish(g.push_rest_of(&block, chunk)),
+        match fill.await {
+            // RAM or the disk tier had it: the rest goes out from here.
+            Ok(block) => g.finish(g.push_rest_of(&block, chunk)),
             Err(e) => {
                 tracing::warn!(key = ctx.key, index = key.index, error = %e, "chain fill failed");
                 g.finish(Err(e));
             }
         }
+    }
+
+    /// A chain fill of `key` in progress here, if any (a reader waits for it).
+    pub(super) fn chain_fill(&self, key: &BlockKey) -> Option<Arc<Growing>> {
+        self.chains.lock().expect("lock").get(key).cloned()
     }
 
     /// Take the block into `g` from the nodes ahead (nearest first), then the origin.
@@ -310,6 +352,11 @@ impl CacheService {
                         return Err(unavailable(format!(
                             "answered a chain stream with {other:?}"
                         )));
+                    }
+                    // Slow is not dead (the node ahead may be waiting on its own upstream or
+                    // the origin): skip it without marking it down; the probes decide that.
+                    Err(e @ shardcache_client::ClientError::Timeout { .. }) => {
+                        return Err(declined(e.to_string()));
                     }
                     Err(e) => return Err(unavailable(e.to_string())),
                 };
