@@ -3,8 +3,9 @@
 //! beside the same copy from ordinary (pageable) memory, in the same run; and a shard read from
 //! the cache into the registered buffer and copied to the GPU, end to end.
 //!
-//! Every copy goes to one device allocation; the device bytes are copied back and compared
-//! once per variant, so a copy that silently did nothing fails the run.
+//! Every copy goes to one device allocation; the copies are synchronous (`cuMemcpyHtoD`
+//! returns when the bytes are on the device). After all variants the device bytes are copied
+//! back and compared with the shard once.
 
 use std::time::Instant;
 

@@ -19,6 +19,7 @@ def test_warm_then_ls_shows_everything_cached(server):
         assert e.size == len(server.files[e.key])
         assert e.cached_fraction == 1.0
     again = c.warm("ds/train/")
+    assert again.bytes == result.bytes > 0
     assert again.bytes_already_cached == again.bytes
 
 
