@@ -21,6 +21,9 @@ use serde::{Deserialize, Deserializer};
 /// Where the server's environment variables come from.
 pub trait EnvSource {
     fn var(&self, name: &str) -> Option<String>;
+    /// Every variable with a value (the origins read the cloud SDKs' `AWS_*`, `AZURE_*` and
+    /// `GOOGLE_*` families whole).
+    fn vars(&self) -> Vec<(String, String)>;
 }
 
 /// The real process environment.
@@ -30,11 +33,25 @@ impl EnvSource for ProcessEnv {
     fn var(&self, name: &str) -> Option<String> {
         std::env::var(name).ok().filter(|v| !v.is_empty())
     }
+
+    fn vars(&self) -> Vec<(String, String)> {
+        std::env::vars_os()
+            .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+            .filter(|(_, v)| !v.is_empty())
+            .collect()
+    }
 }
 
 impl EnvSource for BTreeMap<String, String> {
     fn var(&self, name: &str) -> Option<String> {
-        self.get(name).cloned()
+        self.get(name).cloned().filter(|v| !v.is_empty())
+    }
+
+    fn vars(&self) -> Vec<(String, String)> {
+        self.iter()
+            .filter(|(_, v)| !v.is_empty())
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
     }
 }
 
@@ -97,6 +114,8 @@ const SCALAR_KEYS: &[(&str, Kind)] = &[
     ("insecure_dev_tls", Kind::Bool),
     ("log_format", Kind::Str),
     ("origin_timeout", Kind::Str),
+    ("origin_first_byte_timeout", Kind::Str),
+    ("stale_if_error", Kind::Str),
     ("origin_retries", Kind::Int),
     ("origin_concurrency", Kind::Int),
     ("readahead_blocks", Kind::Int),
@@ -136,7 +155,10 @@ impl fmt::Debug for Secret {
 }
 
 /// One dataset: a name clients use and the origin it maps to.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+///
+/// Origin keys given here win over the cloud SDKs' environment variables key by key (see
+/// [`crate::origin::settings`]); the caching keys win over the server-wide settings.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct DatasetConfig {
     pub name: String,
@@ -149,7 +171,24 @@ pub struct DatasetConfig {
     pub block_size: Option<u64>,
     #[serde(default, deserialize_with = "de_opt_duration")]
     pub metadata_ttl: Option<Duration>,
-    /// S3-compatible endpoint (`http://127.0.0.1:9000`); `AWS_ENDPOINT_URL` otherwise.
+    /// While the origin is unreachable, keep serving the last known version this long past
+    /// its TTL.
+    #[serde(default, deserialize_with = "de_opt_duration")]
+    pub stale_if_error: Option<Duration>,
+    /// Deadline for the first byte of an origin answer (headers), and for each silence
+    /// inside a body.
+    #[serde(default, deserialize_with = "de_opt_duration")]
+    pub first_byte_timeout: Option<Duration>,
+    /// Deadline of one whole origin request.
+    #[serde(default, deserialize_with = "de_opt_duration")]
+    pub request_timeout: Option<Duration>,
+    /// Deadline of a TCP (and TLS) connection to the origin.
+    #[serde(default, deserialize_with = "de_opt_duration")]
+    pub connect_timeout: Option<Duration>,
+    /// `file://`: follow symlinks that lead out of the dataset directory.
+    #[serde(default)]
+    pub follow_symlinks: Option<bool>,
+    /// S3-compatible endpoint (`http://127.0.0.1:9000`), Azure endpoint, or GCS base URL.
     #[serde(default)]
     pub endpoint: Option<String>,
     #[serde(default)]
@@ -158,9 +197,32 @@ pub struct DatasetConfig {
     pub access_key_id: Option<String>,
     #[serde(default)]
     pub secret_access_key: Option<Secret>,
-    /// Allow plain-http endpoints.
+    #[serde(default)]
+    pub session_token: Option<Secret>,
+    /// An AWS profile of the shared config and credentials files.
+    #[serde(default)]
+    pub profile: Option<String>,
+    /// Send unsigned requests (public buckets).
+    #[serde(default)]
+    pub skip_signature: Option<bool>,
+    /// S3 virtual-hosted-style requests (`bucket.endpoint`) instead of path style.
+    #[serde(default)]
+    pub virtual_hosted_style: Option<bool>,
+    /// Allow plain-http endpoints (implied by an `http://` endpoint).
     #[serde(default)]
     pub allow_http: Option<bool>,
+    /// Proxy for origin requests (else `HTTPS_PROXY` / `HTTP_PROXY`).
+    #[serde(default)]
+    pub proxy_url: Option<String>,
+    /// Hosts that bypass the proxy (else `NO_PROXY`).
+    #[serde(default)]
+    pub proxy_excludes: Option<String>,
+    /// PEM file of extra CA certificates for HTTPS to the origin (else `AWS_CA_BUNDLE`).
+    #[serde(default)]
+    pub ca_bundle: Option<PathBuf>,
+    /// Any other object_store key of the origin's kind (`aws_request_payer = "true"`, ...).
+    #[serde(default, deserialize_with = "de_options")]
+    pub options: BTreeMap<String, String>,
 }
 
 impl DatasetConfig {
@@ -169,14 +231,7 @@ impl DatasetConfig {
         DatasetConfig {
             name: name.into(),
             origin: origin.into(),
-            immutable: false,
-            block_size: None,
-            metadata_ttl: None,
-            endpoint: None,
-            region: None,
-            access_key_id: None,
-            secret_access_key: None,
-            allow_http: None,
+            ..DatasetConfig::default()
         }
     }
 }
@@ -255,9 +310,17 @@ pub struct Config {
     /// Self-signed certificate, for local trials only.
     pub insecure_dev_tls: bool,
     pub log_format: LogFormat,
-    /// Deadline of one origin request attempt.
+    /// Deadline of one whole origin request attempt (a dataset's `request_timeout` wins).
     #[serde(deserialize_with = "de_duration")]
     pub origin_timeout: Duration,
+    /// Deadline of the first byte of an origin answer and of each silence inside its body (a
+    /// dataset's `first_byte_timeout` wins).
+    #[serde(deserialize_with = "de_duration")]
+    pub origin_first_byte_timeout: Duration,
+    /// While an origin is unreachable, serve the last known version of an object this long
+    /// past its TTL; zero: off (a dataset's `stale_if_error` wins).
+    #[serde(deserialize_with = "de_duration")]
+    pub stale_if_error: Duration,
     /// Retries after a failed origin attempt (so `origin_retries + 1` attempts in all).
     pub origin_retries: u32,
     /// Origin block fetches in flight at once, server-wide: bounds fill memory.
@@ -307,6 +370,8 @@ impl Default for Config {
             insecure_dev_tls: false,
             log_format: LogFormat::Text,
             origin_timeout: Duration::from_secs(30),
+            origin_first_byte_timeout: Duration::from_secs(5),
+            stale_if_error: Duration::ZERO,
             origin_retries: 3,
             origin_concurrency: 64,
             readahead_blocks: 8,
@@ -602,6 +667,28 @@ fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
 
 fn de_opt_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
     de_duration(d).map(Some)
+}
+
+/// A table of raw store options; values may be written as strings, numbers or booleans.
+fn de_options<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, String>, D::Error> {
+    let table = BTreeMap::<String, toml::Value>::deserialize(d)?;
+    table
+        .into_iter()
+        .map(|(k, v)| {
+            let text = match v {
+                toml::Value::String(s) => s,
+                toml::Value::Integer(n) => n.to_string(),
+                toml::Value::Float(f) => f.to_string(),
+                toml::Value::Boolean(b) => b.to_string(),
+                other => {
+                    return Err(serde::de::Error::custom(format!(
+                        "options.{k}: {other} is not a string, number or boolean"
+                    )));
+                }
+            };
+            Ok((k, text))
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -32,21 +32,28 @@ pub enum Error {
         expected: String,
         found: String,
     },
-    #[error("origin of dataset {dataset} failed for {key} after {attempts} attempt(s): {source}")]
+    #[error("origin of dataset {dataset} failed for {key} after {attempts} attempt(s): {reason}")]
     Origin {
         dataset: String,
         key: String,
         attempts: u32,
+        /// One line: the HTTP status and the service's error code, or the transport failure.
+        reason: String,
+        /// The origin could not be reached (network, overload, server error), as opposed to
+        /// an answer such as "access denied".
+        unreachable: bool,
         #[source]
-        source: Arc<object_store::Error>,
+        source: Option<Arc<object_store::Error>>,
     },
     #[error(
-        "origin of dataset {dataset} timed out for {key} after {attempts} attempt(s) of {timeout:?}"
+        "origin of dataset {dataset} timed out for {key}: no {what} within {timeout:?}, {attempts} attempt(s)"
     )]
     OriginTimeout {
         dataset: String,
         key: String,
         attempts: u32,
+        /// What did not arrive in time: "first byte", "next body bytes", "whole answer".
+        what: &'static str,
         timeout: Duration,
     },
     #[error("server busy: {what}; retry later")]
@@ -89,6 +96,17 @@ impl Error {
             Error::Relayed { code, .. } => *code,
             Error::NotCached => ErrorCode::NotCached,
             Error::Forbidden { .. } => ErrorCode::Forbidden,
+        }
+    }
+}
+
+impl Error {
+    /// Whether the origin could not be reached (the errors `stale_if_error` covers).
+    pub fn origin_unreachable(&self) -> bool {
+        match self {
+            Error::Origin { unreachable, .. } => *unreachable,
+            Error::OriginTimeout { .. } => true,
+            _ => false,
         }
     }
 }

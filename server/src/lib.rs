@@ -38,8 +38,11 @@ use tokio::task::JoinSet;
 
 use crate::cache::{DiskConfig, DiskTier, RamTier, VersionCache};
 use crate::cluster::{Cluster, ClusterSettings, PeerTransport};
-use crate::config::{Config, DEFAULT_DATASET};
-use crate::origin::{DatasetSettings, Origin, RetryPolicy, StoreError, build_store};
+use crate::config::{Config, DEFAULT_DATASET, EnvSource, ProcessEnv};
+use crate::origin::settings::SettingsError;
+use crate::origin::{
+    DatasetSettings, Origin, OriginDefaults, OriginSettings, RetryPolicy, StoreError, build_store,
+};
 use crate::service::CacheService;
 use crate::stats::Stats;
 use crate::transport::ConnLimits;
@@ -54,6 +57,8 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum BuildError {
+    #[error(transparent)]
+    Settings(#[from] SettingsError),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
@@ -97,6 +102,29 @@ fn open_disk_tier(config: &Config, stats: &Arc<Stats>) -> Option<Arc<DiskTier>> 
             None
         }
     }
+}
+
+/// The server-wide origin defaults datasets may override.
+pub fn origin_defaults(config: &Config) -> OriginDefaults {
+    OriginDefaults {
+        first_byte_timeout: config.origin_first_byte_timeout.min(config.origin_timeout),
+        request_timeout: config.origin_timeout,
+        stale_if_error: config.stale_if_error,
+    }
+}
+
+/// The effective origin settings of every configured dataset; the first that cannot work is
+/// an error naming it.
+pub fn resolve_origins(
+    config: &Config,
+    env: &dyn EnvSource,
+) -> Result<Vec<OriginSettings>, SettingsError> {
+    let defaults = origin_defaults(config);
+    config
+        .datasets
+        .iter()
+        .map(|d| origin::settings::resolve(d, &defaults, env))
+        .collect()
 }
 
 /// Sockets the server serves on, bound before [`Server::run`].
@@ -190,17 +218,21 @@ pub struct Server {
 }
 
 impl Server {
-    /// Build origins, tiers and TLS from the configuration.
+    /// Build origins, tiers and TLS from the configuration, reading origin settings from the
+    /// process environment.
     pub fn build(config: Config) -> Result<Server, BuildError> {
+        Server::build_with_env(config, &ProcessEnv)
+    }
+
+    /// [`Server::build`] with the environment the origins' settings are read from.
+    pub fn build_with_env(config: Config, env: &dyn EnvSource) -> Result<Server, BuildError> {
+        let settings = resolve_origins(&config, env)?;
         let mut stores = Vec::new();
-        for d in &config.datasets {
-            let create = d.name == DEFAULT_DATASET && config.datasets.len() == 1;
-            stores.push((
-                d.name.clone(),
-                build_store(d, config.origin_timeout, create)?,
-            ));
+        for s in &settings {
+            let create = s.dataset == DEFAULT_DATASET && config.datasets.len() == 1;
+            stores.push((s.dataset.clone(), build_store(s, create)?));
         }
-        Server::with_stores(config, stores)
+        Server::assemble(config, stores, settings)
     }
 
     /// Build with the given stores instead of the configured URLs (same names, in any order);
@@ -209,29 +241,47 @@ impl Server {
         config: Config,
         stores: Vec<(String, Arc<dyn ObjectStore>)>,
     ) -> Result<Server, BuildError> {
+        Server::assemble(config, stores, Vec::new())
+    }
+
+    fn assemble(
+        config: Config,
+        stores: Vec<(String, Arc<dyn ObjectStore>)>,
+        settings: Vec<OriginSettings>,
+    ) -> Result<Server, BuildError> {
         let stats = Arc::new(Stats::default());
         let permits = Arc::new(Semaphore::new(config.origin_concurrency));
-        let retry = RetryPolicy {
-            attempts: config.origin_retries.saturating_add(1),
-            attempt_timeout: config.origin_timeout,
-            ..RetryPolicy::default()
-        };
+        let defaults = origin_defaults(&config);
         let mut origins = Vec::new();
         for (name, store) in stores {
             let d = config.datasets.iter().find(|d| d.name == name);
-            let settings = DatasetSettings {
+            let described = settings.iter().find(|s| s.dataset == name).cloned();
+            let (first_byte, request, stale) = match &described {
+                Some(s) => (s.first_byte_timeout, s.request_timeout, s.stale_if_error),
+                None => (
+                    defaults.first_byte_timeout,
+                    defaults.request_timeout,
+                    defaults.stale_if_error,
+                ),
+            };
+            let dataset = DatasetSettings {
                 block_size: d.map_or(config.block_size, |d| config.dataset_block_size(d)),
                 metadata_ttl: d.map_or(config.metadata_ttl, |d| config.dataset_metadata_ttl(d)),
                 immutable: d.is_some_and(|d| d.immutable),
+                stale_if_error: stale,
             };
-            origins.push(Arc::new(Origin::new(
-                name,
-                store,
-                settings,
-                retry,
-                permits.clone(),
-                stats.clone(),
-            )));
+            let retry = RetryPolicy {
+                attempts: config.origin_retries.saturating_add(1),
+                attempt_timeout: request,
+                first_byte_timeout: first_byte,
+                ..RetryPolicy::default()
+            };
+            let mut origin =
+                Origin::new(name, store, dataset, retry, permits.clone(), stats.clone());
+            if let Some(s) = described {
+                origin = origin.with_description(Arc::new(s));
+            }
+            origins.push(Arc::new(origin));
         }
         let disk = open_disk_tier(&config, &stats);
         let origin_budget = config.origin_timeout * config.origin_retries.saturating_add(1);

@@ -22,11 +22,24 @@ struct Cli {
 enum Command {
     /// Serve the configured datasets (the default command).
     Serve(ServeArgs),
+    /// Check each configured origin with its effective settings: LIST, HEAD and a one-byte
+    /// read, printing what works and what does not (secrets redacted).
+    CheckOrigin(CheckArgs),
+}
+
+#[derive(Args)]
+struct CheckArgs {
+    /// Check only this dataset.
+    #[arg(value_name = "DATASET")]
+    dataset: Option<String>,
+    /// The same settings as `serve` takes.
+    #[command(flatten)]
+    serve: ServeArgs,
 }
 
 /// Every flag is also `SHARDCACHE_<FLAG>` in the environment and a key of the `--config` file;
 /// precedence is flag > environment > file > default.
-#[derive(Args, Default)]
+#[derive(Args, Default, Clone)]
 struct ServeArgs {
     /// TOML configuration file.
     #[arg(long, value_name = "FILE")]
@@ -131,9 +144,15 @@ struct ServeArgs {
     /// Log format: text or json [default: text].
     #[arg(long, value_name = "FORMAT")]
     log_format: Option<String>,
-    /// Deadline of one origin request attempt [default: 30s].
+    /// Deadline of one whole origin request attempt [default: 30s].
     #[arg(long, value_name = "DURATION")]
     origin_timeout: Option<String>,
+    /// Deadline of the first byte of an origin answer, and of each silence in a body [default: 5s].
+    #[arg(long, value_name = "DURATION")]
+    origin_first_byte_timeout: Option<String>,
+    /// Serve the last known version this long past its TTL while the origin is unreachable [default: off].
+    #[arg(long, value_name = "DURATION")]
+    stale_if_error: Option<String>,
     /// Retries of a failed origin request [default: 3].
     #[arg(long, value_name = "N")]
     origin_retries: Option<String>,
@@ -192,6 +211,8 @@ impl ServeArgs {
             ),
             ("log_format", self.log_format),
             ("origin_timeout", self.origin_timeout),
+            ("origin_first_byte_timeout", self.origin_first_byte_timeout),
+            ("stale_if_error", self.stale_if_error),
             ("origin_retries", self.origin_retries),
             ("origin_concurrency", self.origin_concurrency),
             ("readahead_blocks", self.readahead_blocks),
@@ -214,14 +235,24 @@ impl ServeArgs {
     }
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let args = match cli.command {
-        Some(Command::Serve(args)) => args,
-        None => ServeArgs::default(),
+    let result = match cli.command {
+        Some(Command::Serve(args)) => run_serve(args),
+        None => run_serve(ServeArgs::default()),
+        Some(Command::CheckOrigin(args)) => run_check(args),
     };
-    let config = Config::load(&args.overrides(), &ProcessEnv)?;
-    init_logging(config.log_format);
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            // One line that says what is wrong; no backtrace for a configuration error.
+            eprintln!("shardcache: {e:#}");
+            std::process::ExitCode::from(2)
+        }
+    }
+}
+
+fn runtime() -> anyhow::Result<(tokio::runtime::Runtime, usize)> {
     // Pods have CPU limits: std reads the cgroup quota, so the runtime fits the pod, not the host.
     let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -229,27 +260,110 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("cannot start the runtime")?;
-    runtime.block_on(serve(config, workers))
+    Ok((runtime, workers))
 }
 
-async fn serve(config: Config, workers: usize) -> anyhow::Result<()> {
+fn run_serve(args: ServeArgs) -> anyhow::Result<std::process::ExitCode> {
+    let config = Config::load(&args.overrides(), &ProcessEnv)?;
+    init_logging(config.log_format);
+    let server = Server::build(config)?;
+    let (runtime, workers) = runtime()?;
+    runtime.block_on(serve(server, workers))?;
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+fn run_check(args: CheckArgs) -> anyhow::Result<std::process::ExitCode> {
+    let config = Config::load(&args.serve.overrides(), &ProcessEnv)?;
+    if let Some(name) = &args.dataset
+        && !config.datasets.iter().any(|d| &d.name == name)
+    {
+        let known: Vec<&str> = config.datasets.iter().map(|d| d.name.as_str()).collect();
+        anyhow::bail!("unknown dataset {name:?}; configured: {}", known.join(", "));
+    }
+    init_check_logging();
+    let server = Server::build(config)?;
+    let (runtime, _) = runtime()?;
+    let reports = runtime.block_on(async {
+        let origins: Vec<_> = server
+            .service()
+            .origins()
+            .filter(|o| args.dataset.as_ref().is_none_or(|n| n == o.dataset()))
+            .cloned()
+            .collect();
+        let checks = origins
+            .iter()
+            .map(|o| shardcache_server::origin::check::check(o));
+        futures::future::join_all(checks).await
+    });
+    let mut reports = reports;
+    reports.sort_by(|a, b| a.dataset.cmp(&b.dataset));
+    let failed = reports.iter().filter(|r| !r.ok()).count();
+    for r in &reports {
+        println!("{r}");
+    }
+    if failed > 0 {
+        println!("{failed} of {} origin(s) FAILED", reports.len());
+        return Ok(std::process::ExitCode::from(1));
+    }
+    println!("all {} origin(s) ok", reports.len());
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+async fn serve(server: Server, workers: usize) -> anyhow::Result<()> {
+    let config = server.config().clone();
     let listeners = Listeners::bind(&config).await?;
-    for d in &config.datasets {
-        tracing::info!(dataset = %d.name, origin = %d.origin, immutable = d.immutable, "dataset");
+    // Each origin is asked once, at the same time, before serving: the log says which answer
+    // and how each signs its requests. One that does not answer yet does not stop the server
+    // (cached data and other datasets still serve; /readyz reports it).
+    let origins: Vec<_> = server.service().origins().cloned().collect();
+    let checks = origins.iter().map(|o| async move {
+        (
+            o.clone(),
+            shardcache_server::origin::check::reachable(o).await,
+        )
+    });
+    for (o, result) in futures::future::join_all(checks).await {
+        let d = config.datasets.iter().find(|d| d.name == o.dataset());
+        let origin = d.map(|d| d.origin.as_str()).unwrap_or_default();
+        let credentials = o
+            .described()
+            .map(|s| s.credentials.to_string())
+            .unwrap_or_default();
+        let immutable = d.is_some_and(|d| d.immutable);
+        match result {
+            Ok(what) => {
+                tracing::info!(dataset = %o.dataset(), origin, immutable, credentials, "origin {what}")
+            }
+            Err(e) => tracing::warn!(
+                dataset = %o.dataset(), origin, credentials, error = %e,
+                "origin not reachable at start (serving what is cached; run `shardcache check-origin {}`)",
+                o.dataset()
+            ),
+        }
     }
     tracing::info!(
         node_id = config.node_id.as_deref().unwrap_or_default(),
         tcp = %listeners.tcp_addr()?,
         quic = ?listeners.quic_addr(),
+        control = ?listeners.control_addr(),
         admin = ?listeners.admin_addr(),
         local = ?config.local_socket,
         ram_cache = config.ram_cache,
         workers,
         "shardcache serving"
     );
-    let server = Server::build(config)?;
     server.run(listeners, shutdown_signal()).await?;
     Ok(())
+}
+
+/// Origin request warnings would repeat what the check prints; only errors go to stderr.
+fn init_check_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
 }
 
 fn init_logging(format: LogFormat) {

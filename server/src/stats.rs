@@ -49,6 +49,9 @@ pub struct Stats {
     pub origin_errors: IntCounter,
     pub origin_timeouts: IntCounter,
     pub origin_retries: IntCounter,
+    /// Object versions handed out past their TTL because the origin could not be reached
+    /// (`stale_if_error`).
+    pub origin_stale_served: IntCounter,
     pub origin_get_duration: Histogram,
     pub origin_head_duration: Histogram,
 
@@ -99,6 +102,7 @@ pub struct StatsSnapshot {
     pub origin_bytes: u64,
     pub origin_errors: u64,
     pub origin_retries: u64,
+    pub origin_stale_served: u64,
     pub ram_hits: u64,
     pub ram_misses: u64,
     pub ram_evictions: u64,
@@ -291,6 +295,10 @@ impl Stats {
                 "shardcache_origin_retries_total",
                 "Origin request attempts that were retries of a failed attempt",
             ),
+            origin_stale_served: counter(
+                "shardcache_origin_stale_served_total",
+                "Reads served at the last known version of an object past its TTL because the origin was unreachable (stale_if_error)",
+            ),
             origin_get_duration: origin_duration.with_label_values(&["get"]),
             origin_head_duration: origin_duration.with_label_values(&["head"]),
             checksum_failures: counter(
@@ -371,6 +379,7 @@ impl Stats {
             origin_bytes: self.origin_bytes.get(),
             origin_errors: self.origin_errors.get() + self.origin_timeouts.get(),
             origin_retries: self.origin_retries.get(),
+            origin_stale_served: self.origin_stale_served.get(),
             ram_hits: self.ram_hits.get(),
             ram_misses: self.ram_misses.get(),
             ram_evictions: self.ram_evictions.get(),

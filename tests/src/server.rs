@@ -28,7 +28,9 @@ impl TestServerBuilder {
 
     pub async fn start(self) -> TestServer {
         crate::init();
-        let server = Server::build(self.config.clone()).expect("build server");
+        // Origins see no environment of the test process: only what the test configures.
+        let env = std::collections::BTreeMap::<String, String>::new();
+        let server = Server::build_with_env(self.config.clone(), &env).expect("build server");
         let listeners = Listeners::bind(&self.config).await.expect("bind");
         let tcp = listeners.tcp_addr().expect("tcp addr");
         let quic = listeners.quic_addr();

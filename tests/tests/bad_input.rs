@@ -258,7 +258,8 @@ async fn origin_that_times_out_or_refuses_gives_a_clear_error() {
     let e = client.read("stalled/x", ..).await.unwrap_err();
     assert_eq!(e.code(), Some(ErrorCode::OriginUnavailable));
     assert!(
-        e.to_string().contains("timed out for x after 3 attempt(s)"),
+        e.to_string()
+            .contains("timed out for x: no first byte within 300ms, 3 attempt(s)"),
         "{e}"
     );
     assert!(
@@ -273,6 +274,7 @@ async fn origin_that_times_out_or_refuses_gives_a_clear_error() {
         e.to_string().contains("origin of dataset refused failed"),
         "{e}"
     );
+    assert!(e.to_string().contains("cannot connect"), "{e}");
     assert!(server.stats.snapshot().origin_retries >= 4);
 
     // Everyone else is still served.

@@ -1,27 +1,41 @@
 //! Access to the object stores behind the datasets.
 //!
 //! An [`Origin`] is one dataset's store plus the rules for talking to it: every request has a
-//! deadline and a bounded number of retries with backoff, every range read carries `If-Match`
-//! with the version the read pinned, and the ETag the origin answers with is compared too (some
-//! S3-compatible servers ignore `If-Match`), so bytes of two versions are never mixed. Origin
-//! fetches of all datasets share one concurrency bound, which also bounds the memory of fills in
-//! flight.
+//! first-byte deadline, a deadline for each silence inside a body and one for the whole answer,
+//! and a bounded number of retries with backoff; every range read carries `If-Match` with the
+//! version the read pinned, and the ETag, size and length the origin answers with are compared
+//! too (some S3-compatible servers ignore `If-Match`), so bytes of two versions are never mixed.
+//! Origin fetches of all datasets share one concurrency bound, which also bounds the memory of
+//! fills in flight.
+//!
+//! - [`settings`]: the effective settings of a dataset's origin (file, environment, profile,
+//!   defaults, merged key by key) and where each came from;
+//! - `store`: those settings turned into an object_store client;
+//! - [`failure`]: origin errors as one line (HTTP status and error code) and a class;
+//! - [`check`]: HEAD, LIST and a one-byte read with the effective settings.
 
+mod aws;
+pub mod check;
+pub mod failure;
+mod local;
 mod retry;
+pub mod settings;
 mod store;
 
 use std::future::Future;
 use std::ops::Range;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use futures::stream::{self, BoxStream, StreamExt};
 use object_store::path::Path;
-use object_store::{GetOptions, GetRange, ObjectStore, ObjectStoreExt};
+use object_store::{GetOptions, GetRange, ObjectMeta, ObjectStore, ObjectStoreExt};
 use tokio::sync::Semaphore;
 
 pub use retry::RetryPolicy;
+pub use settings::{OriginDefaults, OriginSettings};
 pub use store::{StoreError, build_store, install_crypto_provider};
 
 use crate::error::{Error, Result};
@@ -34,6 +48,9 @@ pub struct DatasetSettings {
     pub metadata_ttl: Duration,
     /// Objects never change: versions are never revalidated.
     pub immutable: bool,
+    /// While the origin is unreachable, the last known version is served this long past its
+    /// TTL; zero: never.
+    pub stale_if_error: Duration,
 }
 
 /// The version of an object that a read pins.
@@ -45,6 +62,26 @@ pub struct Version {
     pub last_modified_ms: i64,
 }
 
+impl Version {
+    /// The `If-Match` a read of this version carries: only strong ETags can match (RFC 9110),
+    /// so a weak or missing one is checked on the answer instead.
+    fn if_match(&self) -> Option<String> {
+        (!self.etag.is_empty() && !self.etag.starts_with("W/")).then(|| self.etag.clone())
+    }
+}
+
+/// Whether two ETags name the same version: quotes and the weak marker aside (servers differ in
+/// how they write them between HEAD, GET and LIST).
+pub fn same_etag(a: &str, b: &str) -> bool {
+    let norm = |s: &str| {
+        s.trim()
+            .trim_start_matches("W/")
+            .trim_matches('"')
+            .to_string()
+    };
+    norm(a) == norm(b)
+}
+
 /// One dataset's origin.
 pub struct Origin {
     dataset: String,
@@ -53,6 +90,10 @@ pub struct Origin {
     retry: RetryPolicy,
     permits: Arc<Semaphore>,
     stats: Arc<Stats>,
+    /// How the store was configured, for `check-origin` and the start-up log.
+    described: Option<Arc<OriginSettings>>,
+    /// Whether serving stale versions has been logged since the origin last answered.
+    stale_logged: AtomicBool,
 }
 
 impl std::fmt::Debug for Origin {
@@ -72,11 +113,27 @@ enum Op {
     Head,
 }
 
-/// Outcome of one attempt, before retry classification.
-enum Attempt<T> {
-    Done(T),
-    Failed(object_store::Error),
-    TimedOut,
+/// Why one attempt failed.
+enum Fail {
+    Store(object_store::Error),
+    Timeout {
+        what: &'static str,
+        after: Duration,
+    },
+    /// An answer that cannot be right (a body of the wrong length): worth another attempt.
+    Broken(String),
+}
+
+impl From<object_store::Error> for Fail {
+    fn from(e: object_store::Error) -> Fail {
+        Fail::Store(e)
+    }
+}
+
+/// What a ranged read found: the bytes, or another version.
+enum Got<T> {
+    Data(T),
+    Changed(String),
 }
 
 impl Origin {
@@ -95,7 +152,15 @@ impl Origin {
             retry,
             permits,
             stats,
+            described: None,
+            stale_logged: AtomicBool::new(false),
         }
+    }
+
+    /// Attach the settings the store was built from.
+    pub fn with_description(mut self, described: Arc<OriginSettings>) -> Origin {
+        self.described = Some(described);
+        self
     }
 
     pub fn dataset(&self) -> &str {
@@ -106,8 +171,20 @@ impl Origin {
         &self.settings
     }
 
+    pub fn retry(&self) -> &RetryPolicy {
+        &self.retry
+    }
+
+    pub fn described(&self) -> Option<&Arc<OriginSettings>> {
+        self.described.as_ref()
+    }
+
     pub fn store(&self) -> &Arc<dyn ObjectStore> {
         &self.store
+    }
+
+    pub fn stats(&self) -> &Arc<Stats> {
+        &self.stats
     }
 
     fn path(&self, key: &str) -> Result<Path> {
@@ -116,14 +193,70 @@ impl Origin {
         })
     }
 
+    /// A last known version is being served because the origin is unreachable: counted, and
+    /// logged once until the origin answers again.
+    pub fn note_stale(&self, key: &str) {
+        Stats::add(&self.stats.origin_stale_served, 1);
+        if !self.stale_logged.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                dataset = %self.dataset,
+                key,
+                stale_if_error = ?self.settings.stale_if_error,
+                "origin unreachable: serving the last known versions of cached objects"
+            );
+        }
+    }
+
+    /// The origin answered: the next stale period is logged again.
+    pub fn note_answered(&self) {
+        if self.stale_logged.swap(false, Ordering::Relaxed) {
+            tracing::info!(dataset = %self.dataset, "origin answers again");
+        }
+    }
+
     /// Whether the origin answers at all: one HEAD of a key that should not exist, within
     /// `timeout`. Found and not found both count as answering.
     pub async fn probe(&self, timeout: Duration) -> Result<(), String> {
         let path = Path::from(".shardcache-readiness-probe");
         match tokio::time::timeout(timeout, self.store.head(&path)).await {
             Ok(Ok(_)) | Ok(Err(object_store::Error::NotFound { .. })) => Ok(()),
-            Ok(Err(e)) => Err(e.to_string()),
+            Ok(Err(e)) => Err(failure::classify(&e).summary),
             Err(_) => Err(format!("no answer within {timeout:?}")),
+        }
+    }
+
+    /// The first objects under `prefix` (one LIST page), within the first-byte deadline.
+    pub async fn list_first(&self, prefix: Option<&str>, limit: usize) -> Result<Vec<ObjectMeta>> {
+        let path = match prefix {
+            Some(p) if !p.is_empty() => Some(self.path(p.trim_end_matches('/'))?),
+            _ => None,
+        };
+        let what = prefix.unwrap_or("").to_string();
+        let list = async {
+            let mut out = Vec::new();
+            let mut listing = self.store.list(path.as_ref());
+            while out.len() < limit {
+                match listing.next().await {
+                    Some(item) => out.push(item?),
+                    None => break,
+                }
+            }
+            Ok::<_, object_store::Error>(out)
+        };
+        let timeout = self
+            .retry
+            .first_byte_timeout
+            .max(self.retry.attempt_timeout);
+        match tokio::time::timeout(timeout, list).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(self.failed(&what, 1, e)),
+            Err(_) => Err(Error::OriginTimeout {
+                dataset: self.dataset.clone(),
+                key: what,
+                attempts: 1,
+                what: "listing",
+                timeout,
+            }),
         }
     }
 
@@ -131,13 +264,23 @@ impl Origin {
     pub async fn head(&self, key: &str) -> Result<Version> {
         let path = self.path(key)?;
         let meta = self
-            .with_retry(key, Op::Head, || self.store.head(&path))
+            .with_retry(key, Op::Head, || async {
+                self.first_byte(self.store.head(&path)).await
+            })
             .await?;
-        Ok(Version {
-            size: meta.size,
-            etag: meta.e_tag.unwrap_or_default(),
-            last_modified_ms: meta.last_modified.timestamp_millis(),
-        })
+        Ok(version_of(&meta))
+    }
+
+    /// The current version of `key`, with one attempt (revalidations that can fall back to
+    /// the last known version do not wait for retries).
+    pub async fn head_once(&self, key: &str) -> Result<Version> {
+        let path = self.path(key)?;
+        let meta = self
+            .with_attempts(1, key, Op::Head, || async {
+                self.first_byte(self.store.head(&path)).await
+            })
+            .await?;
+        Ok(version_of(&meta))
     }
 
     /// Bytes `range` of `key` at `version`; [`Error::VersionChanged`] if the origin holds another.
@@ -148,42 +291,47 @@ impl Origin {
         range: Range<u64>,
     ) -> Result<Bytes> {
         let path = self.path(key)?;
-        let expected_len = range.end - range.start;
+        let expected_len = (range.end - range.start) as usize;
         let _permit = self.permits.acquire().await.map_err(|_| Error::Internal {
             reason: "origin limiter closed".into(),
         })?;
         let fetch = || async {
-            let options = GetOptions {
-                if_match: (!version.etag.is_empty()).then(|| version.etag.clone()),
-                range: Some(GetRange::Bounded(range.clone())),
-                ..GetOptions::default()
-            };
-            let result = self.store.get_opts(&path, options).await?;
-            let found = result.meta.e_tag.clone().unwrap_or_default();
-            let size = result.meta.size;
-            let bytes = result.bytes().await?;
-            Ok((found, size, bytes))
+            let result = self
+                .first_byte(
+                    self.store
+                        .get_opts(&path, self.range_options(version, &range)),
+                )
+                .await?;
+            if let Some(found) = changed(version, &result.meta) {
+                return Ok(Got::Changed(found));
+            }
+            if result.range != range {
+                return Err(Fail::Broken(format!(
+                    "answered bytes {:?} for the range {range:?}",
+                    result.range
+                )));
+            }
+            let bytes = self.read_body(result.into_stream(), expected_len).await?;
+            Ok(Got::Data(bytes))
         };
-        // A 412 says the version changed; name the version this read pinned in the error.
-        let (found, size, bytes) = self
-            .with_retry(key, Op::Get, fetch)
-            .await
-            .map_err(|e| self.pinned(e, version))?;
-        self.check_answer(
-            key,
-            version,
-            &found,
-            size,
-            bytes.len() as u64 == expected_len,
-        )?;
+        let got = self.with_retry(key, Op::Get, fetch).await;
+        let bytes = match got {
+            Ok(Got::Data(bytes)) => bytes,
+            Ok(Got::Changed(found)) => return Err(self.version_changed(key, version, found)),
+            Err(Error::VersionChanged { .. }) => {
+                return Err(self.changed_at_origin(key, version).await);
+            }
+            Err(e) => return Err(e),
+        };
         Stats::add(&self.stats.origin_bytes, bytes.len() as u64);
         Ok(bytes)
     }
 
     /// Bytes `range` of `key` at `version`, as the origin sends them (cut-through). Opening
-    /// the read is retried like [`Origin::get_range`]; a failure or a silence longer than the
-    /// attempt timeout inside the body ends the stream with an error, and the caller resumes
-    /// from what it got. Holds one origin permit until the stream is dropped.
+    /// the read is retried like [`Origin::get_range`]; a failure, a silence longer than the
+    /// first-byte deadline, or more bytes than asked for inside the body end the stream with an
+    /// error, and the caller resumes from what it got. Holds one origin permit until the stream
+    /// is dropped.
     pub async fn open_range(
         &self,
         key: &str,
@@ -200,117 +348,246 @@ impl Origin {
                 reason: "origin limiter closed".into(),
             })?;
         let open = || async {
-            let options = GetOptions {
-                if_match: (!version.etag.is_empty()).then(|| version.etag.clone()),
-                range: Some(GetRange::Bounded(range.clone())),
-                ..GetOptions::default()
-            };
-            self.store.get_opts(&path, options).await
+            let result = self
+                .first_byte(
+                    self.store
+                        .get_opts(&path, self.range_options(version, &range)),
+                )
+                .await?;
+            if let Some(found) = changed(version, &result.meta) {
+                return Ok(Got::Changed(found));
+            }
+            if result.range != range {
+                return Err(Fail::Broken(format!(
+                    "answered bytes {:?} for the range {range:?}",
+                    result.range
+                )));
+            }
+            Ok(Got::Data(result))
         };
-        let result = self
-            .with_retry(key, Op::Get, open)
-            .await
-            .map_err(|e| self.pinned(e, version))?;
-        let found = result.meta.e_tag.clone().unwrap_or_default();
-        self.check_answer(
-            key,
-            version,
-            &found,
-            result.meta.size,
-            result.range == range,
-        )?;
-        let body = result.into_stream();
-        let stats = self.stats.clone();
-        let timeout = self.retry.attempt_timeout;
-        let (dataset, key) = (self.dataset.clone(), key.to_string());
-        let state = (body, permit, stats, dataset, key, false);
+        let result = match self.with_retry(key, Op::Get, open).await {
+            Ok(Got::Data(result)) => result,
+            Ok(Got::Changed(found)) => return Err(self.version_changed(key, version, found)),
+            Err(Error::VersionChanged { .. }) => {
+                return Err(self.changed_at_origin(key, version).await);
+            }
+            Err(e) => return Err(e),
+        };
+        struct State {
+            body: BoxStream<'static, object_store::Result<Bytes>>,
+            _permit: tokio::sync::OwnedSemaphorePermit,
+            stats: Arc<Stats>,
+            dataset: String,
+            key: String,
+            left: u64,
+            done: bool,
+        }
+        let state = State {
+            body: result.into_stream(),
+            _permit: permit,
+            stats: self.stats.clone(),
+            dataset: self.dataset.clone(),
+            key: key.to_string(),
+            left: range.end - range.start,
+            done: false,
+        };
+        let idle = self.retry.first_byte_timeout;
         Ok(stream::unfold(state, move |mut st| async move {
-            if st.5 {
+            if st.done {
                 return None;
             }
-            let item = match tokio::time::timeout(timeout, st.0.next()).await {
+            let fail = |st: &State, reason: String, unreachable: bool| Error::Origin {
+                dataset: st.dataset.clone(),
+                key: st.key.clone(),
+                attempts: 1,
+                reason,
+                unreachable,
+                source: None,
+            };
+            let item = match tokio::time::timeout(idle, st.body.next()).await {
+                Ok(Some(Ok(bytes))) if bytes.len() as u64 > st.left => {
+                    Stats::add(&st.stats.origin_errors, 1);
+                    Err(fail(
+                        &st,
+                        "sent more bytes than the range asked for".into(),
+                        false,
+                    ))
+                }
                 Ok(Some(Ok(bytes))) => {
-                    Stats::add(&st.2.origin_bytes, bytes.len() as u64);
+                    st.left -= bytes.len() as u64;
+                    Stats::add(&st.stats.origin_bytes, bytes.len() as u64);
                     Ok(bytes)
+                }
+                Ok(None) if st.left > 0 => {
+                    Stats::add(&st.stats.origin_errors, 1);
+                    Err(fail(
+                        &st,
+                        format!("the body ended {} bytes short of the range", st.left),
+                        true,
+                    ))
                 }
                 Ok(None) => return None,
                 Ok(Some(Err(e))) => {
-                    Stats::add(&st.2.origin_errors, 1);
+                    Stats::add(&st.stats.origin_errors, 1);
+                    let f = failure::classify(&e);
                     Err(Error::Origin {
-                        dataset: st.3.clone(),
-                        key: st.4.clone(),
+                        dataset: st.dataset.clone(),
+                        key: st.key.clone(),
                         attempts: 1,
-                        source: Arc::new(e),
+                        reason: f.summary.clone(),
+                        unreachable: f.unreachable(),
+                        source: Some(Arc::new(e)),
                     })
                 }
                 Err(_) => {
-                    Stats::add(&st.2.origin_timeouts, 1);
+                    Stats::add(&st.stats.origin_timeouts, 1);
                     Err(Error::OriginTimeout {
-                        dataset: st.3.clone(),
-                        key: st.4.clone(),
+                        dataset: st.dataset.clone(),
+                        key: st.key.clone(),
                         attempts: 1,
-                        timeout,
+                        what: "next body bytes",
+                        timeout: idle,
                     })
                 }
             };
-            st.5 = item.is_err();
+            st.done = item.is_err();
             Some((item, st))
         })
         .boxed())
     }
 
-    /// Whether the origin answered with the pinned version (some S3-compatible servers ignore
-    /// `If-Match`): the ETag it sent, the object size, and whether the range is the one asked.
-    fn check_answer(
+    fn range_options(&self, version: &Version, range: &Range<u64>) -> GetOptions {
+        GetOptions {
+            if_match: version.if_match(),
+            range: Some(GetRange::Bounded(range.clone())),
+            ..GetOptions::default()
+        }
+    }
+
+    /// The header phase of a request, within the first-byte deadline.
+    async fn first_byte<T>(
         &self,
-        key: &str,
-        version: &Version,
-        found: &str,
-        size: u64,
-        range_ok: bool,
-    ) -> Result<()> {
-        let changed = |found: String| Error::VersionChanged {
+        fut: impl Future<Output = object_store::Result<T>>,
+    ) -> Result<T, Fail> {
+        let after = self.retry.first_byte_timeout;
+        tokio::time::timeout(after, fut)
+            .await
+            .map_err(|_| Fail::Timeout {
+                what: "first byte",
+                after,
+            })?
+            .map_err(Fail::Store)
+    }
+
+    /// A whole body of `expected` bytes, each silence within the first-byte deadline.
+    async fn read_body(
+        &self,
+        mut body: BoxStream<'static, object_store::Result<Bytes>>,
+        expected: usize,
+    ) -> Result<Bytes, Fail> {
+        let idle = self.retry.first_byte_timeout;
+        let mut parts: Vec<Bytes> = Vec::new();
+        let mut got = 0usize;
+        loop {
+            match tokio::time::timeout(idle, body.next()).await {
+                Err(_) => {
+                    return Err(Fail::Timeout {
+                        what: "next body bytes",
+                        after: idle,
+                    });
+                }
+                Ok(None) => break,
+                Ok(Some(Err(e))) => return Err(Fail::Store(e)),
+                Ok(Some(Ok(chunk))) => {
+                    got += chunk.len();
+                    if got > expected {
+                        return Err(Fail::Broken(format!(
+                            "sent more than the {expected} bytes asked for"
+                        )));
+                    }
+                    parts.push(chunk);
+                }
+            }
+        }
+        if got != expected {
+            return Err(Fail::Broken(format!(
+                "answered {got} bytes for a {expected}-byte range"
+            )));
+        }
+        Ok(match parts.len() {
+            1 => parts.pop().expect("one part"),
+            _ => {
+                let mut buf = BytesMut::with_capacity(expected);
+                for p in parts {
+                    buf.extend_from_slice(&p);
+                }
+                buf.freeze()
+            }
+        })
+    }
+
+    fn version_changed(&self, key: &str, version: &Version, found: String) -> Error {
+        Error::VersionChanged {
             dataset: self.dataset.clone(),
             key: key.to_string(),
             expected: version.etag.clone(),
             found,
-        };
-        if !version.etag.is_empty() && !found.is_empty() && found != version.etag {
-            return Err(changed(found.to_string()));
         }
-        if size != version.size || !range_ok {
-            return Err(changed(format!("{found} ({size} bytes)")));
-        }
-        Ok(())
     }
 
-    /// A version change found by a retried request, naming the version the read pinned.
-    fn pinned(&self, e: Error, version: &Version) -> Error {
-        match e {
-            Error::VersionChanged {
-                dataset,
-                key,
-                found,
-                ..
-            } => Error::VersionChanged {
-                dataset,
-                key,
-                expected: version.etag.clone(),
-                found,
+    /// The origin refused the pinned version (412): ask which one it holds now, so the error
+    /// names both.
+    async fn changed_at_origin(&self, key: &str, version: &Version) -> Error {
+        let found = match self.path(key) {
+            Ok(path) => match self.first_byte(self.store.head(&path)).await {
+                Ok(meta) => {
+                    let v = version_of(&meta);
+                    if v.etag.is_empty() {
+                        format!("another version ({} bytes)", v.size)
+                    } else {
+                        v.etag
+                    }
+                }
+                Err(Fail::Store(object_store::Error::NotFound { .. })) => {
+                    "none (the object was deleted)".into()
+                }
+                Err(_) => "unknown (the HEAD that asked failed)".into(),
             },
-            other => other,
+            Err(_) => "unknown".into(),
+        };
+        self.version_changed(key, version, found)
+    }
+
+    fn failed(&self, key: &str, attempts: u32, e: object_store::Error) -> Error {
+        let f = failure::classify(&e);
+        Error::Origin {
+            dataset: self.dataset.clone(),
+            key: key.to_string(),
+            attempts,
+            reason: f.summary.clone(),
+            unreachable: f.unreachable(),
+            source: Some(Arc::new(e)),
         }
     }
 
-    /// Run `op` with a deadline per attempt and bounded retries. Missing objects and failed
-    /// preconditions are answers, not failures: they are returned at once.
+    /// Run `op` with a deadline per attempt and bounded retries. Missing objects, failed
+    /// preconditions and definitive refusals (denied, bad request) are answers, not failures:
+    /// they are returned at once.
     async fn with_retry<T, F, Fut>(&self, key: &str, kind: Op, op: F) -> Result<T>
     where
         F: Fn() -> Fut,
-        Fut: Future<Output = object_store::Result<T>>,
+        Fut: Future<Output = Result<T, Fail>>,
     {
-        let attempts = self.retry.attempts.max(1);
-        let mut last = Attempt::TimedOut;
+        self.with_attempts(self.retry.attempts, key, kind, op).await
+    }
+
+    async fn with_attempts<T, F, Fut>(&self, attempts: u32, key: &str, kind: Op, op: F) -> Result<T>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = Result<T, Fail>>,
+    {
+        let attempts = attempts.max(1);
+        let mut last: Option<Error> = None;
         for attempt in 1..=attempts {
             if attempt > 1 {
                 Stats::add(&self.stats.origin_retries, 1);
@@ -329,231 +606,101 @@ impl Origin {
             };
             Stats::add(counter, 1);
             let started = std::time::Instant::now();
-            let outcome = tokio::time::timeout(self.retry.attempt_timeout, op()).await;
-            if let Ok(Ok(_)) = &outcome {
-                duration.observe(started.elapsed().as_secs_f64());
-            }
-            last = match outcome {
-                Ok(Ok(v)) => Attempt::Done(v),
-                Ok(Err(object_store::Error::NotFound { .. })) => {
+            let whole = self.retry.attempt_timeout;
+            let outcome = match tokio::time::timeout(whole, op()).await {
+                Ok(r) => r,
+                Err(_) => Err(Fail::Timeout {
+                    what: "whole answer",
+                    after: whole,
+                }),
+            };
+            let error = match outcome {
+                Ok(v) => {
+                    duration.observe(started.elapsed().as_secs_f64());
+                    return Ok(v);
+                }
+                Err(Fail::Store(object_store::Error::NotFound { .. })) => {
                     return Err(Error::NotFound {
                         dataset: self.dataset.clone(),
                         key: key.to_string(),
                     });
                 }
-                Ok(Err(object_store::Error::Precondition { source, .. })) => {
+                Err(Fail::Store(object_store::Error::Precondition { .. })) => {
                     return Err(Error::VersionChanged {
                         dataset: self.dataset.clone(),
                         key: key.to_string(),
                         expected: String::new(),
-                        found: source.to_string(),
+                        found: String::new(),
                     });
                 }
-                Ok(Err(e)) => Attempt::Failed(e),
-                Err(_) => Attempt::TimedOut,
-            };
-            match &last {
-                Attempt::Done(_) => break,
-                Attempt::Failed(e) => {
+                Err(Fail::Store(e)) => {
                     Stats::add(&self.stats.origin_errors, 1);
-                    tracing::warn!(dataset = %self.dataset, key, attempt, error = %e, "origin request failed");
+                    let retryable = failure::classify(&e).retryable();
+                    let error = self.failed(key, attempt, e);
+                    tracing::warn!(dataset = %self.dataset, key, attempt, error = %error, "origin request failed");
+                    if !retryable {
+                        return Err(error);
+                    }
+                    error
                 }
-                Attempt::TimedOut => {
+                Err(Fail::Broken(reason)) => {
+                    Stats::add(&self.stats.origin_errors, 1);
+                    tracing::warn!(dataset = %self.dataset, key, attempt, reason, "origin answer is broken");
+                    Error::Origin {
+                        dataset: self.dataset.clone(),
+                        key: key.to_string(),
+                        attempts: attempt,
+                        reason,
+                        unreachable: true,
+                        source: None,
+                    }
+                }
+                Err(Fail::Timeout { what, after }) => {
                     Stats::add(&self.stats.origin_timeouts, 1);
-                    tracing::warn!(dataset = %self.dataset, key, attempt, timeout = ?self.retry.attempt_timeout, "origin request timed out");
+                    tracing::warn!(dataset = %self.dataset, key, attempt, what, timeout = ?after, "origin request timed out");
+                    Error::OriginTimeout {
+                        dataset: self.dataset.clone(),
+                        key: key.to_string(),
+                        attempts: attempt,
+                        what,
+                        timeout: after,
+                    }
                 }
-            }
+            };
+            last = Some(error);
         }
-        match last {
-            Attempt::Done(v) => Ok(v),
-            Attempt::Failed(e) => Err(Error::Origin {
-                dataset: self.dataset.clone(),
-                key: key.to_string(),
-                attempts,
-                source: Arc::new(e),
-            }),
-            Attempt::TimedOut => Err(Error::OriginTimeout {
-                dataset: self.dataset.clone(),
-                key: key.to_string(),
-                attempts,
-                timeout: self.retry.attempt_timeout,
-            }),
-        }
+        Err(last.expect("at least one attempt"))
     }
+}
+
+fn version_of(meta: &ObjectMeta) -> Version {
+    Version {
+        size: meta.size,
+        etag: meta.e_tag.clone().unwrap_or_default(),
+        last_modified_ms: meta.last_modified.timestamp_millis(),
+    }
+}
+
+/// The version an answer shows, if it is not `pinned`: another ETag, size, or (when the origin
+/// gives no ETags) modification time.
+fn changed(pinned: &Version, meta: &ObjectMeta) -> Option<String> {
+    let found = meta.e_tag.clone().unwrap_or_default();
+    if !pinned.etag.is_empty() && !found.is_empty() && !same_etag(&found, &pinned.etag) {
+        return Some(found);
+    }
+    if meta.size != pinned.size {
+        return Some(format!("{found} ({} bytes)", meta.size).trim().to_string());
+    }
+    if (pinned.etag.is_empty() || found.is_empty())
+        && meta.last_modified.timestamp_millis() != pinned.last_modified_ms
+    {
+        return Some(format!(
+            "a version modified at {}",
+            meta.last_modified.to_rfc3339()
+        ));
+    }
+    None
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use object_store::memory::InMemory;
-    use object_store::{GetResult, ListResult, MultipartUpload, ObjectMeta, PutMultipartOptions};
-    use object_store::{PutOptions, PutPayload, PutResult};
-    use std::sync::atomic::{AtomicU32, Ordering};
-
-    /// A store whose first `fail` calls of `get_opts` fail, then delegates (logic test only).
-    #[derive(Debug)]
-    struct Flaky {
-        inner: InMemory,
-        fail: AtomicU32,
-        hang: bool,
-    }
-
-    impl std::fmt::Display for Flaky {
-        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            f.write_str("flaky")
-        }
-    }
-
-    #[async_trait::async_trait]
-    impl ObjectStore for Flaky {
-        async fn put_opts(
-            &self,
-            location: &Path,
-            payload: PutPayload,
-            opts: PutOptions,
-        ) -> object_store::Result<PutResult> {
-            self.inner.put_opts(location, payload, opts).await
-        }
-        async fn put_multipart_opts(
-            &self,
-            location: &Path,
-            opts: PutMultipartOptions,
-        ) -> object_store::Result<Box<dyn MultipartUpload>> {
-            self.inner.put_multipart_opts(location, opts).await
-        }
-        async fn get_opts(
-            &self,
-            location: &Path,
-            options: GetOptions,
-        ) -> object_store::Result<GetResult> {
-            if options.head {
-                return self.inner.get_opts(location, options).await;
-            }
-            if self.hang {
-                std::future::pending::<()>().await;
-            }
-            if self
-                .fail
-                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-                .is_ok()
-            {
-                return Err(object_store::Error::Generic {
-                    store: "flaky",
-                    source: "injected failure".into(),
-                });
-            }
-            self.inner.get_opts(location, options).await
-        }
-        fn delete_stream(
-            &self,
-            locations: futures::stream::BoxStream<'static, object_store::Result<Path>>,
-        ) -> futures::stream::BoxStream<'static, object_store::Result<Path>> {
-            self.inner.delete_stream(locations)
-        }
-        fn list(
-            &self,
-            prefix: Option<&Path>,
-        ) -> futures::stream::BoxStream<'static, object_store::Result<ObjectMeta>> {
-            self.inner.list(prefix)
-        }
-        async fn list_with_delimiter(
-            &self,
-            prefix: Option<&Path>,
-        ) -> object_store::Result<ListResult> {
-            self.inner.list_with_delimiter(prefix).await
-        }
-        async fn copy_opts(
-            &self,
-            from: &Path,
-            to: &Path,
-            options: object_store::CopyOptions,
-        ) -> object_store::Result<()> {
-            self.inner.copy_opts(from, to, options).await
-        }
-    }
-
-    async fn origin(fail: u32, hang: bool) -> (Origin, Arc<Stats>) {
-        let store = Flaky {
-            inner: InMemory::new(),
-            fail: AtomicU32::new(fail),
-            hang,
-        };
-        store
-            .inner
-            .put(&Path::from("k"), PutPayload::from_static(b"0123456789"))
-            .await
-            .unwrap();
-        let stats = Arc::new(Stats::default());
-        let retry = RetryPolicy {
-            attempts: 3,
-            attempt_timeout: Duration::from_secs(5),
-            base_delay: Duration::from_millis(100),
-            max_delay: Duration::from_secs(1),
-        };
-        let settings = DatasetSettings {
-            block_size: 4,
-            metadata_ttl: Duration::from_secs(30),
-            immutable: false,
-        };
-        let o = Origin::new(
-            "ds",
-            Arc::new(store),
-            settings,
-            retry,
-            Arc::new(Semaphore::new(4)),
-            stats.clone(),
-        );
-        (o, stats)
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn transient_failures_are_retried() {
-        let (o, stats) = origin(2, false).await;
-        let v = o.head("k").await.unwrap();
-        assert_eq!(v.size, 10);
-        assert_eq!(&o.get_range("k", &v, 2..6).await.unwrap()[..], b"2345");
-        let s = stats.snapshot();
-        assert_eq!(s.origin_get_requests, 3);
-        assert_eq!(s.origin_retries, 2);
-        assert_eq!(s.origin_bytes, 4);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn persistent_failure_names_the_origin_error() {
-        let (o, stats) = origin(10, false).await;
-        let v = o.head("k").await.unwrap();
-        let e = o.get_range("k", &v, 0..4).await.unwrap_err();
-        assert!(matches!(e, Error::Origin { attempts: 3, .. }), "{e}");
-        assert!(e.to_string().contains("injected failure"), "{e}");
-        assert_eq!(stats.snapshot().origin_get_requests, 3);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn hung_origin_times_out_after_bounded_attempts() {
-        let (o, _) = origin(0, true).await;
-        let v = o.head("k").await.unwrap();
-        let started = tokio::time::Instant::now();
-        let e = o.get_range("k", &v, 0..4).await.unwrap_err();
-        assert!(matches!(e, Error::OriginTimeout { attempts: 3, .. }), "{e}");
-        // Three 5 s attempts plus two backoffs of at most 100 ms and 200 ms.
-        assert!(
-            started.elapsed() <= Duration::from_millis(15_300),
-            "{:?}",
-            started.elapsed()
-        );
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn missing_objects_and_changed_versions_are_not_retried() {
-        let (o, stats) = origin(0, false).await;
-        assert!(matches!(o.head("nope").await, Err(Error::NotFound { .. })));
-        let mut v = o.head("k").await.unwrap();
-        v.etag = "stale".into();
-        let e = o.get_range("k", &v, 0..4).await.unwrap_err();
-        assert!(
-            matches!(&e, Error::VersionChanged { expected, .. } if expected == "stale"),
-            "{e}"
-        );
-        assert_eq!(stats.snapshot().origin_retries, 0);
-    }
-}
+mod tests;

@@ -9,8 +9,10 @@ use std::time::Duration;
 pub struct RetryPolicy {
     /// Attempts in all, at least 1.
     pub attempts: u32,
-    /// Deadline of each attempt.
+    /// Deadline of each whole attempt (headers and body).
     pub attempt_timeout: Duration,
+    /// Deadline of an attempt's first byte (its headers), and of each silence inside a body.
+    pub first_byte_timeout: Duration,
     /// Backoff before the second attempt; doubles after each failure.
     pub base_delay: Duration,
     /// Largest backoff.
@@ -22,6 +24,7 @@ impl Default for RetryPolicy {
         RetryPolicy {
             attempts: 4,
             attempt_timeout: Duration::from_secs(30),
+            first_byte_timeout: Duration::from_secs(5),
             base_delay: Duration::from_millis(100),
             max_delay: Duration::from_secs(2),
         }
