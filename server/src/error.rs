@@ -24,7 +24,9 @@ pub enum Error {
         size: u64,
     },
     #[error(
-        "{dataset}/{key} is not at the requested version: expected {expected:?}, origin has {found:?}"
+        "{dataset}/{key} is not at the requested version: the read pinned ETag {}, the origin has {}",
+        shown_etag(expected),
+        shown_etag(found)
     )]
     VersionChanged {
         dataset: String,
@@ -98,6 +100,11 @@ impl Error {
             Error::Forbidden { .. } => ErrorCode::Forbidden,
         }
     }
+}
+
+/// An ETag as written in messages: as the origin sends it (S3 quotes them), or "(none)".
+fn shown_etag(etag: &str) -> &str {
+    if etag.is_empty() { "(none)" } else { etag }
 }
 
 impl Error {

@@ -30,8 +30,8 @@ enum Command {
 #[derive(Args)]
 struct CheckArgs {
     /// Check only this dataset.
-    #[arg(value_name = "DATASET")]
-    dataset: Option<String>,
+    #[arg(value_name = "DATASET", id = "only")]
+    only: Option<String>,
     /// The same settings as `serve` takes.
     #[command(flatten)]
     serve: ServeArgs,
@@ -274,7 +274,7 @@ fn run_serve(args: ServeArgs) -> anyhow::Result<std::process::ExitCode> {
 
 fn run_check(args: CheckArgs) -> anyhow::Result<std::process::ExitCode> {
     let config = Config::load(&args.serve.overrides(), &ProcessEnv)?;
-    if let Some(name) = &args.dataset
+    if let Some(name) = &args.only
         && !config.datasets.iter().any(|d| &d.name == name)
     {
         let known: Vec<&str> = config.datasets.iter().map(|d| d.name.as_str()).collect();
@@ -287,7 +287,7 @@ fn run_check(args: CheckArgs) -> anyhow::Result<std::process::ExitCode> {
         let origins: Vec<_> = server
             .service()
             .origins()
-            .filter(|o| args.dataset.as_ref().is_none_or(|n| n == o.dataset()))
+            .filter(|o| args.only.as_ref().is_none_or(|n| n == o.dataset()))
             .cloned()
             .collect();
         let checks = origins
@@ -384,5 +384,14 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_command_line_is_well_formed() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
     }
 }

@@ -174,10 +174,11 @@ fn loopback(port: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], port))
 }
 
-/// `[[datasets]]` tables for the nodes' config file.
-fn datasets_toml(datasets: &[DatasetConfig]) -> String {
+/// `[[datasets]]` tables of a config file, every set key written as the server reads it.
+pub fn datasets_toml(datasets: &[DatasetConfig]) -> String {
     let mut out = String::new();
     let q = |s: &str| format!("{s:?}");
+    let ms = |d: &std::time::Duration| format!("\"{}ms\"", d.as_millis());
     for d in datasets {
         let _ = writeln!(
             out,
@@ -191,23 +192,55 @@ fn datasets_toml(datasets: &[DatasetConfig]) -> String {
         if let Some(bs) = d.block_size {
             let _ = writeln!(out, "block_size = {bs}");
         }
-        if let Some(ttl) = d.metadata_ttl {
-            let _ = writeln!(out, "metadata_ttl = \"{}ms\"", ttl.as_millis());
+        for (k, v) in [
+            ("metadata_ttl", &d.metadata_ttl),
+            ("stale_if_error", &d.stale_if_error),
+            ("first_byte_timeout", &d.first_byte_timeout),
+            ("request_timeout", &d.request_timeout),
+            ("connect_timeout", &d.connect_timeout),
+        ] {
+            if let Some(v) = v {
+                let _ = writeln!(out, "{k} = {}", ms(v));
+            }
         }
         for (k, v) in [
             ("endpoint", &d.endpoint),
             ("region", &d.region),
             ("access_key_id", &d.access_key_id),
+            ("profile", &d.profile),
+            ("proxy_url", &d.proxy_url),
+            ("proxy_excludes", &d.proxy_excludes),
         ] {
             if let Some(v) = v {
                 let _ = writeln!(out, "{k} = {}", q(v));
             }
         }
-        if let Some(secret) = &d.secret_access_key {
-            let _ = writeln!(out, "secret_access_key = {}", q(&secret.0));
+        for (k, v) in [
+            ("secret_access_key", &d.secret_access_key),
+            ("session_token", &d.session_token),
+        ] {
+            if let Some(secret) = v {
+                let _ = writeln!(out, "{k} = {}", q(&secret.0));
+            }
         }
-        if let Some(allow) = d.allow_http {
-            let _ = writeln!(out, "allow_http = {allow}");
+        for (k, v) in [
+            ("allow_http", d.allow_http),
+            ("skip_signature", d.skip_signature),
+            ("virtual_hosted_style", d.virtual_hosted_style),
+            ("follow_symlinks", d.follow_symlinks),
+        ] {
+            if let Some(v) = v {
+                let _ = writeln!(out, "{k} = {v}");
+            }
+        }
+        if let Some(ca) = &d.ca_bundle {
+            let _ = writeln!(out, "ca_bundle = {}", q(&ca.display().to_string()));
+        }
+        if !d.options.is_empty() {
+            let _ = writeln!(out, "[datasets.options]");
+            for (k, v) in &d.options {
+                let _ = writeln!(out, "{k} = {}", q(v));
+            }
         }
         out.push('\n');
     }

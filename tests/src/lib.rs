@@ -9,14 +9,27 @@
 //!   membership file, for SIGKILL, stall, restart and join scenarios.
 //! - [`scripted_server`]: a fake protocol server that answers each request as a closure says
 //!   (peers and servers that misbehave on purpose).
+//! - [`fault::FaultProxy`]: an HTTP proxy in front of an origin that answers wrongly on
+//!   purpose (error statuses, resets, stalls, short and long bodies, rewritten ETags);
+//! - [`emulators`]: moto's S3 server and Azurite as separate processes;
+//! - [`creds::CredentialServer`]: a web-identity STS and a container credentials endpoint;
+//! - [`process::Shardcache`]: one `shardcache` process with its own environment and flags;
+//! - [`proxy::HttpProxy`]: a forward proxy as `HTTP_PROXY`/`HTTPS_PROXY` name one;
 //! - [`bytes_for`]: deterministic test data.
 
 mod cluster;
+pub mod creds;
+pub mod emulators;
+pub mod fault;
+pub mod process;
+pub mod proxy;
 mod s3;
 mod server;
 
-pub use cluster::{Node, TestCluster, TestClusterBuilder, free_port, metric_value, server_binary};
-pub use s3::{OriginCounts, S3Origin};
+pub use cluster::{
+    Node, TestCluster, TestClusterBuilder, datasets_toml, free_port, metric_value, server_binary,
+};
+pub use s3::{HttpVersions, OriginCounts, S3Origin, S3OriginBuilder};
 pub use server::{TestServer, TestServerBuilder};
 
 /// `len` deterministic pseudo-random bytes derived from `seed`.
@@ -87,6 +100,27 @@ pub fn test_ca(
     std::fs::write(&paths.1, cert.pem()).expect("write cert");
     std::fs::write(&paths.2, key.serialize_pem()).expect("write key");
     paths
+}
+
+/// A TLS acceptor for the PEM certificate chain and key, offering `alpn`.
+pub fn tls_acceptor(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+    alpn: &[&[u8]],
+) -> tokio_rustls::TlsAcceptor {
+    use rustls::pki_types::pem::PemObject;
+    init();
+    let certs = rustls::pki_types::CertificateDer::pem_file_iter(cert)
+        .expect("read cert")
+        .collect::<Result<Vec<_>, _>>()
+        .expect("parse cert");
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_file(key).expect("read key");
+    let mut config = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .expect("tls config");
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config))
 }
 
 /// A plain HTTP/1.1 GET on a loopback address: `(status, body)`. Enough for the admin endpoint.

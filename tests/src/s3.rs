@@ -113,6 +113,14 @@ impl S3 for CountingS3 {
         if let Ok(r) = &mut resp
             && let Some(body) = r.output.body.take()
         {
+            // s3s-fs yields empty pieces between file reads; over HTTP/2 each becomes an empty
+            // DATA frame, which h2 clients count as a flood and answer with GOAWAY. Real S3
+            // servers do not send them.
+            use futures::StreamExt;
+            let body = StreamingBlob::wrap(
+                body.filter(|piece| std::future::ready(!matches!(piece, Ok(b) if b.is_empty())))
+                    .map(|piece| piece.map_err(std::io::Error::other)),
+            );
             r.output.body = Some(self.egress.limit(body, self.egress.clone()));
         }
         resp
@@ -163,9 +171,73 @@ impl S3 for CountingS3 {
     }
 }
 
+/// Which HTTP versions an [`S3Origin`] speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum HttpVersions {
+    /// HTTP/1.1 and HTTP/2 (prior knowledge, or ALPN over TLS).
+    #[default]
+    Both,
+    Http1Only,
+    Http2Only,
+}
+
+/// How an [`S3Origin`] is served.
+#[derive(Default)]
+pub struct S3OriginBuilder {
+    buckets: Vec<String>,
+    http: HttpVersions,
+    tls: Option<(std::path::PathBuf, std::path::PathBuf)>,
+    anonymous: bool,
+    keys: Vec<(String, String)>,
+}
+
+impl S3OriginBuilder {
+    pub fn bucket(mut self, b: &str) -> Self {
+        self.buckets.push(b.to_string());
+        self
+    }
+
+    pub fn http(mut self, v: HttpVersions) -> Self {
+        self.http = v;
+        self
+    }
+
+    /// Serve HTTPS with this PEM certificate chain and key.
+    pub fn tls(mut self, cert: &FsPath, key: &FsPath) -> Self {
+        self.tls = Some((cert.to_path_buf(), key.to_path_buf()));
+        self
+    }
+
+    /// No signature checks: every request is anonymous (signed requests are refused), so a
+    /// proxy may rewrite queries.
+    pub fn anonymous(mut self) -> Self {
+        self.anonymous = true;
+        self
+    }
+
+    /// Accept this key pair too (temporary credentials a test STS hands out), beside the
+    /// test keys the harness itself uses.
+    pub fn key(mut self, access: &str, secret: &str) -> Self {
+        self.keys.push((access.to_string(), secret.to_string()));
+        self
+    }
+
+    pub async fn start(self) -> S3Origin {
+        crate::init();
+        let dir = tempfile::tempdir().expect("tempdir");
+        for b in &self.buckets {
+            std::fs::create_dir_all(dir.path().join(b)).expect("bucket dir");
+        }
+        S3Origin::serve(dir, self).await
+    }
+}
+
 /// An S3-compatible server on a loopback port, over a temporary directory.
 pub struct S3Origin {
     addr: SocketAddr,
+    scheme: &'static str,
+    h2_tls: Arc<std::sync::atomic::AtomicU64>,
+    anonymous: bool,
     counter: Arc<Counter>,
     egress: Arc<Egress>,
     task: JoinHandle<()>,
@@ -179,17 +251,20 @@ impl Drop for S3Origin {
 }
 
 impl S3Origin {
-    /// Start the server with the given buckets.
+    /// Start the server with the given buckets (HTTP/1.1 and HTTP/2, the test keys).
     pub async fn start(buckets: &[&str]) -> S3Origin {
-        crate::init();
-        let dir = tempfile::tempdir().expect("tempdir");
-        for b in buckets {
-            std::fs::create_dir_all(dir.path().join(b)).expect("bucket dir");
+        let mut b = S3Origin::builder();
+        for name in buckets {
+            b = b.bucket(name);
         }
-        S3Origin::start_in(dir).await
+        b.start().await
     }
 
-    async fn start_in(dir: tempfile::TempDir) -> S3Origin {
+    pub fn builder() -> S3OriginBuilder {
+        S3OriginBuilder::default()
+    }
+
+    async fn serve(dir: tempfile::TempDir, opts: S3OriginBuilder) -> S3Origin {
         let fs = s3s_fs::FileSystem::new(dir.path()).expect("s3s-fs root");
         let counter = Arc::new(Counter::default());
         let egress = Arc::new(Egress::default());
@@ -199,31 +274,95 @@ impl S3Origin {
                 counter: counter.clone(),
                 egress: egress.clone(),
             });
-            b.set_auth(s3s::auth::SimpleAuth::from_single(ACCESS_KEY, SECRET_KEY));
+            if !opts.anonymous {
+                let mut auth = s3s::auth::SimpleAuth::new();
+                auth.register(ACCESS_KEY.into(), SECRET_KEY.into());
+                for (a, k) in &opts.keys {
+                    auth.register(a.clone(), k.clone().into());
+                }
+                b.set_auth(auth);
+            }
             b.build()
         };
+        let alpn: &[&[u8]] = match opts.http {
+            HttpVersions::Both => &[b"h2", b"http/1.1"],
+            HttpVersions::Http1Only => &[b"http/1.1"],
+            HttpVersions::Http2Only => &[b"h2"],
+        };
+        let tls = opts
+            .tls
+            .as_ref()
+            .map(|(cert, key)| crate::tls_acceptor(cert, key, alpn));
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind s3");
         let addr = listener.local_addr().expect("addr");
+        let versions = opts.http;
+        let h2_conns = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let h2_tls = h2_conns.clone();
         let task = tokio::spawn(async move {
-            let http = ConnBuilder::new(TokioExecutor::new());
+            let mut http = ConnBuilder::new(TokioExecutor::new());
+            match versions {
+                HttpVersions::Both => {}
+                HttpVersions::Http1Only => http = http.http1_only(),
+                HttpVersions::Http2Only => http = http.http2_only(),
+            }
             loop {
                 let Ok((socket, _)) = listener.accept().await else {
                     continue;
                 };
-                let conn = http.serve_connection(TokioIo::new(socket), service.clone());
-                let conn = conn.into_owned();
+                let (http, tls, h2) = (http.clone(), tls.clone(), h2_conns.clone());
+                // Error answers to HEAD carry an XML body in s3s; HTTP/1.1 drops it, but over
+                // HTTP/2 it goes out as DATA on a HEAD stream, a protocol error to clients.
+                let s3 = service.clone();
+                let service = hyper::service::service_fn(
+                    move |req: hyper::Request<hyper::body::Incoming>| {
+                        let s3 = s3.clone();
+                        async move {
+                            let head = req.method() == hyper::Method::HEAD;
+                            let mut resp = hyper::service::Service::call(&s3, req).await?;
+                            if head {
+                                *resp.body_mut() = s3s::Body::empty();
+                            }
+                            Ok::<_, s3s::HttpError>(resp)
+                        }
+                    },
+                );
                 tokio::spawn(async move {
-                    let _ = conn.await;
+                    match tls {
+                        None => {
+                            let _ = http.serve_connection(TokioIo::new(socket), service).await;
+                        }
+                        Some(acceptor) => {
+                            if let Ok(stream) = acceptor.accept(socket).await {
+                                if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
+                                    h2.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                                }
+                                let _ = http.serve_connection(TokioIo::new(stream), service).await;
+                            }
+                        }
+                    }
                 });
             }
         });
         S3Origin {
             addr,
+            scheme,
+            h2_tls,
+            anonymous: opts.anonymous,
             counter,
             egress,
             task,
             dir,
         }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// TLS connections that chose HTTP/2 by ALPN.
+    pub fn h2_tls_connections(&self) -> u64 {
+        self.h2_tls.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Limit the bytes per second of all GET bodies together (0: no limit), like an object
@@ -236,7 +375,7 @@ impl S3Origin {
     }
 
     pub fn endpoint(&self) -> String {
-        format!("http://{}", self.addr)
+        format!("{}://{}", self.scheme, self.addr)
     }
 
     pub fn root(&self) -> &FsPath {
@@ -256,23 +395,38 @@ impl S3Origin {
         );
         d.endpoint = Some(self.endpoint());
         d.region = Some(REGION.into());
-        d.access_key_id = Some(ACCESS_KEY.into());
-        d.secret_access_key = Some(shardcache_server::config::Secret(SECRET_KEY.into()));
-        d.allow_http = Some(true);
+        if self.anonymous {
+            d.skip_signature = Some(true);
+        } else {
+            d.access_key_id = Some(ACCESS_KEY.into());
+            d.secret_access_key = Some(shardcache_server::config::Secret(SECRET_KEY.into()));
+        }
+        d.allow_http = Some(self.scheme == "http");
         d
     }
 
     /// An object_store client of one bucket, talking S3 to this server.
     pub fn store(&self, bucket: &str) -> AmazonS3 {
-        AmazonS3Builder::new()
+        let mut b = AmazonS3Builder::new()
             .with_bucket_name(bucket)
             .with_endpoint(self.endpoint())
             .with_region(REGION)
-            .with_access_key_id(ACCESS_KEY)
-            .with_secret_access_key(SECRET_KEY)
-            .with_allow_http(true)
-            .build()
-            .expect("s3 client")
+            .with_allow_http(true);
+        if self.anonymous {
+            b = b.with_skip_signature(true);
+        } else {
+            b = b
+                .with_access_key_id(ACCESS_KEY)
+                .with_secret_access_key(SECRET_KEY);
+        }
+        if self.scheme == "https" {
+            b = b.with_client_options(
+                object_store::ClientOptions::new()
+                    .with_allow_invalid_certificates(true)
+                    .with_allow_http(true),
+            );
+        }
+        b.build().expect("s3 client")
     }
 
     /// Upload an object through the S3 API.

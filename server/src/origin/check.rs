@@ -107,7 +107,7 @@ pub async fn check(origin: &Origin) -> Report {
         .as_ref()
         .map(|m| m.location.to_string())
         .unwrap_or_else(|| ".shardcache-check-origin".into());
-    let head = origin.head(&key).await;
+    let head = origin.head_once(&key).await;
     let head = match head {
         Err(Error::NotFound { .. }) if first.is_none() => Ok(None),
         other => other.map(Some),

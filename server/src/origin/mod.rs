@@ -231,30 +231,45 @@ impl Origin {
             Some(p) if !p.is_empty() => Some(self.path(p.trim_end_matches('/'))?),
             _ => None,
         };
-        let what = prefix.unwrap_or("").to_string();
+        let what = match prefix {
+            Some(p) if !p.is_empty() => format!("a listing of {p}"),
+            _ => "a listing".to_string(),
+        };
+        let first_byte = self.retry.first_byte_timeout;
+        let whole = self.retry.attempt_timeout;
         let list = async {
             let mut out = Vec::new();
             let mut listing = self.store.list(path.as_ref());
+            // The first entry within the first-byte deadline, the page within the whole one.
+            let first = tokio::time::timeout(first_byte, listing.next())
+                .await
+                .map_err(|_| ("first byte", first_byte))?;
+            match first {
+                Some(Ok(m)) => out.push(m),
+                Some(Err(e)) => return Ok(Err(e)),
+                None => return Ok(Ok(out)),
+            }
             while out.len() < limit {
                 match listing.next().await {
-                    Some(item) => out.push(item?),
+                    Some(Ok(m)) => out.push(m),
+                    Some(Err(e)) => return Ok(Err(e)),
                     None => break,
                 }
             }
-            Ok::<_, object_store::Error>(out)
+            Ok(Ok(out))
         };
-        let timeout = self
-            .retry
-            .first_byte_timeout
-            .max(self.retry.attempt_timeout);
-        match tokio::time::timeout(timeout, list).await {
+        let timed = match tokio::time::timeout(whole, list).await {
+            Ok(r) => r,
+            Err(_) => Err(("whole answer", whole)),
+        };
+        match timed {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => Err(self.failed(&what, 1, e)),
-            Err(_) => Err(Error::OriginTimeout {
+            Err((stage, timeout)) => Err(Error::OriginTimeout {
                 dataset: self.dataset.clone(),
                 key: what,
                 attempts: 1,
-                what: "listing",
+                what: stage,
                 timeout,
             }),
         }

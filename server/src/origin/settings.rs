@@ -803,15 +803,7 @@ pub fn resolve(
 
     // The proxy: an explicit proxy_url, else the usual variables (read by the HTTP client).
     out.proxy = match out.get("proxy_url").cloned() {
-        Some(p) => {
-            if out.get("proxy_excludes").is_none()
-                && let Some((var, v)) = first_var(env, &["NO_PROXY", "no_proxy"])
-            {
-                out.store
-                    .push(Setting::new("proxy_excludes", v, Source::Env(var)));
-            }
-            Some(p)
-        }
+        Some(p) => Some(p),
         None => {
             let https = endpoint
                 .as_ref()
@@ -824,6 +816,13 @@ pub fn resolve(
             first_var(env, vars).map(|(var, v)| Setting::new("proxy_url", v, Source::Env(var)))
         }
     };
+    if out.proxy.is_some()
+        && out.get("proxy_excludes").is_none()
+        && let Some((var, v)) = first_var(env, &["NO_PROXY", "no_proxy"])
+    {
+        out.store
+            .push(Setting::new("proxy_excludes", v, Source::Env(var)));
+    }
     if let Some(p) = &out.proxy
         && url::Url::parse(&p.value).is_err()
     {
@@ -913,25 +912,25 @@ fn s3_credentials(
     err: &dyn Fn(String) -> SettingsError,
 ) -> Result<Credentials, SettingsError> {
     let file_key = |k: &str| Source::File(format!("datasets.{}.{k}", d.name));
-    let pair =
-        |id: Option<Setting>, secret: Option<Setting>, token: Option<Setting>, what: &str| match (
-            id, secret,
-        ) {
-            (Some(key_id), Some(secret)) => Ok(Credentials::Static {
-                key_id,
-                secret,
-                token,
-            }),
-            (Some(id), None) => Err(err(format!(
-                "{what}: access key id ({}) without a secret access key",
-                id.source
-            ))),
-            (None, Some(s)) => Err(err(format!(
-                "{what}: secret access key ({}) without an access key id",
-                s.source
-            ))),
-            (None, None) => Err(err(format!("{what}: a session token without a key pair"))),
-        };
+    let pair = |id: Option<Setting>,
+                secret: Option<Setting>,
+                token: Option<Setting>,
+                what: &str| match (id, secret) {
+        (Some(key_id), Some(secret)) => Ok(Credentials::Static {
+            key_id,
+            secret,
+            token,
+        }),
+        (Some(id), None) => Err(err(format!(
+            "{what}: access key id ({}) without a secret access key",
+            id.source
+        ))),
+        (None, Some(s)) => Err(err(format!(
+            "{what}: secret access key ({}) without an access key id",
+            s.source
+        ))),
+        (None, None) => Err(err(format!("{what}: a session token without a key pair"))),
+    };
 
     // 1. The file's own keys.
     let file_id = d
