@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use shardcache_proto::{
-    DataChunk, ErrorCode, Frame, ObjectInfo, ReadRequest, ReadStart, StatRequest,
+    DataChunk, ErrorCode, Frame, ObjectInfo, ReadRequest, ReadStart, ServerInfo, StatRequest,
 };
 
 use crate::conn::{BufPool, Conn, LocalConn, QuicConn, Responses, TcpConn};
@@ -213,6 +213,30 @@ impl Client {
         Ok(accepted)
     }
 
+    /// Who the server is: node id, process instance, version, and where its control plane
+    /// listens.
+    pub async fn server_info(&self) -> Result<ServerInfo> {
+        let hello = Frame::Hello(shardcache_proto::Hello {
+            client: concat!("shardcache-client/", env!("CARGO_PKG_VERSION")).into(),
+        });
+        let mut responses = self.send(hello).await?;
+        match responses.next().await? {
+            Frame::ServerInfo(info) => Ok(info),
+            Frame::Error(e) => Err(ClientError::Server {
+                code: e.code,
+                message: e.message,
+            }),
+            other => Err(self.unexpected(&other)),
+        }
+    }
+
+    /// The server's control plane as this client reaches it (`host:port`), when it has one:
+    /// an address bound to every interface is reached at the data plane's host.
+    pub async fn control_endpoint(&self) -> Result<Option<String>> {
+        let info = self.server_info().await?;
+        Ok(control_endpoint_for(&info.control, &self.inner.endpoint))
+    }
+
     /// Size and version of an object.
     pub async fn stat(&self, path: &str) -> Result<ObjectInfo> {
         self.retrying(false, || async {
@@ -339,9 +363,45 @@ impl Client {
         buf: &mut [u8],
         if_match: Option<String>,
     ) -> Result<usize> {
-        let want = buf.len() as u64;
+        self.read_into_window(path, offset, buf, if_match, false)
+            .await
+    }
+
+    /// Read all of the object from `offset` into `buf`; [`ClientError::BufferTooSmall`] (and
+    /// nothing read) when the rest of the object does not fit.
+    pub async fn read_into_all(
+        &self,
+        path: &str,
+        offset: u64,
+        buf: &mut [u8],
+        if_match: Option<String>,
+    ) -> Result<usize> {
+        self.read_into_window(path, offset, buf, if_match, true)
+            .await
+    }
+
+    /// Read up to `buf.len()` bytes; with `whole`, one byte more is asked for, and an answer
+    /// that has it means the buffer is too small for the rest of the object.
+    async fn read_into_window(
+        &self,
+        path: &str,
+        offset: u64,
+        buf: &mut [u8],
+        if_match: Option<String>,
+        whole: bool,
+    ) -> Result<usize> {
+        let have = buf.len() as u64;
+        let want = have + u64::from(whole);
+        let too_small = |info: &ObjectInfo| ClientError::BufferTooSmall {
+            path: path.to_string(),
+            need: info.size.saturating_sub(offset),
+            have,
+        };
         if self.inner.endpoint.transport == Transport::Local {
-            let (_, bytes) = self.read_pinned(path, offset, Some(want), if_match).await?;
+            let (info, bytes) = self.read_pinned(path, offset, Some(want), if_match).await?;
+            if bytes.len() as u64 > have {
+                return Err(too_small(&info));
+            }
             buf[..bytes.len()].copy_from_slice(&bytes);
             return Ok(bytes.len());
         }
@@ -352,6 +412,9 @@ impl Client {
             let if_match = if_match.clone();
             async move {
                 let mut stream = self.read_stream(path, offset, Some(want), if_match).await?;
+                if stream.start.length > have {
+                    return Err(too_small(&stream.start.info));
+                }
                 let mut filled = 0usize;
                 while let Some(chunk) = stream.next_chunk().await? {
                     let at = (chunk.offset - offset) as usize;
@@ -506,6 +569,26 @@ fn bounds(range: impl RangeBounds<u64>) -> Result<(u64, Option<u64>)> {
         Some(end) => Ok((start, Some(end - start))),
         None => Ok((start, None)),
     }
+}
+
+/// Where a client reaches the control plane a server says it bound (`control`), given the
+/// endpoint it reached the data plane at.
+pub fn control_endpoint_for(control: &str, data: &Endpoint) -> Option<String> {
+    let addr: std::net::SocketAddr = control.parse().ok()?;
+    if !addr.ip().is_unspecified() {
+        return Some(addr.to_string());
+    }
+    // Bound to every interface: the data plane's host, or loopback for a local socket.
+    let host = match data.transport {
+        Transport::Local => "127.0.0.1".to_string(),
+        _ => data.host().to_string(),
+    };
+    let host = if host.contains(':') && !host.starts_with('[') {
+        format!("[{host}]")
+    } else {
+        host
+    };
+    Some(format!("{host}:{}", addr.port()))
 }
 
 /// The chunks of one read, checked as they arrive: in order, inside the range, checksum intact.

@@ -26,6 +26,10 @@ pub enum ClientError {
     Tls { reason: String },
     #[error("pinned buffer: {reason}")]
     Buffer { reason: String },
+    #[error(
+        "{path} has {need} bytes to read but the buffer holds {have}: pass a buffer of at least {need} bytes, or a length"
+    )]
+    BufferTooSmall { path: String, need: u64, have: u64 },
     #[error("{what} is not available over {endpoint}")]
     Unsupported {
         what: &'static str,

@@ -33,7 +33,7 @@ mod pinned;
 mod reader;
 
 pub use blocking::{BlockingClient, BlockingReader};
-pub use client::{Client, ClientOptions, ReadStream};
+pub use client::{Client, ClientOptions, ReadStream, control_endpoint_for};
 pub use control::{ControlClient, ControlError, Manifest, ManifestObject};
 #[cfg(feature = "cuda")]
 pub use cuda::cuda_driver_available;
@@ -42,7 +42,7 @@ pub use error::{ClientError, Result};
 pub use pinned::{PinnedBuffer, PinnedBufferPool, Pinning, PooledBuffer};
 pub use reader::ObjectReader;
 pub use shardcache_proto::control as control_proto;
-pub use shardcache_proto::{ErrorCode, ObjectInfo};
+pub use shardcache_proto::{ErrorCode, ObjectInfo, ServerInfo};
 
 /// Multiplexed protocol connections below [`Client`]: one request frame in, that request's
 /// response frames out. Servers use them to talk to their peers.

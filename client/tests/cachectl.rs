@@ -29,6 +29,14 @@ async fn server(dir: &std::path::Path) -> (String, tokio::sync::oneshot::Sender<
 
 async fn cachectl(args: &[&str]) -> std::process::Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_cachectl"));
+    // Only what the test names: no endpoint of the machine's own server.
+    for var in [
+        "SHARDCACHE_DATA",
+        "SHARDCACHE_CONTROL",
+        "SHARDCACHE_TOKEN_FILE",
+    ] {
+        cmd.env_remove(var);
+    }
     cmd.args(args);
     tokio::task::spawn_blocking(move || cmd.output().unwrap())
         .await
@@ -233,4 +241,142 @@ async fn warm_ls_members_evict_with_a_token() {
     let out = ctl(&good, &["warm", "ds/nothing-here", "--wait"]).await;
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no objects under ds/nothing-here"));
+}
+
+fn text(out: &std::process::Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_control_plane_is_found_from_the_data_plane_and_mismatches_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a_dir, b_dir) = (dir.path().join("a"), dir.path().join("b"));
+    for d in [&a_dir, &b_dir] {
+        std::fs::create_dir_all(d.join("train")).unwrap();
+        std::fs::write(d.join("train/x.bin"), vec![7u8; 300_000]).unwrap();
+    }
+    let token = dir.path().join("token");
+    std::fs::write(&token, "t0ken\n").unwrap();
+    let (a_data, _a_control, _a) = server_with_control(&a_dir, &token).await;
+    let (_b_data, b_control, _b) = server_with_control(&b_dir, &token).await;
+    let token = token.display().to_string();
+
+    // --data alone: cachectl asks that server for its control plane.
+    let out = cachectl(&["--data", &a_data, "--token-file", &token, "ls", "ds/train/"]).await;
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stdout.trim_start().starts_with("SIZE"),
+        "a header: {stdout}"
+    );
+    assert!(
+        stdout.contains("293.0 KiB") && stdout.contains("train/x.bin"),
+        "{stdout}"
+    );
+
+    // --data of one server and --control of another: refused, saying so.
+    let out = cachectl(&[
+        "--data",
+        &a_data,
+        "--control",
+        &b_control,
+        "--token-file",
+        &token,
+        "stat",
+        "ds/train/x.bin",
+    ])
+    .await;
+    let (_, stderr) = text(&out);
+    assert!(!out.status.success());
+    assert!(stderr.contains("two different servers"), "{stderr}");
+    assert!(stderr.contains("leave --control out"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn output_for_people_and_messages_that_say_what_to_do() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("train")).unwrap();
+    std::fs::write(dir.path().join("train/x.bin"), vec![1u8; 5_000_000]).unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "t0ken\n").unwrap();
+    let (data, _control, _stop) = server_with_control(dir.path(), &token).await;
+    let token = token.display().to_string();
+    let run = |args: &[&str]| {
+        let mut all = vec![
+            "--data".to_string(),
+            data.clone(),
+            "--token-file".into(),
+            token.clone(),
+        ];
+        all.extend(args.iter().map(|a| a.to_string()));
+        async move {
+            let refs: Vec<&str> = all.iter().map(String::as_str).collect();
+            cachectl(&refs).await
+        }
+    };
+
+    let out = run(&["stat", "ds/train/x.bin"]).await;
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stdout.contains("size:           4.8 MiB (5000000 bytes)"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("block size:     64.0 KiB"), "{stdout}");
+    let modified = stdout
+        .lines()
+        .find(|l| l.starts_with("last modified:"))
+        .unwrap_or_default();
+    assert!(
+        modified.contains('T') && modified.ends_with('Z'),
+        "an RFC 3339 date: {modified}"
+    );
+    assert!(
+        stdout.contains("BLOCK") && stdout.contains("HELD BY"),
+        "{stdout}"
+    );
+
+    let out = run(&["members"]).await;
+    let (stdout, _) = text(&out);
+    assert!(stdout.starts_with("NODE"), "{stdout}");
+    assert!(
+        stdout.contains("/ 1.0 GiB"),
+        "RAM in binary units: {stdout}"
+    );
+
+    // JSON is unchanged for scripts: exact numbers.
+    let out = run(&["-o", "json", "stat", "ds/train/x.bin"]).await;
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["size"], 5_000_000);
+    assert!(v["last_modified_ms"].as_i64().unwrap() > 0);
+
+    let out = run(&["ls", "ds/nothing/"]).await;
+    let (_, stderr) = text(&out);
+    assert!(!out.status.success());
+    assert!(stderr.contains("no objects under ds/nothing/"), "{stderr}");
+
+    let out = run(&["cat", "ds/train/"]).await;
+    let (_, stderr) = text(&out);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("names a prefix, not an object") && stderr.contains("cachectl ls"),
+        "{stderr}"
+    );
+
+    let out = run(&["cat", "nope/x"]).await;
+    let (_, stderr) = text(&out);
+    assert!(
+        stderr.contains("unknown dataset \"nope\"; this server serves: ds"),
+        "{stderr}"
+    );
+
+    let out = cachectl(&["cat", "--help"]).await;
+    let (stdout, _) = text(&out);
+    assert!(
+        stdout.contains("First byte to write") && stdout.contains("Bytes to write"),
+        "{stdout}"
+    );
 }

@@ -60,6 +60,9 @@ const T_PEER_BLOCK: u8 = 0x06;
 const T_PING: u8 = 0x07;
 const T_PONG: u8 = 0x88;
 const T_BLOCK_STATE: u8 = 0x89;
+// Who a data-plane endpoint is (clients find the control plane of the same server).
+const T_HELLO: u8 = 0x08;
+const T_SERVER_INFO: u8 = 0x8A;
 /// Most paths one prefetch frame may name.
 pub const MAX_PREFETCH_PATHS: usize = 256;
 /// Most nodes ahead of a receiver in a chain ([`PeerBlock::upstream`]).
@@ -381,6 +384,27 @@ pub struct Ping {
     pub from: String,
 }
 
+/// Who is this server? Answered with [`ServerInfo`] by any server, member or not.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Hello {
+    /// The client's name and version (for logs).
+    pub client: String,
+}
+
+/// The answer to [`Hello`]: the server's identity and where its other planes listen.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ServerInfo {
+    pub node_id: String,
+    /// Random per process start: the same value on the control plane's `Health` proves two
+    /// addresses reach the same server process.
+    pub instance: u64,
+    /// The server's version.
+    pub version: String,
+    /// The control plane's address as bound (`host:port`), empty when it is off. An
+    /// unspecified host (`0.0.0.0`) means "the host this endpoint was reached at".
+    pub control: String,
+}
+
 /// The answer to [`Ping`]: who answered.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Pong {
@@ -413,6 +437,8 @@ pub enum Frame {
     Ping(Ping),
     Pong(Pong),
     BlockState(BlockState),
+    Hello(Hello),
+    ServerInfo(ServerInfo),
 }
 
 impl Frame {
@@ -434,6 +460,8 @@ impl Frame {
             Frame::Ping(_) => T_PING,
             Frame::Pong(_) => T_PONG,
             Frame::BlockState(_) => T_BLOCK_STATE,
+            Frame::Hello(_) => T_HELLO,
+            Frame::ServerInfo(_) => T_SERVER_INFO,
         }
     }
 
@@ -448,6 +476,7 @@ impl Frame {
                 | Frame::Prefetch(_)
                 | Frame::PeerBlock(_)
                 | Frame::Ping(_)
+                | Frame::Hello(_)
         )
     }
 }
@@ -529,6 +558,13 @@ pub fn encode(framed: &Framed) -> Encoded {
             }
         }
         Frame::Ping(p) => put_str(&mut fields, &p.from),
+        Frame::Hello(h) => put_str(&mut fields, &h.client),
+        Frame::ServerInfo(i) => {
+            fields.put_u64(i.instance);
+            put_str(&mut fields, &i.node_id);
+            put_str(&mut fields, &i.version);
+            put_str(&mut fields, &i.control);
+        }
         Frame::BlockState(b) => {
             fields.put_u8(u8::from(b.was_present) | (u8::from(b.present) << 1));
             fields.put_u64(b.len);
@@ -701,6 +737,18 @@ fn decode_payload(kind: u8, payload: BytesMut) -> Result<Frame, DecodeError> {
         T_PING => Frame::Ping(Ping {
             from: r.string(MAX_STRING_LEN)?,
         }),
+        T_HELLO => Frame::Hello(Hello {
+            client: r.string(MAX_STRING_LEN)?,
+        }),
+        T_SERVER_INFO => {
+            let instance = r.u64()?;
+            Frame::ServerInfo(ServerInfo {
+                instance,
+                node_id: r.string(MAX_STRING_LEN)?,
+                version: r.string(MAX_STRING_LEN)?,
+                control: r.string(MAX_ADDR_LEN)?,
+            })
+        }
         T_PONG => {
             let instance = r.u64()?;
             let weight = r.u32()?;
@@ -769,6 +817,8 @@ fn kind_name(kind: u8) -> &'static str {
         T_PING => "ping",
         T_PONG => "pong",
         T_BLOCK_STATE => "block-state",
+        T_HELLO => "hello",
+        T_SERVER_INFO => "server-info",
         _ => "unknown",
     }
 }
@@ -910,6 +960,8 @@ pub fn peek_header(buf: &[u8], max_payload: usize) -> Result<Header, DecodeError
             | T_PING
             | T_PONG
             | T_BLOCK_STATE
+            | T_HELLO
+            | T_SERVER_INFO
     ) {
         return Err(DecodeError::UnknownType { kind });
     }
@@ -1108,6 +1160,15 @@ mod tests {
                     }
                 ),
             ".{0,40}".prop_map(|from| Frame::Ping(Ping { from })),
+            ".{0,40}".prop_map(|client| Frame::Hello(Hello { client })),
+            (".{0,40}", any::<u64>(), ".{0,20}", ".{0,60}").prop_map(
+                |(node_id, instance, version, control)| Frame::ServerInfo(ServerInfo {
+                    node_id,
+                    instance,
+                    version,
+                    control
+                })
+            ),
             (any::<bool>(), any::<bool>(), any::<u64>(), any::<u32>()).prop_map(
                 |(was_present, present, len, crc32c)| Frame::BlockState(BlockState {
                     was_present,
@@ -1193,7 +1254,7 @@ mod tests {
         }
 
         #[test]
-        fn random_payloads_behind_valid_headers_never_panic(kind in prop::sample::select(vec![T_READ, T_STAT, T_STAT_OK, T_READ_START, T_DATA, T_ERROR, T_REGISTER, T_REGISTERED, T_READ_INTO, T_PLACED, T_PREFETCH, T_PREFETCHED, T_PEER_BLOCK, T_PING, T_PONG, T_BLOCK_STATE]), payload in proptest::collection::vec(any::<u8>(), 0..256)) {
+        fn random_payloads_behind_valid_headers_never_panic(kind in prop::sample::select(vec![T_READ, T_STAT, T_STAT_OK, T_READ_START, T_DATA, T_ERROR, T_REGISTER, T_REGISTERED, T_READ_INTO, T_PLACED, T_PREFETCH, T_PREFETCHED, T_PEER_BLOCK, T_PING, T_PONG, T_BLOCK_STATE, T_HELLO, T_SERVER_INFO]), payload in proptest::collection::vec(any::<u8>(), 0..256)) {
             let mut buf = BytesMut::new();
             buf.put_u8(VERSION);
             buf.put_u8(kind);

@@ -23,7 +23,7 @@ pub mod control {
 
 pub use frame::{
     BlockState, DataChunk, DecodeError, ErrorCode, ErrorFrame, Frame, FrameCodec, Framed, Header,
-    ObjectInfo, PeerBlock, PeerMode, Ping, Placed, Pong, Prefetch, Prefetched, ReadInto,
-    ReadRequest, ReadStart, Register, Registered, StatRequest,
+    Hello, ObjectInfo, PeerBlock, PeerMode, Ping, Placed, Pong, Prefetch, Prefetched, ReadInto,
+    ReadRequest, ReadStart, Register, Registered, ServerInfo, StatRequest,
 };
 pub use path::{ObjectPath, PathError};

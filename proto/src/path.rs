@@ -107,7 +107,12 @@ pub fn validate_key(key: &str) -> Result<(), PathError> {
         })
     };
     if key.is_empty() {
-        return err("empty key");
+        return err("empty key: expected DATASET/KEY");
+    }
+    if key.ends_with('/') {
+        return err(
+            "ends with '/', so it names a prefix (a directory), not an object; list its objects with `cachectl ls`",
+        );
     }
     if key.len() > MAX_KEY_LEN {
         return err("longer than 1024 bytes");

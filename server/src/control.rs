@@ -705,6 +705,7 @@ impl Control for ControlService {
                 "membership not known yet: peers not probed".into()
             },
             node_id: cluster.node_id().to_string(),
+            instance: cluster.instance(),
         }))
     }
 }

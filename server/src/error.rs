@@ -10,8 +10,12 @@ use shardcache_proto::{ErrorCode, PathError};
 #[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    #[error("unknown dataset {dataset:?}")]
-    UnknownDataset { dataset: String },
+    #[error("unknown dataset {dataset:?}; this server serves: {}", known.join(", "))]
+    UnknownDataset {
+        dataset: String,
+        /// The datasets this server is configured with.
+        known: Vec<String>,
+    },
     #[error(transparent)]
     InvalidPath(#[from] PathError),
     #[error("object {dataset}/{key} not found at the origin")]

@@ -391,6 +391,7 @@ impl Server {
         listeners: Listeners,
         shutdown: impl Future<Output = ()>,
     ) -> std::io::Result<()> {
+        self.service.set_control_addr(listeners.control_addr());
         let limits = ConnLimits {
             max_requests: self.config.max_requests_per_connection,
         };

@@ -334,11 +334,24 @@ async fn serve(server: Server, workers: usize) -> anyhow::Result<()> {
             Ok(what) => {
                 tracing::info!(dataset = %o.dataset(), origin, immutable, credentials, "origin {what}")
             }
-            Err(e) => tracing::warn!(
-                dataset = %o.dataset(), origin, credentials, error = %e,
-                "origin not reachable at start (serving what is cached; run `shardcache check-origin {}`)",
-                o.dataset()
-            ),
+            Err(e) => {
+                let no_credentials = o.described().is_some_and(|s| {
+                    matches!(
+                        s.credentials,
+                        shardcache_server::origin::settings::Credentials::Instance { .. }
+                    )
+                });
+                let hint = if no_credentials {
+                    "no credentials are configured, so instance metadata was asked: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, AWS_PROFILE, or AWS_ROLE_ARN with AWS_WEB_IDENTITY_TOKEN_FILE; "
+                } else {
+                    ""
+                };
+                tracing::warn!(
+                    dataset = %o.dataset(), origin, credentials, error = %e,
+                    "origin not reachable at start: {hint}serving what is cached; `shardcache check-origin {}` shows the settings in effect",
+                    o.dataset()
+                )
+            }
         }
     }
     tracing::info!(

@@ -59,6 +59,8 @@ pub struct CacheService {
     chains: std::sync::Mutex<HashMap<BlockKey, Arc<Growing>>>,
     /// Bounds the chain fills in flight (each buffers up to a block).
     chain_slots: Arc<tokio::sync::Semaphore>,
+    /// The control plane's bound address, told to clients that ask who this server is.
+    control_addr: std::sync::OnceLock<Option<std::net::SocketAddr>>,
 }
 
 /// Owners (and their successors when they fail) a node asks before filling a block itself.
@@ -119,6 +121,7 @@ impl CacheService {
             peer_auth_required: false,
             chains: std::sync::Mutex::new(HashMap::new()),
             chain_slots: Arc::new(tokio::sync::Semaphore::new(DEFAULT_CHAIN_FILLS)),
+            control_addr: std::sync::OnceLock::new(),
         }
     }
 
@@ -191,6 +194,15 @@ impl CacheService {
         &self.cluster
     }
 
+    /// Record where the control plane listens (once, when the server starts).
+    pub fn set_control_addr(&self, addr: Option<std::net::SocketAddr>) {
+        let _ = self.control_addr.set(addr);
+    }
+
+    pub fn control_addr(&self) -> Option<std::net::SocketAddr> {
+        self.control_addr.get().copied().flatten()
+    }
+
     pub fn ram(&self) -> &RamTier {
         &self.ram
     }
@@ -204,12 +216,14 @@ impl CacheService {
     }
 
     fn origin(&self, dataset: &str) -> Result<Arc<Origin>> {
-        self.origins
-            .get(dataset)
-            .cloned()
-            .ok_or_else(|| Error::UnknownDataset {
+        self.origins.get(dataset).cloned().ok_or_else(|| {
+            let mut known: Vec<String> = self.origins.keys().cloned().collect();
+            known.sort();
+            Error::UnknownDataset {
                 dataset: dataset.to_string(),
-            })
+                known,
+            }
+        })
     }
 
     fn info(origin: &Origin, version: &Version) -> ObjectInfo {

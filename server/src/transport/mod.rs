@@ -245,6 +245,20 @@ async fn handle(
             .await;
             (path, result)
         }
+        Frame::Hello(_) => {
+            let cluster = service.cluster();
+            send(Frame::ServerInfo(shardcache_proto::ServerInfo {
+                node_id: cluster.node_id().to_string(),
+                instance: cluster.instance(),
+                version: env!("CARGO_PKG_VERSION").to_string(),
+                control: service
+                    .control_addr()
+                    .map(|a| a.to_string())
+                    .unwrap_or_default(),
+            }))
+            .await;
+            (String::new(), Ok(()))
+        }
         Frame::Ping(_) => {
             let cluster = service.cluster();
             let (disk_used, disk_capacity) =

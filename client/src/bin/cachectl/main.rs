@@ -1,0 +1,327 @@
+//! `cachectl`: the operator's command-line client.
+//!
+//! The data plane (`--data`) and the control plane (`--control`) are two ports of one server.
+//! Without `--control`, cachectl asks the data plane where that server's control plane listens;
+//! with both given, it checks they reach the same server process and refuses otherwise.
+
+mod commands;
+mod human;
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use shardcache_client::{
+    Client, ClientError, ClientOptions, ControlClient, ErrorCode, Transport, control_endpoint_for,
+};
+
+/// Where a server's data plane listens unless told otherwise.
+const DEFAULT_DATA: &str = "127.0.0.1:7070";
+/// Where its control plane listens unless the data plane says otherwise.
+const DEFAULT_CONTROL: &str = "127.0.0.1:7072";
+
+#[derive(Parser)]
+#[command(
+    name = "cachectl",
+    version,
+    about = "Operate and read from shardcache servers",
+    after_help = "Without --control, cachectl asks the server at --data where its control plane listens."
+)]
+struct Cli {
+    /// Data-plane endpoint: host:port (TCP), quic://host:port, or a Unix socket path (the local
+    /// shared-memory path) [default: 127.0.0.1:7070].
+    #[arg(long, global = true, env = "SHARDCACHE_DATA", value_name = "ADDR")]
+    data: Option<String>,
+    /// Control-plane endpoint (gRPC): host:port [default: the one the data plane names].
+    #[arg(long, global = true, env = "SHARDCACHE_CONTROL", value_name = "ADDR")]
+    control: Option<String>,
+    /// A file holding the control plane's bearer token.
+    #[arg(
+        long,
+        global = true,
+        env = "SHARDCACHE_TOKEN_FILE",
+        value_name = "FILE"
+    )]
+    token_file: Option<PathBuf>,
+    /// CA certificate (PEM) that signed the server's certificate (QUIC data plane; with it the
+    /// control plane is reached over TLS too).
+    #[arg(long, global = true, env = "SHARDCACHE_TLS_CA", value_name = "FILE")]
+    tls_ca: Option<PathBuf>,
+    /// Accept any QUIC server certificate (servers run with --insecure-dev-tls).
+    #[arg(long, global = true)]
+    insecure: bool,
+    /// Output format: text for people (sizes like 1.2 GiB, dates in RFC 3339), json for
+    /// scripts (exact bytes, milliseconds).
+    #[arg(short = 'o', long, global = true, value_enum, default_value_t = Output::Text)]
+    output: Output,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Output {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Write an object's bytes (or a range of them) to stdout.
+    Cat {
+        /// DATASET/KEY
+        path: String,
+        /// First byte to write (0 is the start of the object).
+        #[arg(long, default_value_t = 0, value_name = "BYTES")]
+        offset: u64,
+        /// Bytes to write from --offset [default: to the end of the object].
+        #[arg(long, value_name = "BYTES")]
+        length: Option<u64>,
+    },
+    /// Show an object's version and blocks, and which nodes hold each block.
+    Stat {
+        /// DATASET/KEY
+        path: String,
+    },
+    /// Load DATASET/PREFIX into the cluster (blocks already cached are skipped).
+    Warm {
+        /// DATASET/PREFIX (DATASET/ for the whole dataset)
+        path: String,
+        /// Copies of each block in the cluster.
+        #[arg(long, default_value_t = 1, conflicts_with = "all_nodes")]
+        replicas: u32,
+        /// A copy on every node.
+        #[arg(long)]
+        all_nodes: bool,
+        /// Follow the warm to its end (otherwise it goes on in the background after the first
+        /// progress report).
+        #[arg(long)]
+        wait: bool,
+        /// Write a manifest (key, size, ETag, CRC32C of every object) to FILE; implies --wait.
+        #[arg(long, value_name = "FILE")]
+        manifest: Option<PathBuf>,
+    },
+    /// Put DATASET/PREFIX on every node (a checkpoint restored everywhere, say) and wait:
+    /// `warm --all-nodes --wait`. Each block is read from the origin once and passed down a
+    /// chain of the nodes in pipelined chunks.
+    Broadcast {
+        /// DATASET/PREFIX
+        path: String,
+        /// Write a manifest to FILE.
+        #[arg(long, value_name = "FILE")]
+        manifest: Option<PathBuf>,
+    },
+    /// List objects under DATASET/PREFIX with their size and cached fraction.
+    Ls {
+        /// DATASET/PREFIX
+        path: String,
+    },
+    /// Drop DATASET/PREFIX from every tier of every node.
+    Evict {
+        /// DATASET/PREFIX
+        path: String,
+    },
+    /// The cluster's nodes: state, weight, tier usage.
+    Members,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cachectl: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("cachectl: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+impl Cli {
+    fn data(&self) -> &str {
+        self.data.as_deref().unwrap_or(DEFAULT_DATA)
+    }
+}
+
+async fn data_client(cli: &Cli) -> anyhow::Result<Client> {
+    let options = ClientOptions {
+        connections: 1,
+        tls_ca: cli.tls_ca.clone(),
+        insecure_skip_verify: cli.insecure,
+        ..ClientOptions::default()
+    };
+    Ok(Client::connect_with(cli.data(), options).await?)
+}
+
+/// Whether the server is too old to answer `Hello` (it answers with a bad-request error).
+fn no_hello(e: &ClientError) -> bool {
+    matches!(e.code(), Some(ErrorCode::BadRequest))
+}
+
+/// The control plane of the server at `--data`, or `--control` once it is known to be the same
+/// server.
+async fn control_endpoint(cli: &Cli) -> anyhow::Result<String> {
+    if let Some(control) = &cli.control {
+        if cli.data.is_some() {
+            same_server(cli, control).await?;
+        }
+        return Ok(control.clone());
+    }
+    let explicit = cli.data.is_some();
+    let client = match data_client(cli).await {
+        Ok(c) => c,
+        Err(e) if explicit => anyhow::bail!(
+            "cannot ask the server at --data {} where its control plane is ({e}); pass --control HOST:PORT",
+            cli.data()
+        ),
+        // Nothing named: the defaults of a server on this machine.
+        Err(_) => return Ok(DEFAULT_CONTROL.into()),
+    };
+    match client.server_info().await {
+        Ok(info) => match control_endpoint_for(&info.control, client.endpoint()) {
+            Some(c) => Ok(c),
+            None => anyhow::bail!(
+                "the server at {} (node {}) has no control plane: it runs without --control-listen",
+                cli.data(),
+                info.node_id
+            ),
+        },
+        Err(e) if no_hello(&e) => Ok(DEFAULT_CONTROL.into()),
+        Err(e) => anyhow::bail!(
+            "cannot ask the server at {} where its control plane is ({e}); pass --control HOST:PORT",
+            cli.data()
+        ),
+    }
+}
+
+/// `--data` and `--control` named two server processes.
+#[derive(Debug)]
+struct TwoServers(String);
+
+impl std::fmt::Display for TwoServers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for TwoServers {}
+
+/// `--data` and `--control` must be two planes of one server process.
+async fn same_server(cli: &Cli, control: &str) -> anyhow::Result<()> {
+    let Ok(client) = data_client(cli).await else {
+        // The data plane is not needed by every command; its own errors come where it is.
+        return Ok(());
+    };
+    let info = match client.server_info().await {
+        Ok(i) => i,
+        Err(e) if no_hello(&e) => return Ok(()),
+        Err(e) => return Err(e.into()),
+    };
+    let health = connect_control(cli, control).await?.health().await?;
+    if health.instance != 0 && health.instance != info.instance {
+        let hint = control_endpoint_for(&info.control, client.endpoint())
+            .map(|c| format!(" (its control plane is at {c})"))
+            .unwrap_or_default();
+        return Err(TwoServers(format!(
+            "--data {} and --control {control} are two different servers: node {} answers the data plane{hint}, node {} the control plane; point both at one server, or leave --control out and cachectl asks the data plane",
+            cli.data(),
+            info.node_id,
+            health.node_id
+        ))
+        .into());
+    }
+    Ok(())
+}
+
+async fn connect_control(cli: &Cli, endpoint: &str) -> anyhow::Result<ControlClient> {
+    let token = match &cli.token_file {
+        Some(path) => Some(
+            std::fs::read_to_string(path)
+                .map_err(|e| anyhow::anyhow!("cannot read token file {}: {e}", path.display()))?,
+        ),
+        None => None,
+    };
+    Ok(ControlClient::connect(endpoint, token, cli.tls_ca.as_deref()).await?)
+}
+
+/// The control plane of the server cachectl talks to.
+async fn control(cli: &Cli) -> anyhow::Result<ControlClient> {
+    let endpoint = control_endpoint(cli).await?;
+    connect_control(cli, &endpoint).await
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match &cli.command {
+        Command::Cat {
+            path,
+            offset,
+            length,
+        } => cat(&cli, path, *offset, *length).await,
+        Command::Stat { path } => commands::stat(&cli, path).await,
+        Command::Warm {
+            path,
+            replicas,
+            all_nodes,
+            wait,
+            manifest,
+        } => {
+            commands::warm(
+                &cli,
+                path,
+                *replicas,
+                *all_nodes,
+                *wait,
+                manifest.as_deref(),
+            )
+            .await
+        }
+        Command::Broadcast { path, manifest } => {
+            commands::warm(&cli, path, 1, true, true, manifest.as_deref()).await
+        }
+        Command::Ls { path } => commands::ls(&cli, path).await,
+        Command::Evict { path } => commands::evict(&cli, path).await,
+        Command::Members => commands::members(&cli).await,
+    }
+}
+
+async fn cat(cli: &Cli, path: &str, offset: u64, length: Option<u64>) -> anyhow::Result<()> {
+    if path.ends_with('/') {
+        anyhow::bail!(
+            "{path} names a prefix, not an object: name one object (DATASET/KEY), or list them with `cachectl ls {path}`"
+        );
+    }
+    let client = data_client(cli).await?;
+    let mut out = std::io::stdout().lock();
+    if client.endpoint().transport == Transport::Local {
+        // The local path places bytes in shared memory, a window at a time.
+        let (_, bytes) = client.read_pinned(path, offset, length, None).await?;
+        out.write_all(&bytes)?;
+    } else {
+        // Chunks go to stdout as they arrive: memory stays at one block whatever the size.
+        let mut stream = client.read_stream(path, offset, length, None).await?;
+        while let Some(chunk) = stream.next_chunk().await? {
+            out.write_all(&chunk.data)?;
+        }
+    }
+    out.flush()?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_command_line_is_well_formed() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
+    }
+}
