@@ -242,11 +242,14 @@ impl DatasetConfig {
 pub struct Config {
     /// TCP data plane.
     pub listen: SocketAddr,
-    /// QUIC data plane (needs TLS).
+    /// QUIC data plane (needs TLS); `off` turns it off.
+    #[serde(deserialize_with = "de_opt_listen")]
     pub quic_listen: Option<SocketAddr>,
-    /// `/metrics`, `/healthz`, `/readyz`.
+    /// `/metrics`, `/healthz`, `/readyz`; `off` turns it off.
+    #[serde(deserialize_with = "de_opt_listen")]
     pub admin_listen: Option<SocketAddr>,
-    /// gRPC control plane (warm, list, stat, evict, members, health).
+    /// gRPC control plane (warm, list, stat, evict, members, health); `off` turns it off.
+    #[serde(deserialize_with = "de_opt_listen")]
     pub control_listen: Option<SocketAddr>,
     /// A file holding the bearer token every control call must carry.
     pub control_token_file: Option<PathBuf>,
@@ -669,6 +672,19 @@ fn de_opt_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, 
     de_duration(d).map(Some)
 }
 
+/// A listen address, or `off` (also `none` or empty) for a listener that is not started.
+fn de_opt_listen<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
+    let s = String::deserialize(d)?;
+    match s.trim().to_ascii_lowercase().as_str() {
+        "off" | "none" | "" => Ok(None),
+        other => other.parse().map(Some).map_err(|e| {
+            serde::de::Error::custom(format!(
+                "{s:?} is not an address such as 127.0.0.1:7072 ({e}), or off"
+            ))
+        }),
+    }
+}
+
 /// A table of raw store options; values may be written as strings, numbers or booleans.
 fn de_options<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, String>, D::Error> {
     let table = BTreeMap::<String, toml::Value>::deserialize(d)?;
@@ -744,6 +760,20 @@ mod tests {
         assert_eq!(c.block_size, 1 << 20);
         assert_eq!(c.metadata_ttl, Duration::from_secs(300));
         assert_eq!(c.listen.to_string(), "127.0.0.1:9000");
+    }
+
+    #[test]
+    fn listeners_can_be_turned_off() {
+        let c = Config::from_sources(
+            Some("admin_listen = \"off\""),
+            &flags(&[("control_listen", "off")]),
+            &env(&[]),
+        )
+        .unwrap();
+        assert_eq!((c.admin_listen, c.control_listen), (None, None));
+        let e = Config::from_sources(None, &flags(&[("control_listen", "nowhere")]), &env(&[]))
+            .unwrap_err();
+        assert!(e.to_string().contains("or off"), "{e}");
     }
 
     #[test]

@@ -1,7 +1,16 @@
 //! Native part of the `shardcache` Python package: the blocking Rust client, with the GIL
 //! released around every call that waits on I/O. The Python layer (`python/shardcache`) adds
 //! error classes, file objects, the dataset and the fsspec filesystem.
+//!
+//! Fork safety: PyTorch's DataLoader starts its workers with `fork`. A forked child has a copy
+//! of the parent's client — its connections and the runtime whose threads drive them — but
+//! none of those threads. Every call therefore checks the process id: in a new process the
+//! client connects again, and the parent's state is leaked, not dropped (dropping a runtime
+//! waits for threads that do not exist there). `os.register_at_fork` in the Python layer
+//! also tells every live client at the fork itself.
 #![deny(unsafe_code)]
+
+use std::sync::{Arc, Mutex};
 
 use pyo3::exceptions::{PyException, PyValueError};
 use pyo3::prelude::*;
@@ -35,7 +44,9 @@ fn kind(e: &ClientError) -> &'static str {
         ClientError::Timeout { .. } => "timeout",
         ClientError::Connect { .. } | ClientError::ConnectionLost { .. } => "connection",
         ClientError::Checksum { .. } => "checksum",
-        ClientError::Endpoint { .. } | ClientError::InvalidPath(_) => "invalid",
+        ClientError::Endpoint { .. }
+        | ClientError::InvalidPath(_)
+        | ClientError::BufferTooSmall { .. } => "invalid",
         _ => "client",
     }
 }
@@ -44,12 +55,77 @@ fn to_py(e: ClientError) -> PyErr {
     NativeError::new_err((kind(&e), e.to_string()))
 }
 
+/// State that belongs to one process: made in the process that uses it, made again after a
+/// fork.
+struct PerProcess<T> {
+    slot: Mutex<Option<(u32, Arc<T>)>>,
+}
+
+impl<T> PerProcess<T> {
+    fn new(pid: u32, value: T) -> PerProcess<T> {
+        PerProcess {
+            slot: Mutex::new(Some((pid, Arc::new(value)))),
+        }
+    }
+
+    /// This process's value: the existing one, or `make()` (run without the GIL) in a process
+    /// that has none yet. The lock is only held with the GIL, never across `make`, so a fork
+    /// (which needs the GIL) never copies it held.
+    fn get(&self, py: Python<'_>, make: impl FnOnce() -> PyResult<T> + Send) -> PyResult<Arc<T>>
+    where
+        T: Send + Sync,
+    {
+        let pid = std::process::id();
+        {
+            let mut slot = self.slot.lock().unwrap_or_else(|p| p.into_inner());
+            match slot.as_ref() {
+                Some((owner, value)) if *owner == pid => return Ok(value.clone()),
+                Some(_) => {
+                    // Another process's: its threads are not here to finish a drop.
+                    std::mem::forget(slot.take());
+                }
+                None => {}
+            }
+        }
+        let made = Arc::new(py.detach(make)?);
+        let mut slot = self.slot.lock().unwrap_or_else(|p| p.into_inner());
+        match slot.as_ref() {
+            // Another thread of this process connected meanwhile: use its.
+            Some((owner, value)) if *owner == pid => Ok(value.clone()),
+            _ => {
+                *slot = Some((pid, made.clone()));
+                Ok(made)
+            }
+        }
+    }
+
+    /// The process forked and this is the child: forget the parent's value.
+    fn forget(&self) {
+        let mut slot = self.slot.lock().unwrap_or_else(|p| p.into_inner());
+        if slot
+            .as_ref()
+            .is_some_and(|(owner, _)| *owner != std::process::id())
+        {
+            std::mem::forget(slot.take());
+        }
+    }
+}
+
 /// A connection to a shardcache server (TCP `host:port`, `quic://host:port`, or a Unix socket
 /// path for the local shared-memory path).
 #[pyclass(name = "Client", module = "shardcache._shardcache", frozen)]
 struct Client {
-    inner: BlockingClient,
+    conn: PerProcess<BlockingClient>,
     endpoint: String,
+    options: ClientOptions,
+}
+
+impl Client {
+    fn conn(&self, py: Python<'_>) -> PyResult<Arc<BlockingClient>> {
+        self.conn.get(py, || {
+            BlockingClient::connect_with(&self.endpoint, self.options.clone()).map_err(to_py)
+        })
+    }
 }
 
 #[pymethods]
@@ -79,14 +155,23 @@ impl Client {
             ..ClientOptions::default()
         };
         let inner = py
-            .detach(|| BlockingClient::connect_with(&endpoint, options))
+            .detach(|| BlockingClient::connect_with(&endpoint, options.clone()))
             .map_err(to_py)?;
-        Ok(Client { inner, endpoint })
+        Ok(Client {
+            conn: PerProcess::new(std::process::id(), inner),
+            endpoint,
+            options,
+        })
     }
 
     #[getter]
     fn endpoint(&self) -> &str {
         &self.endpoint
+    }
+
+    /// Called in a forked child (`os.register_at_fork`): connect again on the next call.
+    fn _forget_after_fork(&self) {
+        self.conn.forget();
     }
 
     /// Bytes of `path` from `offset` (to the end when `length` is None), at version `if_match`
@@ -100,7 +185,7 @@ impl Client {
         length: Option<u64>,
         if_match: Option<String>,
     ) -> PyResult<Bound<'py, PyBytes>> {
-        let client = &self.inner;
+        let client = self.conn(py)?;
         let (_, bytes) = py
             .detach(|| {
                 client.block_on(client.client().read_pinned(&path, offset, length, if_match))
@@ -109,46 +194,62 @@ impl Client {
         Ok(PyBytes::new(py, &bytes))
     }
 
-    /// Read into `length` bytes of memory at `address`, which the caller keeps exported and
-    /// writable for the duration of the call (the Python layer does, from a buffer object).
-    #[pyo3(signature = (path, address, length, offset = 0, if_match = None))]
+    /// Read into `capacity` bytes of memory at `address`, which the caller keeps exported and
+    /// writable for the duration of the call (the Python layer does, from a buffer object):
+    /// `length` bytes from `offset` (fewer at the end of the object), or with `length` None all
+    /// of the object from `offset`, which must fit.
+    #[pyo3(signature = (path, address, capacity, offset = 0, length = None, if_match = None))]
+    #[allow(clippy::too_many_arguments)]
     fn _read_into_address(
         &self,
         py: Python<'_>,
         path: String,
         address: usize,
-        length: usize,
+        capacity: usize,
         offset: u64,
+        length: Option<usize>,
         if_match: Option<String>,
     ) -> PyResult<usize> {
-        if length == 0 {
-            return Ok(0);
+        if let Some(length) = length
+            && length > capacity
+        {
+            return Err(NativeError::new_err((
+                "invalid",
+                format!("length {length} is more than the buffer's {capacity} bytes"),
+            )));
         }
-        if address == 0 {
+        if address == 0 && capacity > 0 {
             return Err(PyValueError::new_err("null buffer address"));
         }
-        let buf = raw::slice(address, length);
-        let client = &self.inner;
+        let client = self.conn(py)?;
+        let buf: &mut [u8] = if capacity == 0 {
+            &mut []
+        } else {
+            raw::slice(address, length.unwrap_or(capacity))
+        };
         py.detach(|| {
-            client.block_on(
-                client
-                    .client()
-                    .read_into_pinned(&path, offset, buf, if_match),
-            )
+            let c = client.client();
+            client.block_on(async {
+                match length {
+                    Some(0) => Ok(0),
+                    Some(_) => c.read_into_pinned(&path, offset, buf, if_match).await,
+                    None => c.read_into_all(&path, offset, buf, if_match).await,
+                }
+            })
         })
         .map_err(to_py)
     }
 
     /// Hint the objects to be read next, in order; returns how many the server queued.
     fn prefetch(&self, py: Python<'_>, paths: Vec<String>) -> PyResult<u32> {
-        let client = &self.inner;
+        let client = self.conn(py)?;
         py.detach(|| client.block_on(client.client().prefetch(&paths)))
             .map_err(to_py)
     }
 
     /// Size, ETag, last modification (ms since the epoch) and block size of `path`.
     fn stat<'py>(&self, py: Python<'py>, path: String) -> PyResult<Bound<'py, PyDict>> {
-        let client = &self.inner;
+        let client = self.conn(py)?;
         let info = py.detach(|| client.stat(&path)).map_err(to_py)?;
         let d = PyDict::new(py);
         d.set_item("size", info.size)?;
@@ -156,6 +257,19 @@ impl Client {
         d.set_item("last_modified_ms", info.last_modified_ms)?;
         d.set_item("block_size", info.block_size)?;
         Ok(d)
+    }
+
+    /// `(node_id, instance, version, control)`: who the server is and where its control plane
+    /// is reached from here (None when it has none).
+    fn server_info(&self, py: Python<'_>) -> PyResult<(String, u64, String, Option<String>)> {
+        let client = self.conn(py)?;
+        py.detach(|| {
+            let info = client.block_on(client.client().server_info())?;
+            let control =
+                shardcache_client::control_endpoint_for(&info.control, client.client().endpoint());
+            Ok((info.node_id, info.instance, info.version, control))
+        })
+        .map_err(to_py)
     }
 
     /// Benchmark baseline: read each of `paths` into one Rust-owned buffer of `size` bytes,
@@ -167,7 +281,7 @@ impl Client {
         rounds: usize,
         size: usize,
     ) -> PyResult<f64> {
-        let client = &self.inner;
+        let client = self.conn(py)?;
         py.detach(|| {
             // Touched before the clock starts, like the caller's preallocated numpy buffer.
             let mut buf = vec![1u8; size];
@@ -222,12 +336,45 @@ fn control_err(e: ControlError) -> PyErr {
 /// A connection to a node's control plane (`host:7072`): list and warm.
 #[pyclass(name = "Control", module = "shardcache._shardcache", frozen)]
 struct Control {
-    runtime: ControlRuntime,
-    inner: ControlClient,
+    conn: PerProcess<ControlConn>,
+    endpoint: String,
+    token: Option<String>,
+    tls_ca: Option<std::path::PathBuf>,
 }
 
-/// The runtime control calls run on.
-struct ControlRuntime(tokio::runtime::Runtime);
+/// A control client and the runtime its calls run on.
+struct ControlConn {
+    runtime: tokio::runtime::Runtime,
+    client: ControlClient,
+}
+
+impl ControlConn {
+    fn connect(
+        endpoint: &str,
+        token: Option<String>,
+        tls_ca: Option<&std::path::Path>,
+    ) -> PyResult<ControlConn> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .map_err(|e| {
+                NativeError::new_err(("client", format!("cannot start a runtime: {e}")))
+            })?;
+        let client = runtime
+            .block_on(ControlClient::connect(endpoint, token, tls_ca))
+            .map_err(control_err)?;
+        Ok(ControlConn { runtime, client })
+    }
+}
+
+impl Control {
+    fn conn(&self, py: Python<'_>) -> PyResult<Arc<ControlConn>> {
+        self.conn.get(py, || {
+            ControlConn::connect(&self.endpoint, self.token.clone(), self.tls_ca.as_deref())
+        })
+    }
+}
 
 #[pymethods]
 impl Control {
@@ -239,28 +386,35 @@ impl Control {
         token: Option<String>,
         tls_ca: Option<std::path::PathBuf>,
     ) -> PyResult<Control> {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .map_err(|e| {
-                NativeError::new_err(("client", format!("cannot start a runtime: {e}")))
-            })?;
-        let inner = py
-            .detach(|| {
-                runtime.block_on(ControlClient::connect(&endpoint, token, tls_ca.as_deref()))
-            })
-            .map_err(control_err)?;
+        let conn =
+            py.detach(|| ControlConn::connect(&endpoint, token.clone(), tls_ca.as_deref()))?;
         Ok(Control {
-            runtime: ControlRuntime(runtime),
-            inner,
+            conn: PerProcess::new(std::process::id(), conn),
+            endpoint,
+            token,
+            tls_ca,
         })
+    }
+
+    /// Called in a forked child (`os.register_at_fork`): connect again on the next call.
+    fn _forget_after_fork(&self) {
+        self.conn.forget();
+    }
+
+    /// `(node_id, instance)` of the server this control plane belongs to.
+    fn health(&self, py: Python<'_>) -> PyResult<(String, u64)> {
+        let c = self.conn(py)?;
+        let resp = py
+            .detach(|| c.runtime.block_on(c.client.health()))
+            .map_err(control_err)?;
+        Ok((resp.node_id, resp.instance))
     }
 
     /// `(key, size, etag, cached_fraction)` of every object under `DATASET/PREFIX`.
     fn ls(&self, py: Python<'_>, path: String) -> PyResult<Vec<(String, u64, String, f64)>> {
+        let c = self.conn(py)?;
         let resp = py
-            .detach(|| self.runtime.0.block_on(self.inner.list(&path)))
+            .detach(|| c.runtime.block_on(c.client.list(&path)))
             .map_err(control_err)?;
         Ok(resp
             .objects
@@ -280,10 +434,11 @@ impl Control {
         replicas: u32,
         all_nodes: bool,
     ) -> PyResult<(u64, u64, u64, Vec<(String, String)>)> {
+        let c = self.conn(py)?;
         py.detach(|| {
-            self.runtime.0.block_on(async {
-                let mut stream = self
-                    .inner
+            c.runtime.block_on(async {
+                let mut stream = c
+                    .client
                     .warm(shardcache_client::control_proto::WarmRequest {
                         path: path.clone(),
                         replicas,

@@ -37,15 +37,25 @@ def test_read_into_any_writable_buffer(client, server):
     assert client.read_into(path, ba) == len(want)
     assert bytes(ba) == want
     arr = np.zeros(1000, dtype=np.uint8)
-    assert client.read_into(path, arr, offset=500) == 1000
+    assert client.read_into(path, arr, offset=500, length=1000) == 1000
     assert arr.tobytes() == want[500:1500]
     f32 = np.zeros(256, dtype=np.float32)  # 1024 bytes, any dtype works
-    assert client.read_into(path, f32, offset=4) == 1024
+    assert client.read_into(path, f32, offset=4, length=1024) == 1024
     assert f32.tobytes() == want[4:1028]
     big = bytearray(len(want) + 100)
     view = memoryview(big)[50:]
-    assert client.read_into(path, view) == len(want), "short count at the end of the object"
+    assert client.read_into(path, view) == len(want), "the whole object, in a larger buffer"
     assert bytes(big[50 : 50 + len(want)]) == want
+    tail = bytearray(100)
+    assert client.read_into(path, tail, offset=len(want) - 10, length=100) == 10, "fewer at the end"
+    # Too small for the rest of the object: an error, not a silent short read.
+    small = bytearray(1000)
+    with pytest.raises(InvalidRequestError, match="buffer holds 1000") as e:
+        client.read_into(path, small)
+    assert isinstance(e.value, ValueError)
+    assert bytes(small) == bytes(1000), "nothing is written"
+    with pytest.raises(ValueError):
+        client.read_into(path, small, length=1001)
     with pytest.raises(TypeError):
         client.read_into(path, b"read-only bytes")
     with pytest.raises(TypeError):

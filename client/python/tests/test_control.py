@@ -37,5 +37,16 @@ def test_control_errors_and_absence(server):
         c.ls("nope/")
     with pytest.raises(FileNotFoundError, match="no objects under"):
         c.warm("ds/nothing-here")
-    with pytest.raises(ShardcacheError, match="needs the control plane"):
-        Client(server.endpoint).ls("ds/")
+
+
+
+def test_the_control_plane_is_the_one_the_server_names(server, other_server, server_without_control):
+    # No control= at all: the data plane says where its control plane is.
+    entries = Client(server.endpoint, token=server.token).ls("ds/train/")
+    assert len(entries) == len([k for k in server.files if k.startswith("train/")])
+    assert Client(server.endpoint).server_info().control == server.control
+    # Another server's control plane is refused, saying so.
+    with pytest.raises(ShardcacheError, match="another server"):
+        Client(server.endpoint, control=other_server.control, token=server.token).ls("ds/")
+    with pytest.raises(ShardcacheError, match="runs without one"):
+        Client(server_without_control.endpoint).ls("ds/")

@@ -47,20 +47,37 @@ def test_dataset_reads_its_share(server, monkeypatch):
     assert sorted(seen) == sorted(SHARDS)
 
 
-def test_raw_streams_and_pickling(server):
-    ds = ShardDataset(server.endpoint, ["ds/train/shard-000004.bin"])
+def test_default_items_are_path_and_bytes_and_pickle(server):
+    ds = ShardDataset(server.endpoint, ["ds/train/shard-000004.bin", "ds/train/shard-000002.bin"])
     ds2 = pickle.loads(pickle.dumps(ds))
-    [(path, f)] = list(ds2)
+    items = list(ds2)
+    assert items == [(p, server.files[p[len("ds/"):]]) for p in ds.shards]
+    # What DataLoader's worker queue does to every item.
+    assert pickle.loads(pickle.dumps(items)) == items
+    assert len(ds2) == 2
+
+
+def test_streams_on_request_in_process_only(server):
+    ds = ShardDataset(server.endpoint, ["ds/train/shard-000004.bin"], stream=True)
+    [(path, f)] = list(ds)
     with f:
         assert f.read() == server.files["train/shard-000004.bin"]
-    assert len(ds2) == 1
+    with pytest.raises(TypeError, match="cannot be pickled|cannot pickle"):
+        pickle.dumps(f)
+    with pytest.raises(ValueError):
+        ShardDataset(server.endpoint, [], stream=True, decode=lambda p, d: d)
 
 
-def test_torch_dataloader_workers_split_without_overlap(server):
-    torch = pytest.importorskip("torch")
-    ds = ShardDataset(server.endpoint, SHARDS, shuffle=True, seed=0, decode=lambda p, d: p)
-    loader = torch.utils.data.DataLoader(ds, num_workers=2, batch_size=None)
-    assert sorted(loader) == sorted(SHARDS)
+def test_len_is_this_ranks_items_per_epoch(server, monkeypatch):
+    shards = [f"ds/x-{i}" for i in range(10)]
+    assert len(ShardDataset(server.endpoint, shards)) == 10
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    assert len(ShardDataset(server.endpoint, shards)) == 3
+    flat = ShardDataset(server.endpoint, shards, decode=lambda p, d: [d], flatten=True)
+    with pytest.raises(TypeError, match="not known"):
+        len(flat)
+
 
 
 def test_prefetch_hints(server):

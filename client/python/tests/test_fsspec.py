@@ -20,10 +20,11 @@ def test_fsspec_filesystem_is_registered(server):
     assert fs.cat_file("ds/train/shard-000003.bin", start=-4) == server.files["train/shard-000003.bin"][-4:]
     with pytest.raises(FileNotFoundError):
         fs.info("ds/train/none.bin")
-    with pytest.raises(NotImplementedError, match="control plane"):
+    # Listing goes to the control plane the server names; this one wants a token.
+    with pytest.raises(PermissionError, match="bearer token"):
         fs.ls("ds/train")
     listed = fsspec.filesystem(
-        "shardcache", endpoint=server.endpoint, control=server.control, token=server.token, skip_instance_cache=True
+        "shardcache", endpoint=server.endpoint, token=server.token, skip_instance_cache=True
     )
     names = listed.ls("ds/train", detail=False)
     assert names == sorted(f"ds/{k}" for k in server.files if k.startswith("train/") and "/" not in k[len("train/") :])
@@ -35,3 +36,15 @@ def test_fsspec_filesystem_is_registered(server):
         listed.ls("ds/nothing-here")
     with pytest.raises(PermissionError):
         fs.open("ds/train/shard-000003.bin", "wb")
+
+
+def test_fsspec_defaults_mirror_cachectl(server, monkeypatch, tmp_path):
+    token = tmp_path / "token"
+    token.write_text(server.token + "\n")
+    monkeypatch.setenv("SHARDCACHE_DATA", server.endpoint)
+    monkeypatch.setenv("SHARDCACHE_TOKEN_FILE", str(token))
+    fs = fsspec.filesystem("shardcache", skip_instance_cache=True)
+    assert fs.endpoint == server.endpoint
+    assert "ds/train/shard-000003.bin" in fs.ls("ds/train", detail=False)
+    with fsspec.open("shardcache://ds/train/shard-000002.bin", "rb") as f:
+        assert f.read() == server.files["train/shard-000002.bin"]

@@ -3,12 +3,17 @@
 import ctypes
 import io
 import os
+import weakref
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterator, List, Optional
 
 from . import _shardcache
-from ._errors import ShardcacheError, translate
+from ._errors import InvalidRequestError, ShardcacheError, translate
+
+#: Where a server's data plane listens unless told otherwise (``SHARDCACHE_DATA`` wins), as for
+#: ``cachectl``.
+DEFAULT_DATA = "127.0.0.1:7070"
 
 
 @contextmanager
@@ -17,6 +22,21 @@ def _translated() -> Iterator[None]:
         yield
     except _shardcache.NativeError as e:
         raise translate(e) from None
+
+
+# Every live Client, told when this process forks: the child connects again on first use. The
+# native side also checks the process id on every call, so a fork that skips these hooks
+# (os.fork from C) is caught too.
+_live: "weakref.WeakSet[Client]" = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for client in list(_live):
+        client._forget_after_fork()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 @dataclass(frozen=True)
@@ -48,21 +68,47 @@ class ObjectInfo:
     block_size: int
 
 
+@dataclass(frozen=True)
+class ServerInfo:
+    """Who a server is: its node id, process instance, version, and its control plane as this
+    client reaches it (None when it runs without one)."""
+
+    node_id: str
+    instance: int
+    version: str
+    control: Optional[str]
+
+
+def _token_from_env() -> Optional[str]:
+    path = os.environ.get("SHARDCACHE_TOKEN_FILE")
+    if not path:
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read().strip() or None
+    except OSError as e:
+        raise ShardcacheError(f"cannot read SHARDCACHE_TOKEN_FILE {path}: {e}") from None
+
+
 class Client:
     """A connection to a shardcache server.
 
     ``endpoint`` is ``host:port`` (TCP), ``quic://host:port``, or a Unix socket path (the local
-    shared-memory path of a sidecar). Calls release the GIL while they wait on I/O, so loader
-    threads run in parallel. A Client can be shared by threads; DataLoader worker processes
-    should each make their own (ShardDataset does).
+    shared-memory path of a sidecar); without it, ``SHARDCACHE_DATA`` or ``127.0.0.1:7070``.
+    Calls release the GIL while they wait on I/O, so loader threads run in parallel. A Client
+    can be shared by threads, and survives ``fork`` (PyTorch DataLoader workers): in a new
+    process it connects again on first use. It pickles as "connect again there" for ``spawn``
+    and ``forkserver`` workers.
 
-    ``control`` (``host:port`` of a node's control plane, usually 7072) enables ``ls`` and
-    ``warm``; ``token`` is its bearer token when the cluster requires one.
+    ``ls`` and ``warm`` use the server's control plane: the one the server names (asked over the
+    data plane), or ``control`` (``SHARDCACHE_CONTROL``), which must be the same server's.
+    ``token`` (or the file ``SHARDCACHE_TOKEN_FILE`` names) is its bearer token when the
+    cluster requires one.
     """
 
     def __init__(
         self,
-        endpoint: str,
+        endpoint: Optional[str] = None,
         *,
         connections: int = 4,
         insecure: bool = False,
@@ -72,21 +118,26 @@ class Client:
         control: Optional[str] = None,
         token: Optional[str] = None,
     ) -> None:
-        self.endpoint = endpoint
+        self.endpoint = endpoint or os.environ.get("SHARDCACHE_DATA") or DEFAULT_DATA
         self._options = dict(
             connections=connections, insecure=insecure, tls_ca=tls_ca, timeout=timeout, retries=retries
         )
-        self._control_options = dict(control=control, token=token)
+        self._control_endpoint = control or os.environ.get("SHARDCACHE_CONTROL") or None
+        self._token = token if token is not None else _token_from_env()
         with _translated():
-            self._native = _shardcache.Client(endpoint, **self._options)
+            self._native = _shardcache.Client(self.endpoint, **self._options)
         self._control = None
-        if control is not None:
-            with _translated():
-                self._control = _shardcache.Control(control, token=token, tls_ca=tls_ca)
+        _live.add(self)
+
+    def _forget_after_fork(self) -> None:
+        self._native._forget_after_fork()
+        if self._control is not None:
+            self._control._forget_after_fork()
 
     def __reduce__(self):
         # Pickled into worker processes as "connect again there", never as a live connection.
-        return (_reconnect, (self.endpoint, {**self._options, **self._control_options}))
+        options = dict(self._options, control=self._control_endpoint, token=self._token)
+        return (_reconnect, (self.endpoint, options))
 
     def __repr__(self) -> str:
         return f"shardcache.Client({self.endpoint!r})"
@@ -96,10 +147,15 @@ class Client:
         with _translated():
             return self._native.read(path, offset, length, if_match)
 
-    def read_into(self, path: str, buf, offset: int = 0, *, if_match: Optional[str] = None) -> int:
+    def read_into(
+        self, path: str, buf, offset: int = 0, *, length: Optional[int] = None, if_match: Optional[str] = None
+    ) -> int:
         """Read into any writable, C-contiguous buffer (bytearray, numpy array, memoryview of a
-        pinned region) from ``offset``, up to its size. Returns the bytes written (fewer only at
-        the end of the object)."""
+        pinned region), starting at ``offset`` of the object. Returns the bytes written.
+
+        Without ``length`` the rest of the object must fit: a buffer that is too small raises
+        InvalidRequestError (a ValueError) and nothing is read. With ``length``, that many
+        bytes are read (fewer only at the end of the object); it must not exceed the buffer."""
         view = memoryview(buf)
         if view.readonly:
             raise TypeError("read_into needs a writable buffer")
@@ -107,14 +163,17 @@ class Client:
             raise TypeError("read_into needs a C-contiguous buffer")
         view = view.cast("B")
         n = view.nbytes
+        if length is not None and length < 0:
+            raise InvalidRequestError(f"negative length {length}")
         if n == 0:
-            return 0
+            with _translated():
+                return self._native._read_into_address(path, 0, 0, offset, length, if_match)
         # Exporting the buffer through ctypes pins it (its owner cannot resize it) while the
         # native client writes into its memory with the GIL released.
         holder = (ctypes.c_char * n).from_buffer(view)
         try:
             with _translated():
-                return self._native._read_into_address(path, ctypes.addressof(holder), n, offset, if_match)
+                return self._native._read_into_address(path, ctypes.addressof(holder), n, offset, length, if_match)
         finally:
             del holder
             view.release()
@@ -130,12 +189,40 @@ class Client:
         with _translated():
             return ObjectInfo(**self._native.stat(path))
 
+    def server_info(self) -> ServerInfo:
+        """Who the server is, and where its control plane listens."""
+        with _translated():
+            return ServerInfo(*self._native.server_info())
+
     def _need_control(self, what: str):
-        if self._control is None:
-            raise ShardcacheError(
-                f"{what} needs the control plane: Client(endpoint, control='host:7072')"
-            )
-        return self._control
+        if self._control is not None:
+            return self._control
+        info = None
+        try:
+            info = self.server_info()
+        except ShardcacheError as e:
+            if self._control_endpoint is None:
+                raise ShardcacheError(
+                    f"{what} needs the control plane, and the server at {self.endpoint} could not be asked where it is ({e}); pass control='HOST:PORT'"
+                ) from None
+        endpoint = self._control_endpoint
+        if endpoint is None:
+            if info.control is None:
+                raise ShardcacheError(
+                    f"{what} needs the control plane, and the server at {self.endpoint} (node {info.node_id}) runs without one (--control-listen)"
+                )
+            endpoint = info.control
+        with _translated():
+            control = _shardcache.Control(endpoint, token=self._token, tls_ca=self._options["tls_ca"])
+        if info is not None and self._control_endpoint is not None:
+            with _translated():
+                node, instance = control.health()
+            if instance and instance != info.instance:
+                raise ShardcacheError(
+                    f"control={endpoint} is another server than {self.endpoint}: node {node} answers the control plane, node {info.node_id} the data plane; leave control out and the client asks the data plane"
+                )
+        self._control = control
+        return control
 
     def ls(self, prefix: str) -> List[ObjectEntry]:
         """Objects under ``DATASET/PREFIX`` with their size and the fraction the cluster
@@ -159,13 +246,33 @@ class Client:
     def open(self, path: str, buffering: int = 4 * 1024 * 1024) -> io.BufferedReader:
         """A binary file object (read, readinto, seek, tell, context manager) over the object's
         current version: if the object changes while it is open, reads fail with
-        VersionChangedError instead of mixing versions."""
+        VersionChangedError instead of mixing versions. File objects live in the process that
+        opened them (they do not pickle)."""
         raw = ShardFile(self, path)
         return io.BufferedReader(raw, buffer_size=max(buffering, 1))
 
 
 def _reconnect(endpoint, options):
     return Client(endpoint, **options)
+
+
+_default: Optional[Client] = None
+
+
+def default_client() -> Client:
+    """The process's shared Client for ``shardcache://`` URLs (fsspec, WebDataset): made on first
+    use from ``SHARDCACHE_DATA`` (default ``127.0.0.1:7070``), ``SHARDCACHE_CONTROL`` and
+    ``SHARDCACHE_TOKEN_FILE``, or the one given to :func:`set_default_client`."""
+    global _default
+    if _default is None:
+        _default = Client()
+    return _default
+
+
+def set_default_client(client: Optional[Client]) -> None:
+    """Use ``client`` for ``shardcache://`` URLs (None: back to the environment's)."""
+    global _default
+    _default = client
 
 
 class ShardFile(io.RawIOBase):
@@ -191,7 +298,9 @@ class ShardFile(io.RawIOBase):
             return 0
         view = memoryview(b).cast("B")
         want = min(view.nbytes, self.info.size - self._pos)
-        n = self._client.read_into(self.name, view[:want], self._pos, if_match=self.info.etag or None)
+        n = self._client.read_into(
+            self.name, view[:want], self._pos, length=want, if_match=self.info.etag or None
+        )
         self._pos += n
         return n
 
@@ -215,3 +324,9 @@ class ShardFile(io.RawIOBase):
     @property
     def size(self) -> int:
         return self.info.size
+
+    def __reduce__(self):
+        raise TypeError(
+            f"a shardcache file object ({self.name}) cannot be pickled: it lives in the process "
+            "that opened it; send the path and open it again, or read the bytes first"
+        )

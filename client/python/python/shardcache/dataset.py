@@ -3,7 +3,9 @@
 Works without torch installed (then it is a plain iterable). With torch it is an
 ``IterableDataset``: it splits the shards across ``torch.distributed`` ranks and DataLoader
 workers with no overlap and no gap, reshuffles them every epoch from ``(seed, epoch)``
-(``set_epoch``), and yields either ``decode(path, data)`` or raw shard file objects.
+(``set_epoch``), and yields ``(path, bytes)``, or ``decode(path, data)``. Every item crosses
+DataLoader's worker queue (fork, spawn or forkserver workers). Open file objects, for parsers
+that stream (``stream=True``), are yielded only in the process that reads them.
 """
 
 import os
@@ -42,6 +44,11 @@ def _worker() -> Tuple[int, int]:
     return 0, 1
 
 
+def _in_worker() -> bool:
+    """Whether this is a DataLoader worker process (its items cross a queue)."""
+    return _tud is not None and _tud.get_worker_info() is not None
+
+
 def split_shards(
     shards: Sequence[str], *, epoch: int, seed: int, shuffle: bool, rank: int, world: int, worker: int, workers: int
 ) -> List[str]:
@@ -61,11 +68,17 @@ class ShardDataset(_Base):  # type: ignore[misc, valid-type]
     """Iterate over shards read through shardcache.
 
     ``client`` is a Client or an endpoint string (each worker process connects on its own).
-    ``decode(path, data: bytes)`` returns what to yield for a shard (it may yield many samples
-    by returning an iterable and setting ``flatten=True``); without it the dataset yields
-    ``(path, file object)`` pairs for streaming parsers (tarfile, WebDataset). Every
-    ``prefetch`` shards, the next ``prefetch`` shards of this reader's order are sent to the
-    server as a prefetch hint (0 turns hints off).
+    By default each item is ``(path, data)`` with the shard's bytes. ``decode(path, data)``
+    returns what to yield instead (it may yield many samples by returning an iterable and
+    setting ``flatten=True``). ``stream=True`` yields ``(path, file object)`` pairs for
+    streaming parsers (tarfile) without reading the shard into memory first; file objects
+    cannot cross DataLoader's worker queue, so with ``num_workers > 0`` parse them in the
+    worker (``decode``) instead. Every ``prefetch`` shards, the next ``prefetch`` shards of
+    this reader's order are sent to the server as a prefetch hint (0 turns hints off).
+
+    ``len()`` is the number of items this rank yields per epoch (its shards over all its
+    workers): one per shard, so it raises TypeError with ``flatten=True``, where the number of
+    samples is not known before the shards are read.
     """
 
     def __init__(
@@ -77,16 +90,21 @@ class ShardDataset(_Base):  # type: ignore[misc, valid-type]
         seed: int = 0,
         decode: Optional[Callable[[str, bytes], Any]] = None,
         flatten: bool = False,
+        stream: bool = False,
         prefetch: int = 8,
     ) -> None:
         super().__init__()
-        self._endpoint = client.endpoint if isinstance(client, Client) else client
-        self._client: Optional[Client] = client if isinstance(client, Client) else None
+        if stream and decode is not None:
+            raise ValueError("stream=True yields file objects; decode= is for bytes: choose one")
+        if flatten and decode is None:
+            raise ValueError("flatten=True needs decode= returning an iterable of samples")
+        self._client: Client = client if isinstance(client, Client) else Client(client)
         self.shards = list(shards)
         self.shuffle = shuffle
         self.seed = seed
         self.decode = decode
         self.flatten = flatten
+        self.stream = stream
         self.prefetch = prefetch
         self.epoch = 0
 
@@ -94,14 +112,9 @@ class ShardDataset(_Base):  # type: ignore[misc, valid-type]
         """Reshuffle for ``epoch`` (call before iterating, on every rank, like DistributedSampler)."""
         self.epoch = epoch
 
-    def __getstate__(self):
-        state = dict(self.__dict__)
-        state["_client"] = None  # reconnect in the worker
-        return state
-
     def client(self) -> Client:
-        if self._client is None:
-            self._client = Client(self._endpoint)
+        """The Client of this process (pickled to workers as "connect again", kept across a
+        fork and connected again there)."""
         return self._client
 
     def my_shards(self) -> List[str]:
@@ -114,6 +127,12 @@ class ShardDataset(_Base):  # type: ignore[misc, valid-type]
         )
 
     def __iter__(self) -> Iterator[Any]:
+        if self.stream and _in_worker():
+            raise TypeError(
+                "ShardDataset(stream=True) yields open file objects, which cannot cross "
+                "DataLoader's worker queue: parse them in the worker with decode=, or use "
+                "num_workers=0"
+            )
         client = self.client()
         mine = self.my_shards()
         for i, path in enumerate(mine):
@@ -122,14 +141,29 @@ class ShardDataset(_Base):  # type: ignore[misc, valid-type]
                 upcoming = mine[i + 1 : i + 1 + self.prefetch]
                 if upcoming:
                     client.prefetch(upcoming)
-            if self.decode is None:
+            if self.stream:
                 yield path, client.open(path)
                 continue
-            out = self.decode(path, client.read(path))
+            data = client.read(path)
+            if self.decode is None:
+                yield path, data
+                continue
+            out = self.decode(path, data)
             if self.flatten:
                 yield from out
             else:
                 yield out
 
     def __len__(self) -> int:
-        return len(self.shards)
+        if self.flatten:
+            raise TypeError(
+                "len() of a ShardDataset with flatten=True is not known: a shard's sample count "
+                "is known only once it is read"
+            )
+        rank, world = _rank_world()
+        return len(
+            split_shards(
+                self.shards, epoch=self.epoch, seed=self.seed, shuffle=self.shuffle,
+                rank=rank, world=world, worker=0, workers=1,
+            )
+        )

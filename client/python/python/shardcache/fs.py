@@ -1,10 +1,11 @@
 """fsspec filesystem ``shardcache://DATASET/KEY`` (registered as an fsspec entry point).
 
-    fsspec.open("shardcache://imagenet/train/shard-000001.tar", endpoint="127.0.0.1:7070")
+    fsspec.open("shardcache://imagenet/train/shard-000001.tar")
 
-Reads, seeks and ``info`` are supported. Listing needs the control plane: pass
-``control="HOST:PORT"`` (the server's ``--control-listen``) and ``token=`` if it has one;
-without it ``ls`` raises NotImplementedError saying so.
+The defaults are cachectl's: the data plane at ``endpoint=`` (else ``SHARDCACHE_DATA``, else
+``127.0.0.1:7070``), listings through the control plane that server names (``control=`` or
+``SHARDCACHE_CONTROL`` to give it, ``token=`` or ``SHARDCACHE_TOKEN_FILE`` for its token).
+Reads, seeks, ``info`` and ``ls`` are supported; it is read-only.
 """
 
 from fsspec.spec import AbstractFileSystem
@@ -17,11 +18,10 @@ class ShardcacheFileSystem(AbstractFileSystem):
     protocol = "shardcache"
     root_marker = ""
 
-    def __init__(self, endpoint: str = "127.0.0.1:7070", control=None, token=None, **kwargs):
+    def __init__(self, endpoint=None, control=None, token=None, **kwargs):
         super().__init__(**kwargs)
-        self.endpoint = endpoint
-        self._control = control
         self._client = Client(endpoint, control=control, token=token)
+        self.endpoint = self._client.endpoint
 
     @classmethod
     def _strip_protocol(cls, path):
@@ -41,10 +41,6 @@ class ShardcacheFileSystem(AbstractFileSystem):
         return {"name": path, "size": i.size, "type": "file", "etag": i.etag, "block_size": i.block_size}
 
     def ls(self, path, detail=True, **kwargs):
-        if self._control is None:
-            raise NotImplementedError(
-                "listing needs the shardcache control plane: pass control='HOST:PORT' (the server's --control-listen)"
-            )
         path = self._strip_protocol(path)
         dataset, _, rest = path.partition("/")
         prefix = rest + "/" if rest else ""
