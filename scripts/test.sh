@@ -1,27 +1,45 @@
 #!/usr/bin/env bash
 # Every test of the project: the Rust workspace (unit, integration, the binaries, the origin
-# conformance suite against s3s-fs, moto and Azurite), then the Python package against the real
-# server binary.
+# conformance suite against s3s-fs, moto and Azurite), the Python package as users install it
+# (a release wheel, pip-installed) against the real server binary, then the quickstart's
+# commands one by one.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-
-# Test programs from outside Cargo: a Python virtual environment (the package's build and test
-# tools, and moto's S3 server), and Azurite's blob service from the npm registry.
 python=${PYTHON:-python3}
+
+# Test programs from outside Cargo: maturin and moto's S3 server in a development virtual
+# environment, Azurite's blob service from the npm registry.
 if [ ! -x .venv/bin/python ]; then
   "$python" -m venv .venv
 fi
-.venv/bin/python -m pip install -q --disable-pip-version-check \
-  "maturin==1.16.0" pytest numpy fsspec "moto[server]==5.2.5"
+.venv/bin/python -m pip install -q --disable-pip-version-check "maturin==1.16.0" "moto[server]==5.2.5"
 if [ ! -x .emulators/node_modules/.bin/azurite-blob ]; then
   npm install --prefix .emulators --no-audit --no-fund --loglevel=error azurite@3.37.0
 fi
-# A missing emulator fails its tests instead of skipping them.
-export SHARDCACHE_REQUIRE_EMULATORS=1
+# A missing emulator, torch or webdataset fails its tests instead of skipping them.
+export SHARDCACHE_TEST_STRICT=1
 
 cargo test --workspace --all-features
-cargo build -p shardcache-server --bin shardcache
 
-# Python: the package built in place into the virtual environment.
-VIRTUAL_ENV="$PWD/.venv" .venv/bin/maturin develop -q -m client/python/Cargo.toml
-.venv/bin/python -m pytest -q client/python/tests
+# The binaries as the README builds them (both with one feature set), wherever Cargo's target
+# directory is (CARGO_TARGET_DIR, .cargo/config).
+cargo build --bin shardcache --bin cachectl
+target_dir=$(cargo metadata --format-version 1 --no-deps |
+  "$python" -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
+export SHARDCACHE_BIN="$target_dir/debug/shardcache"
+
+# The Python package: the release wheel (abi3) the README installs, pip-installed into its own
+# virtual environment with the test dependencies (PyTorch and WebDataset among them). A clean
+# checkout creates that environment; later runs reinstall only the wheel.
+rm -rf dist
+.venv/bin/maturin build --release -q -m client/python/Cargo.toml --out dist
+if [ ! -x .venv-wheel/bin/python ]; then
+  "$python" -m venv .venv-wheel
+fi
+.venv-wheel/bin/python -m pip install -q --disable-pip-version-check \
+  pytest numpy fsspec "webdataset==1.0.2" "torch==2.15.0"
+.venv-wheel/bin/python -m pip install -q --disable-pip-version-check --force-reinstall --no-deps dist/shardcache-*.whl
+.venv-wheel/bin/python -m pytest -q -p no:cacheprovider client/python/tests
+
+# docs/quickstart.md, command by command.
+./scripts/quickstart.sh

@@ -4,7 +4,7 @@
 //! frozen with SIGSTOP like a hung origin.
 //!
 //! Where an emulator is not installed, [`Moto::start`] and [`Azurite::start`] return `None`
-//! and say so on stderr, unless `SHARDCACHE_REQUIRE_EMULATORS=1` (as the test script sets):
+//! and say so on stderr, unless `SHARDCACHE_TEST_STRICT=1` (as the test script sets):
 //! then a missing emulator fails the test.
 
 use std::net::SocketAddr;
@@ -35,7 +35,7 @@ fn program(var: &str, default: &str, what: &str) -> Option<PathBuf> {
         "{what} is not installed at {} (./scripts/test.sh installs it; or set {var})",
         path.display()
     );
-    if std::env::var("SHARDCACHE_REQUIRE_EMULATORS").is_ok_and(|v| v == "1") {
+    if std::env::var("SHARDCACHE_TEST_STRICT").is_ok_and(|v| v == "1") {
         panic!("{msg}");
     }
     eprintln!("skipped: {msg}");
