@@ -9,8 +9,9 @@ use bytes::Bytes;
 use shardcache_proto::ObjectInfo;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
-use crate::client::{Client, ClientOptions};
+use crate::client::Client;
 use crate::error::{ClientError, Result};
+use crate::options::ClientOptions;
 use crate::reader::ObjectReader;
 
 /// A blocking client. Cheap to clone; clones share the runtime and connections.
@@ -41,9 +42,9 @@ impl BlockingClient {
             .thread_name("shardcache-client")
             .enable_all()
             .build()
-            .map_err(|e| ClientError::Connect {
-                endpoint: endpoint.to_string(),
-                reason: format!("cannot start the client runtime: {e}"),
+            .map_err(|e| {
+                ClientError::connect(endpoint, format!("cannot start the client runtime: {e}"))
+                    .caused_by(e)
             })?;
         let client = runtime.block_on(Client::connect_with(endpoint, options))?;
         Ok(BlockingClient {

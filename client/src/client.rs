@@ -1,7 +1,6 @@
 //! The async client.
 
 use std::ops::{Bound, RangeBounds};
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -15,52 +14,8 @@ use crate::conn::{BufPool, Conn, LocalConn, QuicConn, Responses, TcpConn};
 use crate::endpoint::{Endpoint, Transport};
 use crate::error::{ClientError, Result};
 use crate::local::{Registration, read_into_region, register};
+use crate::options::ClientOptions;
 use crate::pinned::{PinnedBuffer, Pinning};
-use crate::reader::ObjectReader;
-
-/// How a [`Client`] connects and behaves.
-#[derive(Debug, Clone)]
-pub struct ClientOptions {
-    /// Connections kept to the server; requests are spread over them. QUIC multiplexes streams,
-    /// so one connection is usually enough there.
-    pub connections: usize,
-    /// CA certificate (PEM) that signed the server's QUIC certificate.
-    pub tls_ca: Option<PathBuf>,
-    /// Accept any server certificate (a server run with `--insecure-dev-tls`). Never in
-    /// production.
-    pub insecure_skip_verify: bool,
-    /// TLS server name, when it differs from the endpoint's host.
-    pub server_name: Option<String>,
-    /// Accept any name in a server certificate that chains to `tls_ca` (cluster members,
-    /// whose identity is the CA's signature, not an address).
-    pub tls_any_name: bool,
-    /// Client certificate chain and key (PEM) for servers that ask for one (mutual TLS).
-    pub tls_client_cert: Option<PathBuf>,
-    pub tls_client_key: Option<PathBuf>,
-    /// Longest silence from the server inside one request.
-    pub idle_timeout: Duration,
-    /// Blocks an [`ObjectReader`] fetches ahead of the reading position.
-    pub readahead: usize,
-    /// Retries of a request that failed with a retryable error.
-    pub retries: u32,
-}
-
-impl Default for ClientOptions {
-    fn default() -> ClientOptions {
-        ClientOptions {
-            connections: 4,
-            tls_ca: None,
-            insecure_skip_verify: false,
-            server_name: None,
-            tls_any_name: false,
-            tls_client_cert: None,
-            tls_client_key: None,
-            idle_timeout: Duration::from_secs(60),
-            readahead: 4,
-            retries: 2,
-        }
-    }
-}
 
 /// An async client of one shardcache server. Cheap to clone; clones share connections.
 ///
@@ -148,7 +103,7 @@ impl Client {
             ),
             Transport::Local => {
                 // A scratch buffer registered with the server carries `read`'s bytes.
-                let scratch = PinnedBuffer::with_pinning(LOCAL_SCRATCH, Pinning::Preferred)?;
+                let scratch = crate::pinned::memfd(LOCAL_SCRATCH, Pinning::Preferred)?;
                 let conn = register(&ep.address, &scratch, self.inner.pool.clone()).await?;
                 Conn::Local(LocalConn {
                     conn,
@@ -239,6 +194,12 @@ impl Client {
 
     /// Size and version of an object.
     pub async fn stat(&self, path: &str) -> Result<ObjectInfo> {
+        self.stat_untagged(path)
+            .await
+            .map_err(|e| e.for_object(path))
+    }
+
+    async fn stat_untagged(&self, path: &str) -> Result<ObjectInfo> {
         self.retrying(false, || async {
             let mut responses = self
                 .send(Frame::Stat(StatRequest { path: path.into() }))
@@ -258,6 +219,18 @@ impl Client {
     /// Stream a range as checksummed chunks, in order. `length: None` reads to the end;
     /// `if_match` pins the version (ETag) the bytes must come from.
     pub async fn read_stream(
+        &self,
+        path: &str,
+        offset: u64,
+        length: Option<u64>,
+        if_match: Option<String>,
+    ) -> Result<ReadStream> {
+        self.start_stream(path, offset, length, if_match)
+            .await
+            .map_err(|e| e.for_object(path))
+    }
+
+    async fn start_stream(
         &self,
         path: &str,
         offset: u64,
@@ -310,6 +283,18 @@ impl Client {
 
     /// Read a range at a pinned version (`if_match`), returning the version read too.
     pub async fn read_pinned(
+        &self,
+        path: &str,
+        offset: u64,
+        length: Option<u64>,
+        if_match: Option<String>,
+    ) -> Result<(ObjectInfo, Bytes)> {
+        self.read_pinned_untagged(path, offset, length, if_match)
+            .await
+            .map_err(|e| e.for_object(path))
+    }
+
+    async fn read_pinned_untagged(
         &self,
         path: &str,
         offset: u64,
@@ -390,6 +375,19 @@ impl Client {
         if_match: Option<String>,
         whole: bool,
     ) -> Result<usize> {
+        self.read_into_window_untagged(path, offset, buf, if_match, whole)
+            .await
+            .map_err(|e| e.for_object(path))
+    }
+
+    async fn read_into_window_untagged(
+        &self,
+        path: &str,
+        offset: u64,
+        buf: &mut [u8],
+        if_match: Option<String>,
+        whole: bool,
+    ) -> Result<usize> {
         let have = buf.len() as u64;
         let want = have + u64::from(whole);
         let too_small = |info: &ObjectInfo| ClientError::BufferTooSmall {
@@ -439,6 +437,18 @@ impl Client {
         buf: &mut PinnedBuffer,
     ) -> Result<usize> {
         let (offset, length) = bounds(range)?;
+        self.read_into_buffer_untagged(path, offset, length, buf)
+            .await
+            .map_err(|e| e.for_object(path))
+    }
+
+    async fn read_into_buffer_untagged(
+        &self,
+        path: &str,
+        offset: u64,
+        length: Option<u64>,
+        buf: &mut PinnedBuffer,
+    ) -> Result<usize> {
         let want = length.map_or(buf.len() as u64, |l| l.min(buf.len() as u64));
         if self.inner.endpoint.transport != Transport::Local {
             let mut stream = self.read_stream(path, offset, Some(want), None).await?;
@@ -460,7 +470,7 @@ impl Client {
             let registration = match registered {
                 Some(r) => r,
                 None => Registration {
-                    conn: register(&socket, buf, self.inner.pool.clone()).await?,
+                    conn: register(&socket, buf.mem(), self.inner.pool.clone()).await?,
                     socket: socket.clone(),
                 },
             };
@@ -471,7 +481,7 @@ impl Client {
                 if_match: None,
             };
             let idle = self.inner.options.idle_timeout;
-            let result = read_into_region(&registration.conn, req, 0, buf, idle).await;
+            let result = read_into_region(&registration.conn, req, 0, buf.mem_mut(), idle).await;
             buf.registration = Some(registration);
             match result {
                 Ok((_, n)) => return Ok(n as usize),
@@ -530,22 +540,12 @@ impl Client {
         Ok((info.unwrap_or_default(), out.freeze()))
     }
 
-    /// A reader over the whole object, pinned to its current version, that fetches the next
-    /// blocks ahead of the reading position.
-    pub async fn open(&self, path: &str) -> Result<ObjectReader> {
-        let info = self.stat(path).await?;
-        Ok(ObjectReader::new(self.clone(), path.to_string(), info))
-    }
-
     fn unexpected(&self, frame: &Frame) -> ClientError {
         self.protocol(&format!("unexpected frame {frame:?}"))
     }
 
     fn protocol(&self, reason: &str) -> ClientError {
-        ClientError::Protocol {
-            endpoint: self.inner.endpoint.to_string(),
-            reason: reason.into(),
-        }
+        ClientError::protocol(&self.inner.endpoint.to_string(), reason)
     }
 }
 
@@ -609,6 +609,11 @@ impl ReadStream {
 
     /// The next verified chunk, `None` once the whole range arrived.
     pub async fn next_chunk(&mut self) -> Result<Option<DataChunk>> {
+        let next = self.next_chunk_untagged().await;
+        next.map_err(|e| e.for_object(&self.path))
+    }
+
+    async fn next_chunk_untagged(&mut self) -> Result<Option<DataChunk>> {
         if self.next_offset == self.end {
             return Ok(None);
         }
@@ -616,13 +621,13 @@ impl ReadStream {
             Frame::Data(chunk) => {
                 let len = chunk.data.len() as u64;
                 if chunk.offset != self.next_offset || len == 0 || len > self.end - chunk.offset {
-                    return Err(ClientError::Protocol {
-                        endpoint: self.endpoint.clone(),
-                        reason: format!(
+                    return Err(ClientError::protocol(
+                        &self.endpoint,
+                        format!(
                             "chunk at {}+{} does not continue the range at {} (ends {})",
                             chunk.offset, len, self.next_offset, self.end
                         ),
-                    });
+                    ));
                 }
                 if !verify(&chunk).await {
                     return Err(ClientError::Checksum {
@@ -637,10 +642,10 @@ impl ReadStream {
                 code: e.code,
                 message: e.message,
             }),
-            other => Err(ClientError::Protocol {
-                endpoint: self.endpoint.clone(),
-                reason: format!("unexpected frame {other:?}"),
-            }),
+            other => Err(ClientError::protocol(
+                &self.endpoint,
+                format!("unexpected frame {other:?}"),
+            )),
         }
     }
 }
@@ -658,17 +663,4 @@ async fn verify(chunk: &DataChunk) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ranges_become_offset_and_length() {
-        assert_eq!(bounds(..).unwrap(), (0, None));
-        assert_eq!(bounds(5..).unwrap(), (5, None));
-        assert_eq!(bounds(5..10).unwrap(), (5, Some(5)));
-        assert_eq!(bounds(5..=10).unwrap(), (5, Some(6)));
-        assert_eq!(bounds(..0).unwrap(), (0, Some(0)));
-        let (start, end) = (10, 5);
-        assert!(bounds(start..end).is_err());
-    }
-}
+mod tests;

@@ -36,8 +36,14 @@ impl Interceptor for Bearer {
 /// Why a control call failed: the server's status, with its message.
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
+    /// `source`: the error `reason` was made from, when there was one.
     #[error("cannot reach the control plane at {endpoint}: {reason}")]
-    Connect { endpoint: String, reason: String },
+    Connect {
+        endpoint: String,
+        reason: String,
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
+    },
     #[error("{}", .0.message())]
     Status(tonic::Status),
     #[error("{0}")]
@@ -71,28 +77,34 @@ impl ControlClient {
         token: Option<String>,
         tls_ca: Option<&Path>,
     ) -> Result<ControlClient, ControlError> {
-        let connect_err = |reason: String| ControlError::Connect {
-            endpoint: endpoint.to_string(),
-            reason,
-        };
+        let connect_err =
+            |reason: String, source: Box<dyn std::error::Error + Send + Sync + 'static>| {
+                ControlError::Connect {
+                    endpoint: endpoint.to_string(),
+                    reason,
+                    source: Some(source),
+                }
+            };
         let scheme = if tls_ca.is_some() { "https" } else { "http" };
         let url = if endpoint.contains("://") {
             endpoint.to_string()
         } else {
             format!("{scheme}://{endpoint}")
         };
-        let mut ep = Endpoint::from_shared(url).map_err(|e| connect_err(e.to_string()))?;
+        let mut ep =
+            Endpoint::from_shared(url).map_err(|e| connect_err(e.to_string(), e.into()))?;
         if let Some(ca) = tls_ca {
-            let pem = std::fs::read(ca)
-                .map_err(|e| connect_err(format!("cannot read CA {}: {e}", ca.display())))?;
+            let pem = std::fs::read(ca).map_err(|e| {
+                connect_err(format!("cannot read CA {}: {e}", ca.display()), e.into())
+            })?;
             ep = ep
                 .tls_config(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem)))
-                .map_err(|e| connect_err(e.to_string()))?;
+                .map_err(|e| connect_err(e.to_string(), e.into()))?;
         }
         let channel = ep
             .connect()
             .await
-            .map_err(|e| connect_err(format!("{e}: {}", source_chain(&e))))?;
+            .map_err(|e| connect_err(format!("{e}: {}", source_chain(&e)), e.into()))?;
         let bearer = match token {
             Some(t) => Some(format!("Bearer {}", t.trim()).parse().map_err(|_| {
                 ControlError::Invalid("the token has characters a header cannot carry".into())

@@ -14,31 +14,32 @@
 //!
 //! Every chunk is checked against the CRC32C the server sent with it; a mismatch is an error
 //! ([`ClientError::Checksum`]) and the request is retried, never returned as data.
-
-#![deny(unsafe_code)]
+//!
+//! No `unsafe` here (the workspace forbids it): the shared memory, mlock and CUDA calls are in
+//! shardcache-mem.
 
 mod blocking;
 mod client;
 mod conn;
 mod control;
 #[cfg(feature = "cuda")]
-#[allow(unsafe_code)] // CUDA driver calls: see the module's SAFETY notes
 mod cuda;
 pub use conn::quic_endpoint;
 mod endpoint;
 mod error;
 mod local;
-#[allow(unsafe_code)] // memfd mapping and mlock: see the module's SAFETY notes
+mod options;
 mod pinned;
 mod reader;
 
 pub use blocking::{BlockingClient, BlockingReader};
-pub use client::{Client, ClientOptions, ReadStream, control_endpoint_for};
+pub use client::{Client, ReadStream, control_endpoint_for};
 pub use control::{ControlClient, ControlError, Manifest, ManifestObject};
 #[cfg(feature = "cuda")]
 pub use cuda::cuda_driver_available;
 pub use endpoint::{Endpoint, Transport};
-pub use error::{ClientError, Result};
+pub use error::{Cause, ClientError, Result};
+pub use options::ClientOptions;
 pub use pinned::{PinnedBuffer, PinnedBufferPool, Pinning, PooledBuffer};
 pub use reader::ObjectReader;
 pub use shardcache_proto::control as control_proto;

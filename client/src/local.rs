@@ -1,5 +1,6 @@
-//! The local path, client side: register a [`PinnedBuffer`] with a co-located server over a Unix
-//! socket (its memfd travels as SCM_RIGHTS), then ask for reads placed straight into it.
+//! The local path, client side: register shared memory (a [`crate::PinnedBuffer`]'s, or a
+//! connection's scratch) with a co-located server over a Unix socket (its memfd travels as
+//! SCM_RIGHTS), then ask for reads placed straight into it.
 
 use std::mem::MaybeUninit;
 use std::os::fd::BorrowedFd;
@@ -7,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
+use shardcache_mem::PinnedMemfd;
 use shardcache_proto::frame::{MAX_RESPONSE_PAYLOAD, encode};
 use shardcache_proto::{Frame, FrameCodec, Framed, ReadInto, ReadRequest, ReadStart, Register};
 use tokio::io::{AsyncReadExt, Interest};
@@ -14,7 +16,6 @@ use tokio::net::UnixStream;
 
 use crate::conn::{BufPool, TcpConn};
 use crate::error::{ClientError, Result};
-use crate::pinned::PinnedBuffer;
 
 /// A buffer's registration: the connection whose server mapped it.
 pub(crate) struct Registration {
@@ -26,16 +27,14 @@ pub(crate) struct Registration {
 /// bytes land in `buf`.
 pub(crate) async fn register(
     socket: &str,
-    buf: &PinnedBuffer,
+    buf: &PinnedMemfd,
     pool: Arc<BufPool>,
 ) -> Result<TcpConn> {
-    let connect_err = |reason: String| ClientError::Connect {
-        endpoint: format!("unix://{socket}"),
-        reason,
-    };
+    let endpoint = format!("unix://{socket}");
+    let connect_err = |reason: String| ClientError::connect(&endpoint, reason);
     let mut stream = UnixStream::connect(socket)
         .await
-        .map_err(|e| connect_err(e.to_string()))?;
+        .map_err(|e| connect_err(e.to_string()).caused_by(e))?;
     let hello = encode(&Framed {
         request_id: 0,
         frame: Frame::Register(Register {
@@ -48,7 +47,7 @@ pub(crate) async fn register(
             send_with_fd(&stream, &hello, buf.fd())
         })
         .await
-        .map_err(|e| connect_err(format!("cannot send the buffer: {e}")))?;
+        .map_err(|e| connect_err(format!("cannot send the buffer: {e}")).caused_by(e))?;
     if sent != hello.len() {
         return Err(connect_err(
             "short write while registering the buffer".into(),
@@ -56,13 +55,16 @@ pub(crate) async fn register(
     }
     let mut codec = FrameCodec::new(MAX_RESPONSE_PAYLOAD);
     let answer = loop {
-        if let Some(f) = codec.next_frame().map_err(|e| connect_err(e.to_string()))? {
+        let frame = codec
+            .next_frame()
+            .map_err(|e| connect_err(e.to_string()).caused_by(e))?;
+        if let Some(f) = frame {
             break f.frame;
         }
         let n = tokio::time::timeout(Duration::from_secs(10), stream.read_buf(codec.buffer_mut()))
             .await
             .map_err(|_| connect_err("no answer to the registration".into()))?
-            .map_err(|e| connect_err(e.to_string()))?;
+            .map_err(|e| connect_err(e.to_string()).caused_by(e))?;
         if n == 0 {
             return Err(connect_err(
                 "server closed the connection while registering".into(),
@@ -80,12 +82,7 @@ pub(crate) async fn register(
         other => return Err(connect_err(format!("unexpected answer {other:?}"))),
     }
     let (rd, wr) = stream.into_split();
-    Ok(TcpConn::from_halves(
-        rd,
-        wr,
-        &format!("unix://{socket}"),
-        pool,
-    ))
+    Ok(TcpConn::from_halves(rd, wr, &endpoint, pool))
 }
 
 fn send_with_fd(stream: &UnixStream, bytes: &[u8], fd: BorrowedFd<'_>) -> std::io::Result<usize> {
@@ -107,15 +104,12 @@ pub(crate) async fn read_into_region(
     conn: &TcpConn,
     read: ReadRequest,
     region_offset: u64,
-    buf: &mut PinnedBuffer,
+    buf: &mut PinnedMemfd,
     idle: Duration,
 ) -> Result<(ReadStart, u64)> {
     let path = read.path.clone();
     let endpoint = conn.endpoint().to_string();
-    let protocol = |reason: String| ClientError::Protocol {
-        endpoint: endpoint.clone(),
-        reason,
-    };
+    let protocol = |reason: String| ClientError::protocol(&endpoint, reason);
     let mut responses = conn
         .request(Frame::ReadInto(ReadInto {
             read,
@@ -125,10 +119,7 @@ pub(crate) async fn read_into_region(
     let mut next = async || -> Result<Frame> {
         tokio::time::timeout(idle, responses.next())
             .await
-            .map_err(|_| ClientError::Timeout {
-                endpoint: endpoint.clone(),
-                secs: idle.as_secs(),
-            })?
+            .map_err(|_| ClientError::timeout(&endpoint, idle.as_secs()))?
     };
     let start = match next().await? {
         Frame::ReadStart(s) => s,

@@ -2,47 +2,53 @@
 //!
 //! The buffer is a memfd mapped into this process, locked into RAM with `mlock` (so the GPU
 //! driver can DMA from it without staging, and the kernel never pages it out), and sealed against
-//! shrinking so the server that maps it too can never be made to fault. This module holds the
-//! client's only `unsafe` code.
+//! shrinking so the server that maps it too can never be made to fault. The memory itself is a
+//! [`shardcache_mem::PinnedMemfd`]: the mapping code (and every `unsafe` line) is in
+//! shardcache-mem.
 
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::ptr::NonNull;
-
-use rustix::fs::{MemfdFlags, SealFlags};
-use rustix::mm::{MapFlags, ProtFlags};
+use shardcache_mem::memfd::CreateError;
+use shardcache_mem::{Errno, MapError, PinError, PinnedMemfd};
 
 use crate::error::ClientError;
 
-/// Whether a buffer must be page-locked.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Pinning {
-    /// Fail if the memory cannot be locked.
-    Required,
-    /// Lock if possible; otherwise an ordinary (pageable) shared buffer.
-    Preferred,
-}
+pub use shardcache_mem::Pinning;
 
 /// Page-locked (or, explicitly, unlocked) shared memory. See the module documentation.
 pub struct PinnedBuffer {
-    ptr: NonNull<u8>,
-    len: usize,
-    fd: OwnedFd,
-    pinned: bool,
+    mem: PinnedMemfd,
     /// The local connection this buffer is registered on, once used with a local server.
     pub(crate) registration: Option<crate::local::Registration>,
-    /// Registered with the CUDA driver (feature `cuda`).
-    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
-    pub(crate) cuda_registered: bool,
 }
 
-// SAFETY: the buffer owns its mapping; shared access goes through `&self` (read-only views)
-// and exclusive access through `&mut self`, as for a `Vec<u8>`.
-unsafe impl Send for PinnedBuffer {}
-// SAFETY: as above.
-unsafe impl Sync for PinnedBuffer {}
+/// The client's words for why the memory could not be made, with the failed call's error as
+/// the source.
+fn pin_err(e: PinError) -> ClientError {
+    let errno = |reason: String, errno: Errno| ClientError::buffer(reason).caused_by(errno);
+    match e {
+        PinError::Empty => ClientError::buffer("a pinned buffer needs at least one byte"),
+        PinError::Create(CreateError::Create(e)) => errno(format!("memfd_create failed: {e}"), e),
+        PinError::Create(CreateError::Size { len, errno: e }) => {
+            errno(format!("cannot size the buffer to {len} bytes: {e}"), e)
+        }
+        PinError::Create(CreateError::Seal(e)) => errno(format!("cannot seal the buffer: {e}"), e),
+        PinError::Map(MapError::Null) => ClientError::buffer("mmap returned null"),
+        PinError::Map(MapError::Map(e)) => errno(format!("cannot map the buffer: {e}"), e),
+        PinError::Map(e) => ClientError::buffer(format!("cannot map the buffer: {e}")).caused_by(e),
+        PinError::Lock { len, errno: e } => errno(
+            format!(
+                "cannot page-lock {len} bytes ({e}): raise RLIMIT_MEMLOCK (ulimit -l, or the \
+                 pod's memlock limit) or grant CAP_IPC_LOCK; PinnedBuffer::unpinned is the \
+                 explicit unlocked fallback"
+            ),
+            e,
+        ),
+    }
+}
 
-fn err(reason: String) -> ClientError {
-    ClientError::Buffer { reason }
+/// Shared memory of `len` bytes, page-locked as `pinning` says, with the client's errors: a
+/// [`PinnedBuffer`]'s, or a local connection's scratch.
+pub(crate) fn memfd(len: usize, pinning: Pinning) -> Result<PinnedMemfd, ClientError> {
+    PinnedMemfd::new("shardcache-buffer", len, pinning).map_err(pin_err)
 }
 
 impl PinnedBuffer {
@@ -56,122 +62,72 @@ impl PinnedBuffer {
     /// is not allowed. Device copies from it are slower (staged by the driver).
     pub fn unpinned(len: usize) -> Result<PinnedBuffer, ClientError> {
         PinnedBuffer::with_pinning(len, Pinning::Preferred).map(|mut b| {
-            b.unlock();
+            b.mem.unlock();
             b
         })
     }
 
     pub fn with_pinning(len: usize, pinning: Pinning) -> Result<PinnedBuffer, ClientError> {
-        if len == 0 {
-            return Err(err("a pinned buffer needs at least one byte".into()));
-        }
-        let fd = rustix::fs::memfd_create(
-            "shardcache-buffer",
-            MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING,
-        )
-        .map_err(|e| err(format!("memfd_create failed: {e}")))?;
-        rustix::fs::ftruncate(&fd, len as u64)
-            .map_err(|e| err(format!("cannot size the buffer to {len} bytes: {e}")))?;
-        rustix::fs::fcntl_add_seals(&fd, SealFlags::SHRINK | SealFlags::GROW | SealFlags::SEAL)
-            .map_err(|e| err(format!("cannot seal the buffer: {e}")))?;
-        // SAFETY: a fresh shared mapping of the whole (sealed, so fixed-size) memfd; the kernel
-        // picks the address and nothing else in this process aliases it.
-        let ptr = unsafe {
-            rustix::mm::mmap(
-                std::ptr::null_mut(),
-                len,
-                ProtFlags::READ | ProtFlags::WRITE,
-                MapFlags::SHARED,
-                &fd,
-                0,
-            )
-        }
-        .map_err(|e| err(format!("cannot map the buffer: {e}")))?;
-        let ptr = NonNull::new(ptr.cast::<u8>()).ok_or_else(|| err("mmap returned null".into()))?;
-        let mut buf = PinnedBuffer {
-            ptr,
-            len,
-            fd,
-            pinned: false,
+        let mem = memfd(len, pinning)?;
+        Ok(PinnedBuffer {
+            mem,
             registration: None,
-            cuda_registered: false,
-        };
-        // SAFETY: locking exactly the mapping made above.
-        match unsafe { rustix::mm::mlock(buf.ptr.as_ptr().cast(), len) } {
-            Ok(()) => buf.pinned = true,
-            Err(e) if pinning == Pinning::Required => {
-                return Err(err(format!(
-                    "cannot page-lock {len} bytes ({e}): raise RLIMIT_MEMLOCK (ulimit -l, or the \
-                     pod's memlock limit) or grant CAP_IPC_LOCK; PinnedBuffer::unpinned is the \
-                     explicit unlocked fallback"
-                )));
-            }
-            Err(_) => {}
-        }
-        Ok(buf)
-    }
-
-    fn unlock(&mut self) {
-        if self.pinned {
-            // SAFETY: unlocking exactly the mapping this buffer owns.
-            let _ = unsafe { rustix::mm::munlock(self.ptr.as_ptr().cast(), self.len) };
-            self.pinned = false;
-        }
+        })
     }
 
     pub fn len(&self) -> usize {
-        self.len
+        self.mem.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.mem.is_empty()
     }
 
     /// Whether the memory is page-locked.
     pub fn is_pinned(&self) -> bool {
-        self.pinned
+        self.mem.is_locked()
     }
 
     /// The start of the buffer, for registering it with a device driver.
     pub fn as_ptr(&self) -> *const u8 {
-        self.ptr.as_ptr()
+        self.mem.as_ptr()
     }
 
     pub fn as_slice(&self) -> &[u8] {
-        // SAFETY: the mapping is `len` bytes and lives as long as `self`. The server writes it
-        // only while a read borrows the buffer mutably, so no write overlaps this borrow.
-        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+        // The server writes the buffer only while a read borrows it mutably, so no write
+        // overlaps this borrow.
+        self.mem.as_slice()
     }
 
     pub fn as_mut_slice(&mut self) -> &mut [u8] {
-        // SAFETY: as in `as_slice`, with `&mut self` making this the only view.
-        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
+        self.mem.as_mut_slice()
     }
 
-    pub(crate) fn fd(&self) -> BorrowedFd<'_> {
-        self.fd.as_fd()
+    /// The memory: what the local path registers and reads into, and what the `cuda`
+    /// feature registers with the driver.
+    pub(crate) fn mem_mut(&mut self) -> &mut PinnedMemfd {
+        &mut self.mem
+    }
+
+    pub(crate) fn mem(&self) -> &PinnedMemfd {
+        &self.mem
     }
 }
 
 impl std::fmt::Debug for PinnedBuffer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PinnedBuffer")
-            .field("len", &self.len)
-            .field("pinned", &self.pinned)
+            .field("len", &self.len())
+            .field("pinned", &self.is_pinned())
             .finish()
     }
 }
 
 impl Drop for PinnedBuffer {
     fn drop(&mut self) {
-        // The server's mapping (if registered) stays valid until it unmaps; ours goes now.
+        // The server's mapping (if registered) stays valid until it unmaps; ours goes next, when
+        // `mem` drops (unregistered from CUDA, unlocked, unmapped).
         self.registration = None;
-        #[cfg(feature = "cuda")]
-        self.unregister_cuda();
-        self.unlock();
-        // SAFETY: unmapping exactly the mapping made in `with_pinning`, once; the slices handed
-        // out borrow `self`, so none outlives this.
-        let _ = unsafe { rustix::mm::munmap(self.ptr.as_ptr().cast(), self.len) };
     }
 }
 
@@ -256,10 +212,20 @@ mod tests {
         let mut b = PinnedBuffer::with_pinning(1 << 20, Pinning::Preferred).unwrap();
         b.as_mut_slice()[..5].copy_from_slice(b"hello");
         assert_eq!(&b.as_slice()[..5], b"hello");
-        let seals = rustix::fs::fcntl_get_seals(b.fd()).unwrap();
-        assert!(seals.contains(SealFlags::SHRINK | SealFlags::GROW));
+        let seals = shardcache_mem::memfd::seals(b.mem().fd()).unwrap();
+        assert!(
+            seals.contains(shardcache_mem::SealFlags::SHRINK | shardcache_mem::SealFlags::GROW)
+        );
         assert!(!PinnedBuffer::unpinned(4096).unwrap().is_pinned());
-        assert!(PinnedBuffer::new(0).is_err());
+        let e = PinnedBuffer::new(0).unwrap_err().to_string();
+        assert!(e.contains("a pinned buffer needs at least one byte"), "{e}");
+    }
+
+    #[test]
+    fn buffers_move_and_share_between_threads() {
+        fn send_sync<T: Send + Sync>() {}
+        send_sync::<PinnedBuffer>();
+        send_sync::<PinnedBufferPool>();
     }
 
     #[tokio::test]

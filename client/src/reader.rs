@@ -16,7 +16,7 @@ use tokio::io::{AsyncRead, AsyncSeek, ReadBuf};
 use tokio::task::JoinHandle;
 
 use crate::client::Client;
-use crate::error::ClientError;
+use crate::error::{ClientError, Result};
 
 /// Largest request an `ObjectReader` sends, whatever the server's block size.
 const MAX_WINDOW: u64 = 16 << 20;
@@ -30,15 +30,24 @@ pub struct ObjectReader {
     /// Bytes at `pos`, already received.
     current: Bytes,
     /// Fetches in flight, in offset order, contiguous from `pos + current.len()`.
-    inflight: VecDeque<(u64, JoinHandle<Result<Bytes, ClientError>>)>,
+    inflight: VecDeque<(u64, JoinHandle<Result<Bytes>>)>,
     /// Offset the next fetch starts at.
     next_fetch: u64,
     /// Target of a seek started but not completed.
     seek_to: Option<u64>,
 }
 
+impl Client {
+    /// A reader over the whole object, pinned to its current version, that fetches the next
+    /// blocks ahead of the reading position.
+    pub async fn open(&self, path: &str) -> Result<ObjectReader> {
+        let info = self.stat(path).await?;
+        Ok(ObjectReader::new(self.clone(), path.to_string(), info))
+    }
+}
+
 impl ObjectReader {
-    pub(crate) fn new(client: Client, path: String, info: ObjectInfo) -> ObjectReader {
+    fn new(client: Client, path: String, info: ObjectInfo) -> ObjectReader {
         ObjectReader {
             client,
             path,

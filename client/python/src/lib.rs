@@ -8,7 +8,9 @@
 //! client connects again, and the parent's state is leaked, not dropped (dropping a runtime
 //! waits for threads that do not exist there). `os.register_at_fork` in the Python layer
 //! also tells every live client at the fork itself.
-#![deny(unsafe_code)]
+//!
+//! No `unsafe` here (the workspace forbids it): the caller's buffer arrives as a ctypes array,
+//! which shardcache-mem turns into a slice (`shardcache_mem::ctypes`).
 
 use std::sync::{Arc, Mutex};
 
@@ -194,22 +196,23 @@ impl Client {
         Ok(PyBytes::new(py, &bytes))
     }
 
-    /// Read into `capacity` bytes of memory at `address`, which the caller keeps exported and
-    /// writable for the duration of the call (the Python layer does, from a buffer object):
-    /// `length` bytes from `offset` (fewer at the end of the object), or with `length` None all
-    /// of the object from `offset`, which must fit.
-    #[pyo3(signature = (path, address, capacity, offset = 0, length = None, if_match = None))]
-    #[allow(clippy::too_many_arguments)]
-    fn _read_into_address(
+    /// Read into the memory of `array`, a `ctypes.Array` (a TypeError otherwise; its address
+    /// and size come from ctypes), which the caller keeps alive and does not touch for the
+    /// duration of the call (the Python layer makes it from a writable buffer with
+    /// `from_buffer`): `length` bytes from `offset` (fewer at the end of the object), or with
+    /// `length` None all of the object from `offset`, which must fit.
+    #[pyo3(signature = (path, array, offset = 0, length = None, if_match = None))]
+    fn _read_into_array(
         &self,
         py: Python<'_>,
         path: String,
-        address: usize,
-        capacity: usize,
+        array: &Bound<'_, PyAny>,
         offset: u64,
         length: Option<usize>,
         if_match: Option<String>,
     ) -> PyResult<usize> {
+        let mut bytes = shardcache_mem::ctypes::CtypesBytes::borrow(array)?;
+        let capacity = bytes.len();
         if let Some(length) = length
             && length > capacity
         {
@@ -218,14 +221,11 @@ impl Client {
                 format!("length {length} is more than the buffer's {capacity} bytes"),
             )));
         }
-        if address == 0 && capacity > 0 {
-            return Err(PyValueError::new_err("null buffer address"));
-        }
         let client = self.conn(py)?;
-        let buf: &mut [u8] = if capacity == 0 {
-            &mut []
-        } else {
-            raw::slice(address, length.unwrap_or(capacity))
+        let buf = bytes.as_mut_slice();
+        let buf: &mut [u8] = match length {
+            Some(length) => &mut buf[..length],
+            None => buf,
         };
         py.detach(|| {
             let c = client.client();
@@ -298,18 +298,6 @@ impl Client {
 
     fn __repr__(&self) -> String {
         format!("Client({:?})", self.endpoint)
-    }
-}
-
-/// The one place that turns an address from Python into a slice.
-#[allow(unsafe_code)]
-mod raw {
-    /// A mutable slice over `length` bytes at `address`.
-    pub fn slice<'a>(address: usize, length: usize) -> &'a mut [u8] {
-        // SAFETY: the Python layer passes the address of a writable buffer it has exported
-        // (ctypes `from_buffer`, which also stops the owner from resizing it) and keeps that
-        // export alive until this call returns; the slice is only used within the call.
-        unsafe { std::slice::from_raw_parts_mut(address as *mut u8, length) }
     }
 }
 

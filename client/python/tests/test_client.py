@@ -1,3 +1,4 @@
+import ctypes
 import pickle
 import threading
 
@@ -60,6 +61,40 @@ def test_read_into_any_writable_buffer(client, server):
         client.read_into(path, b"read-only bytes")
     with pytest.raises(TypeError):
         client.read_into(path, np.zeros((10, 10), dtype=np.uint8)[:, ::2])
+
+
+def test_native_read_into_takes_a_ctypes_array_never_an_address(client, server):
+    want = server.files["train/shard-000005.bin"]
+    path = "ds/train/shard-000005.bin"
+    native = client._native
+    assert not hasattr(native, "_read_into_address")
+
+    class PosingAsAnArray:
+        __class__ = property(lambda self: ctypes.c_char * 10)
+
+    assert isinstance(PosingAsAnArray(), ctypes.Array)
+    for not_an_array in (
+        id(bytearray(10)),
+        bytearray(10),
+        memoryview(bytearray(10)),
+        ctypes.c_int(5),
+        ctypes.pointer(ctypes.c_char()),
+        PosingAsAnArray(),
+    ):
+        with pytest.raises(TypeError, match="ctypes array"):
+            native._read_into_array(path, not_an_array, 0, 10, None)
+    arr = (ctypes.c_char * 10)()
+    assert native._read_into_array(path, arr, 3, 10, None) == 10
+    assert arr.raw == want[3:13]
+    words = (ctypes.c_uint32 * 4)()  # the size comes from ctypes: 16 bytes
+    assert native._read_into_array(path, words, 0, 16, None) == 16
+    assert bytes(words) == want[:16]
+    with pytest.raises(shardcache._shardcache.NativeError, match="more than the buffer's 16 bytes"):
+        native._read_into_array(path, words, 0, 17, None)
+    # An empty buffer: nothing read with length 0; without a length the object must fit.
+    assert client.read_into(path, bytearray(), length=0) == 0
+    with pytest.raises(InvalidRequestError):
+        client.read_into(path, bytearray())
 
 
 def test_file_objects_read_seek_tell(client, server):

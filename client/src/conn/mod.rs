@@ -26,10 +26,12 @@ pub enum Conn {
     Local(LocalConn),
 }
 
-/// A local-path connection: requests over the socket, bytes through `scratch`.
+/// A local-path connection: requests over the socket, bytes through `scratch`, the shared
+/// memory registered on it. (The memory itself, not a [`crate::PinnedBuffer`]: connections
+/// sit below the buffers, which keep a connection of their own once registered.)
 pub struct LocalConn {
     pub conn: TcpConn,
-    pub scratch: tokio::sync::Mutex<crate::pinned::PinnedBuffer>,
+    pub scratch: tokio::sync::Mutex<shardcache_mem::PinnedMemfd>,
 }
 
 impl Conn {
@@ -86,10 +88,10 @@ impl Responses {
         };
         match tokio::time::timeout(self.idle_timeout, next).await {
             Ok(frame) => frame,
-            Err(_) => Err(ClientError::Timeout {
-                endpoint: self.endpoint.clone(),
-                secs: self.idle_timeout.as_secs(),
-            }),
+            Err(_) => Err(ClientError::timeout(
+                &self.endpoint,
+                self.idle_timeout.as_secs(),
+            )),
         }
     }
 }

@@ -10,16 +10,26 @@ use shardcache_proto::frame::{MAX_RESPONSE_PAYLOAD, encode};
 use shardcache_proto::{Frame, FrameCodec, Framed};
 use tokio::io::AsyncReadExt;
 
-use crate::ClientOptions;
 use crate::error::{ClientError, Result};
+use crate::options::ClientOptions;
 
 /// ALPN protocol of the shardcache data plane over QUIC.
 const ALPN: &[u8] = b"shardcache/1";
 
 fn tls_err(reason: impl Into<String>) -> ClientError {
-    ClientError::Tls {
-        reason: reason.into(),
-    }
+    ClientError::tls(reason)
+}
+
+/// A TLS error made from `cause`: its message, and `cause` as the source.
+fn tls_cause<E: std::error::Error + Send + Sync + 'static>(e: E) -> ClientError {
+    ClientError::tls(e.to_string()).caused_by(e)
+}
+
+/// A TLS error made from `cause`: "CONTEXT: CAUSE", and `cause` as the source.
+fn tls_context<E: std::error::Error + Send + Sync + 'static>(
+    context: impl std::fmt::Display,
+) -> impl FnOnce(E) -> ClientError {
+    move |e| ClientError::tls(format!("{context}: {e}")).caused_by(e)
 }
 
 /// A client endpoint configured from the options' trust settings.
@@ -27,7 +37,7 @@ pub fn quic_endpoint(options: &ClientOptions, remote: SocketAddr) -> Result<quin
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(|e| tls_err(e.to_string()))?;
+        .map_err(tls_cause)?;
     let builder = if options.insecure_skip_verify {
         builder
             .dangerous()
@@ -36,13 +46,10 @@ pub fn quic_endpoint(options: &ClientOptions, remote: SocketAddr) -> Result<quin
         let mut roots = rustls::RootCertStore::empty();
         if let Some(ca) = &options.tls_ca {
             let certs = CertificateDer::pem_file_iter(ca)
-                .map_err(|e| tls_err(format!("cannot read CA file {}: {e}", ca.display())))?;
+                .map_err(tls_context(format!("cannot read CA file {}", ca.display())))?;
             for cert in certs {
-                let cert =
-                    cert.map_err(|e| tls_err(format!("bad CA file {}: {e}", ca.display())))?;
-                roots
-                    .add(cert)
-                    .map_err(|e| tls_err(format!("bad CA certificate: {e}")))?;
+                let cert = cert.map_err(tls_context(format!("bad CA file {}", ca.display())))?;
+                roots.add(cert).map_err(tls_context("bad CA certificate"))?;
             }
         }
         if roots.is_empty() {
@@ -56,7 +63,7 @@ pub fn quic_endpoint(options: &ClientOptions, remote: SocketAddr) -> Result<quin
                 provider,
             )
             .build()
-            .map_err(|e| tls_err(e.to_string()))?;
+            .map_err(tls_cause)?;
             builder
                 .dangerous()
                 .with_custom_certificate_verifier(Arc::new(SignedByCa(inner)))
@@ -67,14 +74,21 @@ pub fn quic_endpoint(options: &ClientOptions, remote: SocketAddr) -> Result<quin
     let mut tls = match (&options.tls_client_cert, &options.tls_client_key) {
         (Some(cert), Some(key)) => {
             let chain = CertificateDer::pem_file_iter(cert)
-                .map_err(|e| tls_err(format!("cannot read certificate {}: {e}", cert.display())))?
+                .map_err(tls_context(format!(
+                    "cannot read certificate {}",
+                    cert.display()
+                )))?
                 .collect::<std::result::Result<Vec<_>, _>>()
-                .map_err(|e| tls_err(format!("bad certificate in {}: {e}", cert.display())))?;
-            let key = rustls::pki_types::PrivateKeyDer::from_pem_file(key)
-                .map_err(|e| tls_err(format!("cannot read private key {}: {e}", key.display())))?;
+                .map_err(tls_context(format!(
+                    "bad certificate in {}",
+                    cert.display()
+                )))?;
+            let key = rustls::pki_types::PrivateKeyDer::from_pem_file(key).map_err(tls_context(
+                format!("cannot read private key {}", key.display()),
+            ))?;
             builder
                 .with_client_auth_cert(chain, key)
-                .map_err(|e| tls_err(format!("client certificate and key: {e}")))?
+                .map_err(tls_context("client certificate and key"))?
         }
         (None, None) => builder.with_no_client_auth(),
         _ => {
@@ -84,8 +98,7 @@ pub fn quic_endpoint(options: &ClientOptions, remote: SocketAddr) -> Result<quin
         }
     };
     tls.alpn_protocols = vec![ALPN.to_vec()];
-    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
-        .map_err(|e| tls_err(e.to_string()))?;
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).map_err(tls_cause)?;
     let mut config = quinn::ClientConfig::new(Arc::new(crypto));
     config.transport_config(Arc::new(transport_config()));
     let bind: SocketAddr = if remote.is_ipv6() {
@@ -95,8 +108,8 @@ pub fn quic_endpoint(options: &ClientOptions, remote: SocketAddr) -> Result<quin
     }
     .parse()
     .expect("valid bind address");
-    let mut endpoint = quinn::Endpoint::client(bind)
-        .map_err(|e| tls_err(format!("cannot open a UDP socket: {e}")))?;
+    let mut endpoint =
+        quinn::Endpoint::client(bind).map_err(tls_context("cannot open a UDP socket"))?;
     endpoint.set_default_client_config(config);
     Ok(endpoint)
 }
@@ -129,22 +142,24 @@ impl QuicConn {
         host: &str,
         endpoint_name: &str,
     ) -> Result<QuicConn> {
-        let connect_err = |reason: String| ClientError::Connect {
-            endpoint: endpoint_name.to_string(),
-            reason,
-        };
+        let connect_err = |reason: String| ClientError::connect(endpoint_name, reason);
+        fn cause<E: std::error::Error + Send + Sync + 'static>(
+            endpoint_name: &str,
+        ) -> impl FnOnce(E) -> ClientError {
+            move |e| ClientError::connect(endpoint_name, e.to_string()).caused_by(e)
+        }
         let remote = tokio::net::lookup_host(address)
             .await
-            .map_err(|e| connect_err(e.to_string()))?
+            .map_err(cause(endpoint_name))?
             .next()
             .ok_or_else(|| connect_err("address resolved to nothing".into()))?;
         let endpoint = quic_endpoint(options, remote)?;
         let server_name = options.server_name.as_deref().unwrap_or(host);
         let conn = endpoint
             .connect(remote, server_name)
-            .map_err(|e| connect_err(e.to_string()))?
+            .map_err(cause(endpoint_name))?
             .await
-            .map_err(|e| connect_err(e.to_string()))?;
+            .map_err(cause(endpoint_name))?;
         Ok(QuicConn {
             endpoint_name: endpoint_name.to_string(),
             conn,
@@ -161,20 +176,20 @@ impl QuicConn {
     }
 
     pub async fn request(&self, frame: Frame) -> Result<QuicResponses> {
-        let lost = |reason: String| ClientError::ConnectionLost {
-            endpoint: self.endpoint_name.clone(),
-            reason,
-        };
-        let (mut send, recv) = self.conn.open_bi().await.map_err(|e| lost(e.to_string()))?;
+        fn lost<E: std::error::Error + Send + Sync + 'static>(
+            endpoint: &str,
+        ) -> impl FnOnce(E) -> ClientError {
+            move |e| ClientError::lost(endpoint, e.to_string()).caused_by(e)
+        }
+        let name = &self.endpoint_name;
+        let (mut send, recv) = self.conn.open_bi().await.map_err(lost(name))?;
         let bytes = encode(&Framed {
             request_id: 1,
             frame,
         })
         .to_vec();
-        send.write_all(&bytes)
-            .await
-            .map_err(|e| lost(e.to_string()))?;
-        send.finish().map_err(|e| lost(e.to_string()))?;
+        send.write_all(&bytes).await.map_err(lost(name))?;
+        send.finish().map_err(lost(name))?;
         Ok(QuicResponses {
             recv,
             codec: FrameCodec::new(MAX_RESPONSE_PAYLOAD),
@@ -196,25 +211,19 @@ impl QuicResponses {
                 Ok(Some(framed)) => return Ok(framed.frame),
                 Ok(None) => {}
                 Err(e) => {
-                    return Err(ClientError::Protocol {
-                        endpoint: self.endpoint.clone(),
-                        reason: e.to_string(),
-                    });
+                    return Err(ClientError::protocol(&self.endpoint, e.to_string()).caused_by(e));
                 }
             }
             match self.recv.read_buf(self.codec.buffer_mut()).await {
                 Ok(0) => {
-                    return Err(ClientError::ConnectionLost {
-                        endpoint: self.endpoint.clone(),
-                        reason: "stream ended before the response was complete".into(),
-                    });
+                    return Err(ClientError::lost(
+                        &self.endpoint,
+                        "stream ended before the response was complete",
+                    ));
                 }
                 Ok(_) => {}
                 Err(e) => {
-                    return Err(ClientError::ConnectionLost {
-                        endpoint: self.endpoint.clone(),
-                        reason: e.to_string(),
-                    });
+                    return Err(ClientError::lost(&self.endpoint, e.to_string()).caused_by(e));
                 }
             }
         }

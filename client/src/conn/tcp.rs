@@ -35,10 +35,7 @@ impl Shared {
             .lock()
             .expect("lock")
             .clone()
-            .unwrap_or_else(|| ClientError::ConnectionLost {
-                endpoint: self.endpoint.clone(),
-                reason: "connection closed".into(),
-            })
+            .unwrap_or_else(|| ClientError::lost(&self.endpoint, "connection closed"))
     }
 }
 
@@ -59,10 +56,7 @@ impl TcpConn {
     pub async fn connect(address: &str, endpoint: &str, pool: Arc<BufPool>) -> Result<TcpConn> {
         let stream = TcpStream::connect(address)
             .await
-            .map_err(|e| ClientError::Connect {
-                endpoint: endpoint.to_string(),
-                reason: e.to_string(),
-            })?;
+            .map_err(|e| ClientError::connect(endpoint, e.to_string()).caused_by(e))?;
         let _ = stream.set_nodelay(true);
         let (rd, wr) = stream.into_split();
         Ok(TcpConn::from_halves(rd, wr, endpoint, pool))
@@ -124,10 +118,7 @@ impl TcpConn {
         if let Err(e) = writer.write_all(&bytes).await {
             drop(writer);
             self.shared.closed.store(true, Ordering::Release);
-            return Err(ClientError::ConnectionLost {
-                endpoint: self.shared.endpoint.clone(),
-                reason: e.to_string(),
-            });
+            return Err(ClientError::lost(&self.shared.endpoint, e.to_string()).caused_by(e));
         }
         Ok(responses)
     }
@@ -135,13 +126,10 @@ impl TcpConn {
 
 async fn read_loop<R: AsyncRead + Unpin>(mut rd: R, shared: Arc<Shared>, pool: Arc<BufPool>) {
     let mut codec = FrameCodec::new(MAX_RESPONSE_PAYLOAD);
-    let lost = |reason: String| ClientError::ConnectionLost {
-        endpoint: shared.endpoint.clone(),
-        reason,
-    };
-    let protocol = |reason: String| ClientError::Protocol {
-        endpoint: shared.endpoint.clone(),
-        reason,
+    let closed = || ClientError::lost(&shared.endpoint, "server closed the connection");
+    let lost = |e: std::io::Error| ClientError::lost(&shared.endpoint, e.to_string()).caused_by(e);
+    let protocol = |e: shardcache_proto::DecodeError| {
+        ClientError::protocol(&shared.endpoint, e.to_string()).caused_by(e)
     };
     let reason = 'conn: loop {
         loop {
@@ -157,24 +145,24 @@ async fn read_loop<R: AsyncRead + Unpin>(mut rd: R, shared: Arc<Shared>, pool: A
                     while buf.len() < h.payload_len {
                         let want = h.payload_len - buf.len();
                         match rd.read_buf(&mut (&mut buf).limit(want)).await {
-                            Ok(0) => break 'conn lost("server closed the connection".into()),
+                            Ok(0) => break 'conn closed(),
                             Ok(_) => {}
-                            Err(e) => break 'conn lost(e.to_string()),
+                            Err(e) => break 'conn lost(e),
                         }
                     }
                     match decode_data_payload(pool.freeze(buf)) {
                         Ok(chunk) => deliver(&shared, h.request_id, Frame::Data(chunk)).await,
-                        Err(e) => break 'conn protocol(e.to_string()),
+                        Err(e) => break 'conn protocol(e),
                     }
                     continue;
                 }
                 Ok(_) => {}
-                Err(e) => break 'conn protocol(e.to_string()),
+                Err(e) => break 'conn protocol(e),
             }
             let framed = match codec.next_frame() {
                 Ok(Some(f)) => f,
                 Ok(None) => break,
-                Err(e) => break 'conn protocol(e.to_string()),
+                Err(e) => break 'conn protocol(e),
             };
             if framed.request_id == 0 {
                 // A connection-level answer (e.g. the server is at its connection limit).
@@ -189,9 +177,9 @@ async fn read_loop<R: AsyncRead + Unpin>(mut rd: R, shared: Arc<Shared>, pool: A
             deliver(&shared, framed.request_id, framed.frame).await;
         }
         match rd.read_buf(codec.buffer_mut()).await {
-            Ok(0) => break lost("server closed the connection".into()),
+            Ok(0) => break closed(),
             Ok(_) => {}
-            Err(e) => break lost(e.to_string()),
+            Err(e) => break lost(e),
         }
     };
     *shared.reason.lock().expect("lock") = Some(reason);

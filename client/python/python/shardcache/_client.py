@@ -167,13 +167,14 @@ class Client:
             raise InvalidRequestError(f"negative length {length}")
         if n == 0:
             with _translated():
-                return self._native._read_into_address(path, 0, 0, offset, length, if_match)
+                return self._native._read_into_array(path, (ctypes.c_char * 0)(), offset, length, if_match)
         # Exporting the buffer through ctypes pins it (its owner cannot resize it) while the
-        # native client writes into its memory with the GIL released.
+        # native client writes into its memory with the GIL released; the native side takes the
+        # array's address and size from ctypes.
         holder = (ctypes.c_char * n).from_buffer(view)
         try:
             with _translated():
-                return self._native._read_into_address(path, ctypes.addressof(holder), n, offset, length, if_match)
+                return self._native._read_into_array(path, holder, offset, length, if_match)
         finally:
             del holder
             view.release()

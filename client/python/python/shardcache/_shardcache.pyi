@@ -1,3 +1,4 @@
+import ctypes
 from typing import Optional, TypedDict
 
 __version__: str
@@ -24,11 +25,10 @@ class Client:
     @property
     def endpoint(self) -> str: ...
     def read(self, path: str, offset: int = 0, length: Optional[int] = None, if_match: Optional[str] = None) -> bytes: ...
-    def _read_into_address(
+    def _read_into_array(
         self,
         path: str,
-        address: int,
-        capacity: int,
+        array: ctypes.Array[ctypes.c_char],
         offset: int = 0,
         length: Optional[int] = None,
         if_match: Optional[str] = None,

@@ -6,7 +6,7 @@ use shardcache_client::Manifest;
 use shardcache_client::control_proto::WarmRequest;
 
 use super::human;
-use super::{Cli, Output, TwoServers, control, data_client};
+use super::{Cli, Output, TwoServers, control, data_client, report};
 
 /// `stat`: from the control plane (version, blocks, holders); from the data plane (version
 /// only) when no control plane answers.
@@ -16,7 +16,10 @@ pub async fn stat(cli: &Cli, path: &str) -> anyhow::Result<()> {
         // Two servers named: never show one server's view as the other's.
         Err(e) if e.downcast_ref::<TwoServers>().is_some() => return Err(e),
         Err(e) => {
-            eprintln!("cachectl: {e:#}; showing the data plane's view only");
+            eprintln!(
+                "cachectl: {}; showing the data plane's view only",
+                report(&e)
+            );
             let client = data_client(cli).await?;
             let info = client.stat(path).await?;
             match cli.output {

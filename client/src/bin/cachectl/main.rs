@@ -11,6 +11,7 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use shardcache_client::{
     Client, ClientError, ClientOptions, ControlClient, ErrorCode, Transport, control_endpoint_for,
@@ -141,10 +142,28 @@ fn main() -> ExitCode {
     match runtime.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("cachectl: {e:#}");
+            eprintln!("cachectl: {}", report(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// The error and its causes, `error: cause: cause`, as `{:#}` writes them, less any cause whose
+/// words the line already holds: the client's errors say in their own message what their cause
+/// said, and keep that cause as their source too.
+fn report(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let words = cause.to_string();
+        if line.contains(&words) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&words);
+    }
+    line
 }
 
 impl Cli {
@@ -247,7 +266,7 @@ async fn connect_control(cli: &Cli, endpoint: &str) -> anyhow::Result<ControlCli
     let token = match &cli.token_file {
         Some(path) => Some(
             std::fs::read_to_string(path)
-                .map_err(|e| anyhow::anyhow!("cannot read token file {}: {e}", path.display()))?,
+                .with_context(|| format!("cannot read token file {}", path.display()))?,
         ),
         None => None,
     };
@@ -323,5 +342,32 @@ mod tests {
     fn the_command_line_is_well_formed() {
         use clap::CommandFactory;
         super::Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn reports_name_each_cause_once() {
+        use anyhow::Context;
+        // A client error whose message already says what its source says.
+        let refused = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = refused.local_addr().unwrap().to_string();
+        drop(refused);
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let e = runtime
+            .block_on(shardcache_client::Client::connect(&addr))
+            .err()
+            .expect("nothing listens");
+        assert!(std::error::Error::source(&e).is_some());
+        let message = e.to_string();
+        let e = anyhow::Error::new(e);
+        assert_eq!(super::report(&e), message);
+        // A context over an I/O error keeps both, as `{:#}` writes them.
+        let io = std::fs::read("/nonexistent/token")
+            .context("cannot read token file /nonexistent/token")
+            .unwrap_err();
+        assert_eq!(super::report(&io), format!("{io:#}"));
+        assert!(super::report(&io).starts_with("cannot read token file /nonexistent/token: "));
     }
 }

@@ -1,0 +1,49 @@
+//! [`ClientOptions`]: how a client connects and behaves. A module of its own, below both the
+//! client and the connections (QUIC reads its trust settings).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// How a [`Client`](crate::Client) connects and behaves.
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    /// Connections kept to the server; requests are spread over them. QUIC multiplexes streams,
+    /// so one connection is usually enough there.
+    pub connections: usize,
+    /// CA certificate (PEM) that signed the server's QUIC certificate.
+    pub tls_ca: Option<PathBuf>,
+    /// Accept any server certificate (a server run with `--insecure-dev-tls`). Never in
+    /// production.
+    pub insecure_skip_verify: bool,
+    /// TLS server name, when it differs from the endpoint's host.
+    pub server_name: Option<String>,
+    /// Accept any name in a server certificate that chains to `tls_ca` (cluster members,
+    /// whose identity is the CA's signature, not an address).
+    pub tls_any_name: bool,
+    /// Client certificate chain and key (PEM) for servers that ask for one (mutual TLS).
+    pub tls_client_cert: Option<PathBuf>,
+    pub tls_client_key: Option<PathBuf>,
+    /// Longest silence from the server inside one request.
+    pub idle_timeout: Duration,
+    /// Blocks an [`ObjectReader`](crate::ObjectReader) fetches ahead of the reading position.
+    pub readahead: usize,
+    /// Retries of a request that failed with a retryable error.
+    pub retries: u32,
+}
+
+impl Default for ClientOptions {
+    fn default() -> ClientOptions {
+        ClientOptions {
+            connections: 4,
+            tls_ca: None,
+            insecure_skip_verify: false,
+            server_name: None,
+            tls_any_name: false,
+            tls_client_cert: None,
+            tls_client_key: None,
+            idle_timeout: Duration::from_secs(60),
+            readahead: 4,
+            retries: 2,
+        }
+    }
+}
