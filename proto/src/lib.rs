@@ -10,7 +10,6 @@
 //!   with protox into tonic service and client types.
 //!
 //! Nothing here knows about caches, origins or connections; the server and the client build on it.
-#![forbid(unsafe_code)]
 
 pub mod frame;
 pub mod path;
