@@ -19,7 +19,8 @@ use shardcache_client::ControlClient;
 use shardcache_client::control_proto::WarmRequest;
 use shardcache_testsuite::{S3Origin, TestServer, bytes_for};
 
-use crate::{Args, Row};
+use crate::Args;
+use crate::report::{Report, Row};
 
 pub struct ChainPoint {
     /// The origin's egress limit in MB/s (0: none, bound by this machine's CPU).
@@ -205,4 +206,37 @@ pub async fn chain(origin: &S3Origin, args: &Args) -> anyhow::Result<ChainResult
         println!("wrote {}", path.display());
     }
     Ok(ChainResult { rows, points })
+}
+
+/// The chain runs and their ratios.
+pub(crate) async fn run(origin: &S3Origin, args: &Args, report: &mut Report) -> anyhow::Result<()> {
+    let c = chain(origin, args).await?;
+    for p in &c.points {
+        let n = p.nodes;
+        let limit = if p.origin_mbps == 0 {
+            "origin unlimited".to_string()
+        } else {
+            format!("origin {} MB/s", p.origin_mbps)
+        };
+        report.ratios.push((
+            format!("{limit}, N={n}: chain / one node, time"),
+            p.chain / p.one_node,
+            if n == 4 { 1.3 } else { 0.0 },
+            false,
+        ));
+        report.ratios.push((
+            format!("{limit}, N={n}: independent copies / one node, time"),
+            p.independent / p.one_node,
+            0.0,
+            false,
+        ));
+        report.ratios.push((
+            format!("{limit}, N={n}: chain origin bytes / S"),
+            p.origin_ratio,
+            1.0,
+            false,
+        ));
+    }
+    report.rows.extend(c.rows);
+    Ok(())
 }

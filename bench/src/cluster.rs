@@ -14,7 +14,8 @@ use shardcache_client::Client;
 use shardcache_server::config::Config;
 use shardcache_testsuite::{S3Origin, TestServer, bytes_for, free_port};
 
-use crate::{Args, Row};
+use crate::Args;
+use crate::report::{Report, Row};
 
 pub struct ClusterResult {
     pub rows: Vec<Row>,
@@ -63,7 +64,7 @@ pub(crate) async fn nodes(
     while clustered
         && servers
             .iter()
-            .any(|s| s.stats.peers.with_label_values(&["up"]).get() != (n - 1) as i64)
+            .any(|s| s.stats.cluster.peers.with_label_values(&["up"]).get() != (n - 1) as i64)
     {
         anyhow::ensure!(Instant::now() < deadline, "cluster never converged");
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -168,4 +169,29 @@ pub async fn cluster(origin: &S3Origin, args: &Args) -> anyhow::Result<ClusterRe
         cold_ratio: one.0 / many.0,
         warm_ratio: one.1 / many.1,
     })
+}
+
+/// The cluster runs and their ratios.
+pub(crate) async fn run(origin: &S3Origin, args: &Args, report: &mut Report) -> anyhow::Result<()> {
+    let c = cluster(origin, args).await?;
+    report.ratios.push((
+        "cluster cold epoch: origin bytes / dataset bytes".to_string(),
+        c.origin_ratio,
+        1.0,
+        false,
+    ));
+    report.ratios.push((
+        "cluster / one node, cold epoch throughput".to_string(),
+        c.cold_ratio,
+        0.0,
+        true,
+    ));
+    report.ratios.push((
+        "cluster / one node, warm epoch throughput".to_string(),
+        c.warm_ratio,
+        0.0,
+        true,
+    ));
+    report.rows.extend(c.rows);
+    Ok(())
 }

@@ -9,72 +9,35 @@
 
 use std::time::Instant;
 
-use cudarc::driver::{result, sys};
 use shardcache_client::{Client, PinnedBuffer, Pinning};
+use shardcache_mem::cuda::{DeviceBuffer, device_name};
 use shardcache_testsuite::{S3Origin, TestServer, bytes_for};
 
-use crate::{Args, Row, median};
+use crate::Args;
+use crate::report::{Report, Row, median};
 
-/// The device's primary context, made current on whichever thread runs a copy.
-struct Gpu {
-    ctx: sys::CUcontext,
-    dptr: sys::CUdeviceptr,
-    len: usize,
-}
+/// The one device allocation, in device 0's primary context (made current on whichever thread
+/// runs a copy); the driver calls are shardcache-mem's.
+struct Gpu(DeviceBuffer);
 
 impl Gpu {
     fn new(len: usize) -> anyhow::Result<Gpu> {
-        result::init()?;
-        let dev = result::device::get(0)?;
-        // SAFETY: the primary context is retained for the process's life and made current
-        // before every driver call (`current`); the allocation is freed in `Drop`.
-        unsafe {
-            let ctx = result::primary_ctx::retain(dev)?;
-            result::ctx::set_current(ctx)?;
-            let dptr = result::malloc_sync(len)?;
-            Ok(Gpu { ctx, dptr, len })
-        }
-    }
-
-    fn current(&self) -> anyhow::Result<()> {
-        // SAFETY: a context retained in `new`.
-        unsafe { result::ctx::set_current(self.ctx) }?;
-        Ok(())
+        Ok(Gpu(DeviceBuffer::new(0, len)?))
     }
 
     /// Copy `src` (at most the allocation) to the device, synchronously.
     fn upload(&self, src: &[u8]) -> anyhow::Result<()> {
-        anyhow::ensure!(src.len() <= self.len, "copy larger than the allocation");
-        self.current()?;
-        // SAFETY: `dptr` holds `len` bytes; `src` fits.
-        unsafe { result::memcpy_htod_sync(self.dptr, src) }?;
-        Ok(())
+        anyhow::ensure!(src.len() <= self.0.len(), "copy larger than the allocation");
+        Ok(self.0.upload(src)?)
     }
 
     /// The first `n` device bytes, back on the host.
     fn download(&self, n: usize) -> anyhow::Result<Vec<u8>> {
-        self.current()?;
-        let mut out = vec![0u8; n];
-        // SAFETY: `dptr` holds `len >= n` bytes.
-        unsafe { result::memcpy_dtoh_sync(&mut out, self.dptr) }?;
-        Ok(out)
+        Ok(self.0.download(n)?)
     }
 
     fn name() -> String {
-        (|| -> anyhow::Result<String> {
-            let dev = result::device::get(0)?;
-            Ok(result::device::get_name(dev)?)
-        })()
-        .unwrap_or_else(|e| format!("unknown GPU ({e})"))
-    }
-}
-
-impl Drop for Gpu {
-    fn drop(&mut self) {
-        if self.current().is_ok() {
-            // SAFETY: freed once.
-            let _ = unsafe { result::free_sync(self.dptr) };
-        }
+        device_name(0).unwrap_or_else(|e| format!("unknown GPU ({e})"))
     }
 }
 
@@ -151,4 +114,27 @@ pub async fn gpu(origin: &S3Origin, args: &Args) -> anyhow::Result<(Vec<Row>, f6
     let pinned_over_pageable = p.gbps() / g.gbps();
     let end_over_pinned = e.gbps() / p.gbps();
     Ok((vec![p, g, e], pinned_over_pageable, end_over_pinned))
+}
+
+/// The GPU runs and their ratios; skipped where no CUDA driver is loaded.
+pub(crate) async fn run(origin: &S3Origin, args: &Args, report: &mut Report) -> anyhow::Result<()> {
+    if shardcache_client::cuda_driver_available() {
+        let (gpu_rows, pinned_over_pageable, end_over_pinned) = gpu(origin, args).await?;
+        report.ratios.push((
+            "H2D from registered pinned / from pageable memory".to_string(),
+            pinned_over_pageable,
+            0.0,
+            true,
+        ));
+        report.ratios.push((
+            "cache read + H2D / H2D alone (pinned)".to_string(),
+            end_over_pinned,
+            0.0,
+            true,
+        ));
+        report.rows.extend(gpu_rows);
+    } else {
+        println!("gpu: skipped, no CUDA driver (libcuda) on this machine");
+    }
+    Ok(())
 }
