@@ -23,8 +23,9 @@ use tokio::net::TcpListener;
 use tokio::sync::Mutex;
 use tokio::task::JoinSet;
 
-use crate::service::CacheService;
-use crate::transport::Draining;
+use crate::drain::Draining;
+use crate::metrics::Metrics;
+use crate::node::Node;
 
 /// How long a readiness verdict is reused.
 const READY_CACHE: Duration = Duration::from_secs(5);
@@ -32,14 +33,16 @@ const READY_CACHE: Duration = Duration::from_secs(5);
 const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
 
 pub struct Admin {
-    service: Arc<CacheService>,
+    node: Arc<Node>,
+    metrics: Arc<Metrics>,
     ready: Mutex<Option<(Instant, Result<(), String>)>>,
 }
 
 impl Admin {
-    pub fn new(service: Arc<CacheService>) -> Admin {
+    pub fn new(node: Arc<Node>, metrics: Arc<Metrics>) -> Admin {
         Admin {
-            service,
+            node,
+            metrics,
             ready: Mutex::new(None),
         }
     }
@@ -102,23 +105,23 @@ impl Admin {
 
     /// The metrics text, with gauges refreshed.
     pub fn metrics(&self) -> String {
-        let stats = self.service.stats();
-        let ram = self.service.ram();
-        stats
-            .tier_used_bytes
+        let tiers = &self.metrics.tiers;
+        let ram = self.node.service.ram();
+        tiers
+            .used_bytes
             .with_label_values(&["ram"])
             .set(ram.used() as i64);
-        stats
-            .tier_capacity_bytes
+        tiers
+            .capacity_bytes
             .with_label_values(&["ram"])
             .set(ram.capacity() as i64);
-        stats.encode()
+        self.metrics.encode()
     }
 
     /// Member addresses and what is known of them, a line each.
     fn members(&self) -> String {
         use crate::cluster::PeerState;
-        let cluster = self.service.cluster();
+        let cluster = &self.node.cluster;
         let mut out = format!("self {} weight={}\n", cluster.node_id(), cluster.weight());
         for m in cluster.members() {
             let detail = match &m.state {
@@ -134,7 +137,7 @@ impl Admin {
     }
 
     async fn readiness(&self) -> Result<(), String> {
-        if !self.service.cluster().membership_known() {
+        if !self.node.cluster.membership_known() {
             return Err("membership not known yet: peers not probed".into());
         }
         let mut cached = self.ready.lock().await;
@@ -143,7 +146,7 @@ impl Admin {
         {
             return verdict.clone();
         }
-        let probes = self.service.origins().map(|origin| async move {
+        let probes = self.node.service.origins().map(|origin| async move {
             (
                 origin.dataset().to_string(),
                 origin.probe(PROBE_TIMEOUT).await,

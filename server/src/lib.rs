@@ -3,28 +3,34 @@
 //! - [`config`]: settings from flags, environment and TOML;
 //! - [`origin`]: object-store access with pinned versions, deadlines and bounded retries;
 //! - [`cache`]: block identity, the RAM tier with single-flight fills, the version cache;
-//! - [`cluster`]: membership, rendezvous placement, peer requests;
-//! - [`service`]: the read path from a `DATASET/KEY` range to checksummed chunks;
-//! - [`transport`]: the data plane over TCP and QUIC;
+//! - [`cluster`]: membership, rendezvous placement, links to peers;
+//! - [`service`]: the local read path from a `DATASET/KEY` range to checksummed chunks;
+//! - [`peer`]: cross-node work: blocks from other members, answers to them, chain fills, warms;
+//! - [`node`]: one running node as its front doors see it;
+//! - [`transport`]: the data plane over TCP, QUIC and the local socket;
 //! - [`control`]: the gRPC control plane (warm, list, stat, evict, members, health);
-//! - [`stats`] and [`admin`]: Prometheus metrics, `/metrics`, `/healthz`, `/readyz`.
+//! - [`stats`], [`metrics`] and [`admin`]: the metrics registry, every module's metrics,
+//!   `/metrics`, `/healthz`, `/readyz`.
 //!
 //! [`Server::run`] takes already-bound listeners and a shutdown future, so tests bind
 //! `127.0.0.1:0` and the binary binds the configured addresses.
-
-#![deny(unsafe_code)]
 
 pub mod admin;
 pub mod cache;
 pub mod cluster;
 pub mod config;
 pub mod control;
-pub mod distribute;
+pub mod drain;
+pub mod env;
 pub mod error;
+pub mod metrics;
+pub mod node;
 pub mod origin;
+pub mod peer;
 pub mod service;
 pub mod stats;
 pub mod transport;
+pub mod units;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -39,14 +45,16 @@ use tokio::task::JoinSet;
 use crate::cache::{DiskConfig, DiskTier, RamTier, VersionCache};
 use crate::cluster::{Cluster, ClusterSettings, PeerTransport};
 use crate::config::{Config, DEFAULT_DATASET, EnvSource, ProcessEnv};
+use crate::metrics::Metrics;
+use crate::node::Node;
 use crate::origin::settings::SettingsError;
 use crate::origin::{
     DatasetSettings, Origin, OriginDefaults, OriginSettings, RetryPolicy, StoreError, build_store,
 };
-use crate::service::CacheService;
-use crate::stats::Stats;
-use crate::transport::ConnLimits;
+use crate::peer::{Chains, PeerServer, Remote};
+use crate::service::{CacheService, Tiers};
 use crate::transport::tls::{Identity, TlsError, quic_server_config};
+use crate::transport::{ConnLimits, Serving};
 
 pub use crate::error::{Error, Result};
 
@@ -63,28 +71,33 @@ pub enum BuildError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Tls(#[from] TlsError),
-    #[error("control plane: {0}")]
-    Control(String),
+    #[error("control plane: {reason}")]
+    Control {
+        reason: String,
+        #[source]
+        source: Option<std::io::Error>,
+    },
 }
 
 /// The bearer token in a token file (surrounding whitespace ignored; must not be empty).
 fn read_token(path: &std::path::Path) -> Result<String, BuildError> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        BuildError::Control(format!("cannot read token file {}: {e}", path.display()))
+    let text = std::fs::read_to_string(path).map_err(|e| BuildError::Control {
+        reason: format!("cannot read token file {}: {e}", path.display()),
+        source: Some(e),
     })?;
     let token = text.trim().to_string();
     if token.is_empty() {
-        return Err(BuildError::Control(format!(
-            "token file {} is empty",
-            path.display()
-        )));
+        return Err(BuildError::Control {
+            reason: format!("token file {} is empty", path.display()),
+            source: None,
+        });
     }
     Ok(token)
 }
 
 /// The disk tier, if configured. A directory that cannot be opened does not stop the server:
 /// it serves from RAM and origin, says so in the log, and reports the tier degraded.
-fn open_disk_tier(config: &Config, stats: &Arc<Stats>) -> Option<Arc<DiskTier>> {
+fn open_disk_tier(config: &Config, metrics: &Metrics) -> Option<Arc<DiskTier>> {
     let root = config.disk_cache.clone()?;
     let disk = DiskConfig {
         root,
@@ -93,12 +106,13 @@ fn open_disk_tier(config: &Config, stats: &Arc<Stats>) -> Option<Arc<DiskTier>> 
         block_size: config.block_size,
         write_queue: config.disk_write_queue,
     };
-    match DiskTier::open(&disk, stats.clone()) {
+    match DiskTier::open(&disk, metrics.tiers.clone()) {
         Ok(tier) => Some(Arc::new(tier)),
         Err(e) => {
             tracing::warn!(root = %disk.root.display(), error = %e, "disk tier unavailable: serving from RAM and origin");
-            stats.tier_degraded.with_label_values(&["disk"]).set(1);
-            stats.disk_errors.inc();
+            let tiers = &metrics.tiers;
+            tiers.degraded.with_label_values(&["disk"]).set(1);
+            tiers.disk_errors.inc();
             None
         }
     }
@@ -210,8 +224,8 @@ fn bind_unix(path: &std::path::Path) -> std::io::Result<tokio::net::UnixListener
 /// A configured server, ready to run.
 pub struct Server {
     config: Config,
-    service: Arc<CacheService>,
-    stats: Arc<Stats>,
+    node: Arc<Node>,
+    metrics: Arc<Metrics>,
     quic: Option<quinn::ServerConfig>,
     control_token: Option<String>,
     control_tls: Option<tonic::transport::ServerTlsConfig>,
@@ -249,7 +263,7 @@ impl Server {
         stores: Vec<(String, Arc<dyn ObjectStore>)>,
         settings: Vec<OriginSettings>,
     ) -> Result<Server, BuildError> {
-        let stats = Arc::new(Stats::default());
+        let metrics = Arc::new(Metrics::new());
         let permits = Arc::new(Semaphore::new(config.origin_concurrency));
         let defaults = origin_defaults(&config);
         let mut origins = Vec::new();
@@ -276,14 +290,20 @@ impl Server {
                 first_byte_timeout: first_byte,
                 ..RetryPolicy::default()
             };
-            let mut origin =
-                Origin::new(name, store, dataset, retry, permits.clone(), stats.clone());
+            let mut origin = Origin::new(
+                name,
+                store,
+                dataset,
+                retry,
+                permits.clone(),
+                metrics.origin.clone(),
+            );
             if let Some(s) = described {
                 origin = origin.with_description(Arc::new(s));
             }
             origins.push(Arc::new(origin));
         }
-        let disk = open_disk_tier(&config, &stats);
+        let disk = open_disk_tier(&config, &metrics);
         let origin_budget = config.origin_timeout * config.origin_retries.saturating_add(1);
         let cluster = Cluster::new(
             ClusterSettings {
@@ -302,7 +322,6 @@ impl Server {
                 // origin slot, every origin attempt and the backoff between them).
                 fill_timeout: config.peer_timeout * 5 + origin_budget * 2,
                 read_neighbours: config.read_neighbours,
-                keep_copies: config.peer_keep_copies,
                 chain_chunk: config.chain_chunk as u32,
                 transport: match &config.tls_ca {
                     None => PeerTransport::Tcp,
@@ -316,22 +335,36 @@ impl Server {
                     })),
                 },
             },
-            stats.clone(),
+            metrics.cluster.clone(),
         );
-        let mut service = CacheService::new(
+        // Chain fills are bounded like origin fills: each buffers up to a block.
+        let chains = Arc::new(Chains::new(config.origin_concurrency));
+        // Alone, the cluster places every block here and `Remote` answers at once.
+        let remote = Arc::new(Remote::new(
+            cluster.clone(),
+            chains.clone(),
+            metrics.peer.clone(),
+        ));
+        let service = Arc::new(CacheService::new(
             origins,
-            RamTier::new(config.ram_cache, stats.ram_evictions.clone()),
-            disk.clone(),
-            VersionCache::new(config.metadata_cache_entries, disk),
-            stats.clone(),
+            Tiers {
+                ram: RamTier::new(config.ram_cache, metrics.tiers.ram_evictions.clone()),
+                disk: disk.clone(),
+                versions: VersionCache::new(config.metadata_cache_entries, disk),
+            },
+            metrics.read.clone(),
             config.readahead_blocks,
-            cluster,
-        );
-        service.set_chain_fills(config.origin_concurrency);
-        if config.tls_ca.is_some() {
-            service.require_peer_certificates();
-        }
-        let service = Arc::new(service);
+            config.peer_keep_copies,
+            remote,
+        ));
+        let peers = Arc::new(PeerServer::new(
+            service.clone(),
+            cluster.clone(),
+            chains,
+            metrics.peer.clone(),
+            config.tls_ca.is_some(),
+        ));
+        let node = Node::new(service, cluster, peers);
         let quic = match (&config.quic_listen, &config.tls_cert, &config.tls_key) {
             (None, _, _) => None,
             (Some(_), Some(cert), Some(key)) => Some(quic_server_config(
@@ -347,8 +380,9 @@ impl Server {
         let control_tls = match (&config.tls_cert, &config.tls_key) {
             (Some(cert), Some(key)) => {
                 let read = |p: &std::path::Path| {
-                    std::fs::read(p).map_err(|e| {
-                        BuildError::Control(format!("cannot read {}: {e}", p.display()))
+                    std::fs::read(p).map_err(|e| BuildError::Control {
+                        reason: format!("cannot read {}: {e}", p.display()),
+                        source: Some(e),
                     })
                 };
                 let mut tls = tonic::transport::ServerTlsConfig::new().identity(
@@ -365,20 +399,24 @@ impl Server {
         };
         Ok(Server {
             config,
-            service,
-            stats,
+            node,
+            metrics,
             quic,
             control_token,
             control_tls,
         })
     }
 
-    pub fn stats(&self) -> Arc<Stats> {
-        self.stats.clone()
+    pub fn metrics(&self) -> Arc<Metrics> {
+        self.metrics.clone()
     }
 
     pub fn service(&self) -> Arc<CacheService> {
-        self.service.clone()
+        self.node.service.clone()
+    }
+
+    pub fn node(&self) -> Arc<Node> {
+        self.node.clone()
     }
 
     pub fn config(&self) -> &Config {
@@ -391,9 +429,13 @@ impl Server {
         listeners: Listeners,
         shutdown: impl Future<Output = ()>,
     ) -> std::io::Result<()> {
-        self.service.set_control_addr(listeners.control_addr());
-        let limits = ConnLimits {
-            max_requests: self.config.max_requests_per_connection,
+        self.node.set_control_addr(listeners.control_addr());
+        let serving = Serving {
+            node: self.node.clone(),
+            limits: ConnLimits {
+                max_requests: self.config.max_requests_per_connection,
+            },
+            metrics: self.metrics.transport.clone(),
         };
         let max_conns = Arc::new(Semaphore::new(self.config.max_connections));
         let (drain_tx, draining) = tokio::sync::watch::channel(false);
@@ -401,8 +443,7 @@ impl Server {
         let mut quic_conns = JoinSet::new();
         let tcp = transport::tcp::accept_loop(
             listeners.tcp,
-            self.service.clone(),
-            limits,
+            serving.clone(),
             max_conns.clone(),
             draining.clone(),
             &mut tcp_conns,
@@ -421,8 +462,7 @@ impl Server {
                 Some(ep) => {
                     transport::quic::accept_loop(
                         ep.clone(),
-                        self.service.clone(),
-                        limits,
+                        serving.clone(),
                         max_conns.clone(),
                         draining.clone(),
                         &mut quic_conns,
@@ -435,17 +475,18 @@ impl Server {
         // The admin endpoint runs until the drain starts, beside the data plane.
         let admin = match listeners.admin {
             Some(listener) => Some(tokio::spawn(
-                Arc::new(admin::Admin::new(self.service.clone())).serve(listener, draining.clone()),
+                Arc::new(admin::Admin::new(self.node.clone(), self.metrics.clone()))
+                    .serve(listener, draining.clone()),
             )),
             None => None,
         };
-        let membership = tokio::spawn(self.service.cluster().clone().run(draining.clone()));
+        let membership = tokio::spawn(self.node.cluster.clone().run(draining.clone()));
         let control = match listeners.control {
             Some(listener) => {
                 let mut stop = draining.clone();
                 Some(tokio::spawn(control::serve(
                     listener,
-                    self.service.clone(),
+                    self.node.clone(),
                     self.control_token.clone(),
                     self.control_tls.clone(),
                     async move {
@@ -464,8 +505,7 @@ impl Server {
                     };
                     transport::local::accept_loop(
                         listener,
-                        self.service.clone(),
-                        limits,
+                        serving.clone(),
                         local_limits,
                         Arc::new(Semaphore::new(self.config.local_max_clients)),
                         draining.clone(),

@@ -1,7 +1,5 @@
 //! The `shardcache` binary: parse flags, load the configuration, bind, serve until SIGINT/SIGTERM.
 
-use std::path::PathBuf;
-
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use shardcache_server::config::{Config, LogFormat, Overrides, ProcessEnv};
@@ -21,7 +19,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Serve the configured datasets (the default command).
-    Serve(ServeArgs),
+    Serve(#[command(flatten)] ServeArgs),
     /// Check each configured origin with its effective settings: LIST, HEAD and a one-byte
     /// read, printing what works and what does not (secrets redacted).
     CheckOrigin(CheckArgs),
@@ -34,206 +32,13 @@ struct CheckArgs {
     only: Option<String>,
     /// The same settings as `serve` takes.
     #[command(flatten)]
-    serve: ServeArgs,
+    serve: Overrides,
 }
 
 /// Every flag is also `SHARDCACHE_<FLAG>` in the environment and a key of the `--config` file;
-/// precedence is flag > environment > file > default.
-#[derive(Args, Default, Clone)]
-struct ServeArgs {
-    /// TOML configuration file.
-    #[arg(long, value_name = "FILE")]
-    config: Option<PathBuf>,
-    /// TCP data plane address [default: 127.0.0.1:7070].
-    #[arg(long, value_name = "ADDR")]
-    listen: Option<String>,
-    /// QUIC data plane address (needs --tls-cert/--tls-key or --insecure-dev-tls).
-    #[arg(long, value_name = "ADDR")]
-    quic_listen: Option<String>,
-    /// Admin endpoint: /metrics, /healthz, /readyz [default: 127.0.0.1:7073].
-    #[arg(long, value_name = "ADDR")]
-    admin_listen: Option<String>,
-    /// Unix socket for co-located clients (shared-memory transfers) [default: off].
-    #[arg(long, value_name = "PATH")]
-    local_socket: Option<PathBuf>,
-    /// Local clients at once [default: 256].
-    #[arg(long, value_name = "N")]
-    local_max_clients: Option<String>,
-    /// Largest shared-memory region per local client [default: 4GiB].
-    #[arg(long, value_name = "SIZE")]
-    local_max_region: Option<String>,
-    /// A dataset, NAME=URL (repeatable); URL is file:///…, s3://…, gs://…, az://… or memory://
-    /// [default: local=./data].
-    #[arg(long, value_name = "NAME=URL")]
-    dataset: Vec<String>,
-    /// RAM tier budget, e.g. 8GiB [default: 1GiB].
-    #[arg(long, value_name = "SIZE")]
-    ram_cache: Option<String>,
-    /// Disk tier directory [default: off].
-    #[arg(long, value_name = "DIR")]
-    disk_cache: Option<PathBuf>,
-    /// Disk tier budget, e.g. 500GiB (required with --disk-cache).
-    #[arg(long, value_name = "SIZE")]
-    disk_cache_size: Option<String>,
-    /// Disk tier policy: epoch-aware or lru [default: epoch-aware].
-    #[arg(long, value_name = "POLICY")]
-    disk_eviction: Option<String>,
-    /// Background disk writes in flight [default: 16].
-    #[arg(long, value_name = "N")]
-    disk_write_queue: Option<String>,
-    /// Default block size [default: 4MiB].
-    #[arg(long, value_name = "SIZE")]
-    block_size: Option<String>,
-    /// Default revalidation interval of object versions [default: 30s].
-    #[arg(long, value_name = "DURATION")]
-    metadata_ttl: Option<String>,
-    /// Most object versions remembered [default: 262144].
-    #[arg(long, value_name = "N")]
-    metadata_cache_entries: Option<String>,
-    /// gRPC control plane [default: 127.0.0.1:7072].
-    #[arg(long, value_name = "ADDR")]
-    control_listen: Option<String>,
-    /// A file holding the bearer token every control call must carry.
-    #[arg(long, value_name = "FILE")]
-    control_token_file: Option<PathBuf>,
-    /// Node identity [default: hostname].
-    #[arg(long, value_name = "ID")]
-    node_id: Option<String>,
-    /// This node's share of the cluster's blocks [default: 1].
-    #[arg(long, value_name = "N")]
-    weight: Option<String>,
-    /// Cluster members' data-plane addresses, comma-separated (this node's own may be listed).
-    #[arg(long, value_name = "ADDR,...")]
-    peers: Option<String>,
-    /// A file of member addresses, one `host:port` a line, re-read every --peer-refresh.
-    #[arg(long, value_name = "FILE")]
-    peers_file: Option<PathBuf>,
-    /// Members from DNS (a Kubernetes headless Service), re-resolved every --peer-refresh.
-    #[arg(long, value_name = "NAME:PORT")]
-    peer_dns: Option<String>,
-    /// How often peer sources are re-read and re-resolved [default: 5s].
-    #[arg(long, value_name = "DURATION")]
-    peer_refresh: Option<String>,
-    /// How often each peer is pinged [default: 500ms].
-    #[arg(long, value_name = "DURATION")]
-    peer_probe_interval: Option<String>,
-    /// Deadline of a ping, connection or probe; a silent peer is marked down [default: 1s].
-    #[arg(long, value_name = "DURATION")]
-    peer_timeout: Option<String>,
-    /// Neighbours asked for a block before the origin [default: 2].
-    #[arg(long, value_name = "N")]
-    read_neighbours: Option<String>,
-    /// Keep blocks read from peers in RAM: true or false [default: true].
-    #[arg(long, value_name = "BOOL")]
-    peer_keep_copies: Option<String>,
-    /// Chunk size of chain distribution (warms to several nodes) [default: 1MiB].
-    #[arg(long, value_name = "SIZE")]
-    chain_chunk: Option<String>,
-    /// PEM CA that signed the members' certificates.
-    #[arg(long, value_name = "FILE")]
-    tls_ca: Option<PathBuf>,
-    /// PEM certificate chain for QUIC.
-    #[arg(long, value_name = "FILE")]
-    tls_cert: Option<PathBuf>,
-    /// PEM private key for QUIC.
-    #[arg(long, value_name = "FILE")]
-    tls_key: Option<PathBuf>,
-    /// Generate a self-signed certificate (local trials only).
-    #[arg(long)]
-    insecure_dev_tls: bool,
-    /// Log format: text or json [default: text].
-    #[arg(long, value_name = "FORMAT")]
-    log_format: Option<String>,
-    /// Deadline of one whole origin request attempt [default: 30s].
-    #[arg(long, value_name = "DURATION")]
-    origin_timeout: Option<String>,
-    /// Deadline of the first byte of an origin answer, and of each silence in a body [default: 5s].
-    #[arg(long, value_name = "DURATION")]
-    origin_first_byte_timeout: Option<String>,
-    /// Serve the last known version this long past its TTL while the origin is unreachable [default: off].
-    #[arg(long, value_name = "DURATION")]
-    stale_if_error: Option<String>,
-    /// Retries of a failed origin request [default: 3].
-    #[arg(long, value_name = "N")]
-    origin_retries: Option<String>,
-    /// Origin block fetches in flight, server-wide [default: 64].
-    #[arg(long, value_name = "N")]
-    origin_concurrency: Option<String>,
-    /// Blocks of one read fetched ahead [default: 8].
-    #[arg(long, value_name = "N")]
-    readahead_blocks: Option<String>,
-    /// Open data-plane connections [default: 4096].
-    #[arg(long, value_name = "N")]
-    max_connections: Option<String>,
-    /// Requests in flight per connection [default: 256].
-    #[arg(long, value_name = "N")]
-    max_requests_per_connection: Option<String>,
-}
-
-impl ServeArgs {
-    fn overrides(self) -> Overrides {
-        let mut scalars = std::collections::BTreeMap::new();
-        let path = |p: Option<PathBuf>| p.map(|p| p.display().to_string());
-        let pairs = [
-            ("listen", self.listen),
-            ("quic_listen", self.quic_listen),
-            ("admin_listen", self.admin_listen),
-            ("control_listen", self.control_listen),
-            ("control_token_file", path(self.control_token_file)),
-            ("local_socket", path(self.local_socket)),
-            ("local_max_clients", self.local_max_clients),
-            ("local_max_region", self.local_max_region),
-            ("ram_cache", self.ram_cache),
-            ("block_size", self.block_size),
-            ("disk_cache", path(self.disk_cache)),
-            ("disk_cache_size", self.disk_cache_size),
-            ("disk_eviction", self.disk_eviction),
-            ("disk_write_queue", self.disk_write_queue),
-            ("metadata_ttl", self.metadata_ttl),
-            ("metadata_cache_entries", self.metadata_cache_entries),
-            ("node_id", self.node_id),
-            ("weight", self.weight),
-            ("peers", self.peers),
-            ("peers_file", path(self.peers_file)),
-            ("peer_dns", self.peer_dns),
-            ("peer_refresh", self.peer_refresh),
-            ("peer_probe_interval", self.peer_probe_interval),
-            ("peer_timeout", self.peer_timeout),
-            ("read_neighbours", self.read_neighbours),
-            ("peer_keep_copies", self.peer_keep_copies),
-            ("chain_chunk", self.chain_chunk),
-            ("tls_ca", path(self.tls_ca)),
-            ("tls_cert", path(self.tls_cert)),
-            ("tls_key", path(self.tls_key)),
-            (
-                "insecure_dev_tls",
-                self.insecure_dev_tls.then(|| "true".to_string()),
-            ),
-            ("log_format", self.log_format),
-            ("origin_timeout", self.origin_timeout),
-            ("origin_first_byte_timeout", self.origin_first_byte_timeout),
-            ("stale_if_error", self.stale_if_error),
-            ("origin_retries", self.origin_retries),
-            ("origin_concurrency", self.origin_concurrency),
-            ("readahead_blocks", self.readahead_blocks),
-            ("max_connections", self.max_connections),
-            (
-                "max_requests_per_connection",
-                self.max_requests_per_connection,
-            ),
-        ];
-        for (key, value) in pairs {
-            if let Some(value) = value {
-                scalars.insert(key.to_string(), value);
-            }
-        }
-        Overrides {
-            config_file: self.config,
-            scalars,
-            datasets: self.dataset,
-        }
-    }
-}
+/// precedence is flag > environment > file > default. The flags come from the one table of
+/// settings (`shardcache_server::config::table`).
+type ServeArgs = Overrides;
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
@@ -264,7 +69,7 @@ fn runtime() -> anyhow::Result<(tokio::runtime::Runtime, usize)> {
 }
 
 fn run_serve(args: ServeArgs) -> anyhow::Result<std::process::ExitCode> {
-    let config = Config::load(&args.overrides(), &ProcessEnv)?;
+    let config = Config::load(&args, &ProcessEnv)?;
     init_logging(config.log_format);
     let server = Server::build(config)?;
     let (runtime, workers) = runtime()?;
@@ -273,7 +78,7 @@ fn run_serve(args: ServeArgs) -> anyhow::Result<std::process::ExitCode> {
 }
 
 fn run_check(args: CheckArgs) -> anyhow::Result<std::process::ExitCode> {
-    let config = Config::load(&args.serve.overrides(), &ProcessEnv)?;
+    let config = Config::load(&args.serve, &ProcessEnv)?;
     if let Some(name) = &args.only
         && !config.datasets.iter().any(|d| &d.name == name)
     {

@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use shardcache_server::config::{Config, DatasetConfig};
-use shardcache_server::stats::Stats;
+use shardcache_server::metrics::Metrics;
 use shardcache_server::{Listeners, Server};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -38,7 +38,7 @@ impl TestServerBuilder {
         let control = listeners.control_addr();
         let disk_root = self.config.disk_cache.clone();
         let local_socket = self.config.local_socket.clone();
-        let stats = server.stats();
+        let stats = server.metrics();
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
             server
@@ -70,7 +70,7 @@ pub struct TestServer {
     pub control: Option<SocketAddr>,
     pub disk_root: Option<std::path::PathBuf>,
     pub local_socket: Option<std::path::PathBuf>,
-    pub stats: Arc<Stats>,
+    pub stats: Arc<Metrics>,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
 }

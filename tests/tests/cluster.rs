@@ -356,7 +356,7 @@ async fn members_found_through_dns() {
         .start()
         .await;
     let deadline = Instant::now() + Duration::from_secs(20);
-    while b.stats.peers.with_label_values(&["up"]).get() != 1 {
+    while b.stats.cluster.peers.with_label_values(&["up"]).get() != 1 {
         assert!(Instant::now() < deadline, "node-a never found through DNS");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -415,7 +415,7 @@ async fn members_authenticate_with_certificates_over_quic() {
     let deadline = Instant::now() + Duration::from_secs(20);
     while nodes
         .iter()
-        .any(|n| n.stats.peers.with_label_values(&["up"]).get() != 2)
+        .any(|n| n.stats.cluster.peers.with_label_values(&["up"]).get() != 2)
     {
         assert!(
             Instant::now() < deadline,
@@ -432,7 +432,7 @@ async fn members_authenticate_with_certificates_over_quic() {
     }
     assert_eq!(origin.total().get_bytes, total_bytes(&objects));
     assert!(
-        nodes[0].stats.peer_fill_ok.get() > 0,
+        nodes[0].stats.peer.fill_ok.get() > 0,
         "owners served blocks"
     );
 
@@ -554,7 +554,7 @@ async fn a_member_sending_damaged_blocks_never_reaches_a_reader() {
         .start()
         .await;
     let deadline = Instant::now() + Duration::from_secs(20);
-    while node.stats.peers.with_label_values(&["up"]).get() != 1 {
+    while node.stats.cluster.peers.with_label_values(&["up"]).get() != 1 {
         assert!(Instant::now() < deadline, "the liar never came up");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

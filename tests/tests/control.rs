@@ -329,10 +329,10 @@ async fn the_control_plane_speaks_tls_and_counts_warm_blocks() {
     let last = warm(&tls, "ds/", false).await;
     assert_eq!(last.objects_done, 4);
     let stats = &node.stats;
-    assert_eq!(stats.warm_loaded.get(), blocks(&objects));
-    assert_eq!(stats.warm_cached.get(), 0);
+    assert_eq!(stats.peer.warm_loaded.get(), blocks(&objects));
+    assert_eq!(stats.peer.warm_cached.get(), 0);
     warm(&tls, "ds/", false).await;
-    assert_eq!(stats.warm_cached.get(), blocks(&objects));
+    assert_eq!(stats.peer.warm_cached.get(), blocks(&objects));
 
     // Plain text to a TLS port is not a control plane.
     let plain = ControlClient::connect(&ep, None, None).await;

@@ -15,11 +15,11 @@ use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use shardcache_server::Error;
 use shardcache_server::config::DatasetConfig;
+use shardcache_server::origin::OriginMetrics;
 use shardcache_server::origin::settings::resolve;
 use shardcache_server::origin::{
     DatasetSettings, Origin, OriginDefaults, RetryPolicy, build_store, same_etag,
 };
-use shardcache_server::stats::Stats;
 use shardcache_testsuite::emulators::{AZURITE_ACCOUNT, AZURITE_KEY, Azurite, Moto};
 use shardcache_testsuite::fault::{Fault, FaultProxy, Match};
 use shardcache_testsuite::{HttpVersions, S3Origin, bytes_for, test_ca};
@@ -54,7 +54,7 @@ fn origin(d: DatasetConfig) -> Origin {
             max_delay: Duration::from_millis(50),
         },
         Arc::new(tokio::sync::Semaphore::new(8)),
-        Arc::new(Stats::default()),
+        OriginMetrics::standalone(),
     )
     .with_description(Arc::new(settings))
 }
@@ -347,7 +347,7 @@ async fn bodies_shorter_or_longer_than_announced_are_retried() {
     proxy.inject(Match::Get, 1, Fault::LongBody { extra: 77 });
     let got = o.get_range("obj", &v, 0..100_000).await.expect("read");
     assert!(got[..] == data[..100_000]);
-    assert_eq!(o.stats().snapshot().origin_retries, 2);
+    assert_eq!(o.metrics().retries.get(), 2);
     // A body that is always wrong: the error says what was wrong, after the bounded attempts.
     proxy.always(Match::Get, Fault::LongBody { extra: 5 });
     let e = o.get_range("obj", &v, 0..100_000).await.unwrap_err();
@@ -421,10 +421,10 @@ async fn server_errors_slowdown_and_resets_are_retried_and_reported_in_one_line(
 async fn a_refusal_is_an_answer_not_retried() {
     let (_s3, proxy, o, _) = faulty().await;
     let v = o.head("obj").await.expect("head");
-    let before = o.stats().snapshot().origin_get_requests;
+    let before = o.metrics().get_requests.get();
     proxy.always(Match::Get, Fault::Status(403, "AccessDenied"));
     let e = o.get_range("obj", &v, 0..1000).await.unwrap_err();
-    assert_eq!(o.stats().snapshot().origin_get_requests - before, 1);
+    assert_eq!(o.metrics().get_requests.get() - before, 1);
     assert!(
         e.to_string().contains("HTTP 403 Forbidden, AccessDenied"),
         "{e}"

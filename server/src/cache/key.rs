@@ -23,6 +23,14 @@ impl ObjectId {
         ObjectId(id)
     }
 
+    /// The key of block `index` of this object version.
+    pub fn block(self, index: u64) -> BlockKey {
+        BlockKey {
+            object: self,
+            index,
+        }
+    }
+
     /// Lowercase hex, for file names and logs.
     pub fn to_hex(&self) -> String {
         self.0.iter().map(|b| format!("{b:02x}")).collect()

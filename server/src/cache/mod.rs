@@ -6,11 +6,13 @@
 
 pub mod disk;
 mod key;
+pub mod metrics;
 pub mod policy;
 mod ram;
 mod versions;
 
 pub use disk::{DiskConfig, DiskTier};
 pub use key::{Block, BlockKey, FillSource, ObjectId};
+pub use metrics::TierMetrics;
 pub use ram::{Filled, RamTier};
 pub use versions::VersionCache;

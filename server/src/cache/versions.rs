@@ -190,20 +190,20 @@ impl VersionCache {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::origin::OriginMetrics;
     use crate::origin::{DatasetSettings, RetryPolicy};
-    use crate::stats::Stats;
     use object_store::memory::InMemory;
     use object_store::path::Path;
     use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
     use std::time::Duration;
 
-    async fn setup(immutable: bool) -> (Origin, Arc<InMemory>, Arc<Stats>) {
+    async fn setup(immutable: bool) -> (Origin, Arc<InMemory>, Arc<OriginMetrics>) {
         let store = Arc::new(InMemory::new());
         store
             .put(&Path::from("k"), PutPayload::from_static(b"v1"))
             .await
             .unwrap();
-        let stats = Arc::new(Stats::default());
+        let stats = OriginMetrics::standalone();
         let settings = DatasetSettings {
             block_size: 1 << 20,
             metadata_ttl: Duration::from_secs(10),
@@ -239,7 +239,7 @@ mod tests {
         let v2 = versions.get(&origin, "k").await.unwrap();
         assert_eq!(v2.size, 9);
         assert_ne!(v2.etag, v1.etag);
-        assert_eq!(stats.snapshot().origin_head_requests, 2);
+        assert_eq!(stats.head_requests.get(), 2);
     }
 
     #[tokio::test(start_paused = true)]
@@ -249,6 +249,6 @@ mod tests {
         versions.get(&origin, "k").await.unwrap();
         tokio::time::advance(Duration::from_secs(3600)).await;
         versions.get(&origin, "k").await.unwrap();
-        assert_eq!(stats.snapshot().origin_head_requests, 1);
+        assert_eq!(stats.head_requests.get(), 1);
     }
 }

@@ -13,8 +13,10 @@
 //! is asked to fill a block it does not think it owns still serves it, and never forwards the
 //! request again.
 
+pub mod link;
 pub mod peer;
 pub mod placement;
+pub mod plan;
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::net::{IpAddr, SocketAddr};
@@ -25,9 +27,10 @@ use std::time::Duration;
 use shardcache_client::raw::BufPool;
 
 use crate::cache::BlockKey;
-use crate::stats::Stats;
-use crate::transport::Draining;
-pub use peer::{Peer, PeerFailure, PeerState, PeerTransport};
+use crate::drain::Draining;
+use crate::stats::Registry;
+pub use link::{FrameStream, PeerFailure, PeerLink, declined, refusal, unavailable};
+pub use peer::{Peer, PeerState, PeerTransport};
 use placement::Weighted;
 
 /// Longest wait between probes of a peer that is down.
@@ -58,8 +61,6 @@ pub struct ClusterSettings {
     pub fill_timeout: Duration,
     /// Neighbours an owner asks before reading the origin.
     pub read_neighbours: usize,
-    /// Keep blocks fetched from peers in this node's RAM tier.
-    pub keep_copies: bool,
     /// Chunk size of chain distribution.
     pub chain_chunk: u32,
     pub transport: PeerTransport,
@@ -74,11 +75,36 @@ impl std::fmt::Debug for PeerTransport {
     }
 }
 
+/// The membership as metrics: peers by state (this node not counted).
+#[derive(Clone)]
+pub struct ClusterMetrics {
+    pub peers: prometheus::IntGaugeVec,
+}
+
+impl ClusterMetrics {
+    pub fn new(r: &Registry) -> ClusterMetrics {
+        let peers = r.gauge_vec("shardcache_peers", "Cluster peers by state", &["state"]);
+        peers.with_label_values(&["up"]);
+        peers.with_label_values(&["down"]);
+        ClusterMetrics { peers }
+    }
+}
+
 /// A candidate holder of a block.
 #[derive(Clone)]
 pub enum Candidate {
     Me,
     Peer(Arc<Peer>),
+}
+
+impl Candidate {
+    /// The peer as a link, `None` for this node.
+    pub fn link(&self) -> Option<Arc<dyn PeerLink>> {
+        match self {
+            Candidate::Me => None,
+            Candidate::Peer(p) => Some(p.clone() as Arc<dyn PeerLink>),
+        }
+    }
 }
 
 impl PartialEq for Candidate {
@@ -111,7 +137,7 @@ pub struct Cluster {
     settings: ClusterSettings,
     me: Weighted,
     instance: u64,
-    stats: Arc<Stats>,
+    metrics: ClusterMetrics,
     pool: Arc<BufPool>,
     peers: Mutex<BTreeMap<String, Arc<Peer>>>,
     view: RwLock<Arc<View>>,
@@ -123,7 +149,7 @@ pub struct Cluster {
 }
 
 impl Cluster {
-    pub fn new(settings: ClusterSettings, stats: Arc<Stats>) -> Arc<Cluster> {
+    pub fn new(settings: ClusterSettings, metrics: ClusterMetrics) -> Arc<Cluster> {
         let me = Weighted {
             hash: placement::node_hash(&settings.node_id),
             weight: settings.weight,
@@ -143,7 +169,7 @@ impl Cluster {
             })),
             me,
             instance,
-            stats,
+            metrics,
             pool: BufPool::new(PEER_BUFFERS),
             peers: Mutex::new(BTreeMap::new()),
             member_ips: RwLock::new(HashSet::new()),
@@ -192,14 +218,14 @@ impl Cluster {
             .collect()
     }
 
-    /// The targets of a block's chain in chain order (see [`crate::distribute::plan`]): its
+    /// The targets of a block's chain in chain order (see [`plan`]): its
     /// `replicas` highest-ranked holders, or every member that is up when `None`.
     pub fn chain(&self, key: &BlockKey, replicas: Option<usize>) -> Vec<Candidate> {
         let view = self.view.read().expect("lock").clone();
         if view.members.len() == 1 {
             return vec![Candidate::Me];
         }
-        crate::distribute::plan::chain(&view.members, placement::block_hash(key), replicas)
+        plan::chain(&view.members, placement::block_hash(key), replicas)
             .into_iter()
             .map(|i| match &view.nodes[i] {
                 None => Candidate::Me,
@@ -284,6 +310,13 @@ impl Cluster {
         }
     }
 
+    /// [`Cluster::report_failure`] for a link known by its address.
+    pub fn report_link_failure(&self, link: &dyn PeerLink, reason: &str) {
+        if let Some(peer) = self.peer(link.addr()) {
+            self.report_failure(&peer, reason);
+        }
+    }
+
     /// Rebuild placement's view and the peer gauges from the peers' states.
     fn recompute(&self) {
         let peers = self.peers.lock().expect("lock");
@@ -315,8 +348,8 @@ impl Cluster {
                 PeerState::Unknown | PeerState::Myself => {}
             }
         }
-        self.stats.peers.with_label_values(&["up"]).set(up);
-        self.stats.peers.with_label_values(&["down"]).set(down);
+        self.metrics.peers.with_label_values(&["up"]).set(up);
+        self.metrics.peers.with_label_values(&["down"]).set(down);
         *self.view.write().expect("lock") = Arc::new(View { members, nodes });
     }
 

@@ -12,9 +12,10 @@ use std::time::Duration;
 
 use shardcache_client::ClientOptions;
 use shardcache_client::raw::{BufPool, Conn, QuicConn, Responses, TcpConn};
-use shardcache_proto::{BlockState, ErrorCode, ErrorFrame, Frame, PeerBlock, Ping, Pong};
+use shardcache_proto::{BlockState, Frame, PeerBlock, Ping, Pong};
 use tokio::sync::{Mutex, Semaphore, watch};
 
+use super::link::{FrameStream, PeerFailure, PeerLink, declined, refusal, unavailable};
 use crate::cache::{Block, FillSource};
 
 /// Block requests in flight to one peer at once (below the default per-connection limit, so
@@ -53,63 +54,6 @@ impl PeerState {
             PeerState::Down { .. } => "down",
             PeerState::Myself => "self",
         }
-    }
-}
-
-/// Why a peer did not deliver a block.
-#[derive(Debug, Clone)]
-pub enum PeerFailure {
-    /// A probe found no copy there.
-    Miss,
-    /// The peer answered with a definitive error about the block (the origin's answer, a version
-    /// change): asking someone else would get the same.
-    Answer { code: ErrorCode, message: String },
-    /// The peer is down, stalled, or sent bad bytes: try the next candidate, and mark it down
-    /// until a probe says otherwise.
-    Unavailable { reason: String },
-    /// The block failed its checksum on the way: try the next candidate.
-    Corrupt { reason: String },
-    /// The peer is alive but declined (busy, refused, a bug): try the next candidate.
-    Declined { reason: String },
-}
-
-impl PeerFailure {
-    /// What went wrong, in words.
-    pub fn reason(self) -> String {
-        match self {
-            PeerFailure::Miss => "not cached".into(),
-            PeerFailure::Answer { message, .. } => message,
-            PeerFailure::Unavailable { reason }
-            | PeerFailure::Declined { reason }
-            | PeerFailure::Corrupt { reason } => reason,
-        }
-    }
-}
-
-pub fn unavailable(reason: impl Into<String>) -> PeerFailure {
-    PeerFailure::Unavailable {
-        reason: reason.into(),
-    }
-}
-
-/// What an error answer from a peer means for the asker.
-pub fn refusal(e: ErrorFrame) -> PeerFailure {
-    match e.code {
-        ErrorCode::NotCached => PeerFailure::Miss,
-        ErrorCode::NotFound
-        | ErrorCode::PreconditionFailed
-        | ErrorCode::OriginUnavailable
-        | ErrorCode::RangeNotSatisfiable => PeerFailure::Answer {
-            code: e.code,
-            message: e.message,
-        },
-        code => declined(format!("answered {code:?}: {}", e.message)),
-    }
-}
-
-pub fn declined(reason: impl Into<String>) -> PeerFailure {
-    PeerFailure::Declined {
-        reason: reason.into(),
     }
 }
 
@@ -392,5 +336,58 @@ impl Peer {
                 Err(declined(format!("no answer within {deadline:?}")))
             }
         }
+    }
+}
+
+#[async_trait::async_trait]
+impl PeerLink for Peer {
+    fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    fn name(&self) -> String {
+        Peer::name(self)
+    }
+
+    fn is_down(&self) -> bool {
+        self.state.borrow().is_down()
+    }
+
+    fn marked_down(&self) -> futures::future::BoxFuture<'static, ()> {
+        let mut state = self.state.subscribe();
+        Box::pin(async move {
+            let _ = state.wait_for(PeerState::is_down).await;
+        })
+    }
+
+    async fn block(
+        &self,
+        req: PeerBlock,
+        deadline: Duration,
+        connect_timeout: Duration,
+    ) -> Result<Block, PeerFailure> {
+        Peer::block(self, req, deadline, connect_timeout).await
+    }
+
+    async fn block_state(
+        &self,
+        req: PeerBlock,
+        deadline: Duration,
+        connect_timeout: Duration,
+    ) -> Result<BlockState, PeerFailure> {
+        Peer::block_state(self, req, deadline, connect_timeout).await
+    }
+
+    async fn stream(
+        &self,
+        req: PeerBlock,
+        idle: Duration,
+        connect_timeout: Duration,
+    ) -> Result<FrameStream, PeerFailure> {
+        let responses = Peer::stream(self, req, idle, connect_timeout).await?;
+        Ok(Box::pin(futures::stream::unfold(
+            responses,
+            |mut r| async move { Some((r.next().await, r)) },
+        )))
     }
 }

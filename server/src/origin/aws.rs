@@ -16,7 +16,7 @@ use object_store::aws::AwsCredential;
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 
-use crate::config::EnvSource;
+use crate::env::EnvSource;
 
 /// One profile of the shared config and credentials files, both merged (the credentials
 /// file's keys win, as in the AWS CLI).

@@ -30,6 +30,16 @@ pub struct StoreError {
     dataset: String,
     url: String,
     reason: String,
+    #[source]
+    source: Option<Box<dyn std::error::Error + Send + Sync>>,
+}
+
+impl StoreError {
+    /// The same error, keeping what caused it.
+    fn because(mut self, cause: impl std::error::Error + Send + Sync + 'static) -> StoreError {
+        self.source = Some(Box::new(cause));
+        self
+    }
 }
 
 /// Build the store of one dataset. `create_missing_dir` creates a `file://` directory that does
@@ -43,8 +53,9 @@ pub fn build_store(
         dataset: s.dataset.clone(),
         url: s.url.clone(),
         reason,
+        source: None,
     };
-    let url = url::Url::parse(&s.url).map_err(|e| err(format!("not a URL: {e}")))?;
+    let url = url::Url::parse(&s.url).map_err(|e| err(format!("not a URL: {e}")).because(e))?;
     let prefix = url.path().trim_matches('/').to_string();
     let bucket = url.host_str().unwrap_or_default().to_string();
     let store: Arc<dyn ObjectStore> = match s.kind {
@@ -54,18 +65,19 @@ pub fn build_store(
                 .map_err(|()| err("not an absolute local path".into()))?;
             if create_missing_dir && !dir.exists() {
                 std::fs::create_dir_all(&dir)
-                    .map_err(|e| err(format!("cannot create {}: {e}", dir.display())))?;
+                    .map_err(|e| err(format!("cannot create {}: {e}", dir.display())).because(e))?;
             }
             if !dir.is_dir() {
                 return Err(err(format!("{} is not a directory", dir.display())));
             }
-            let inner = LocalFileSystem::new_with_prefix(&dir).map_err(|e| err(e.to_string()))?;
+            let inner = LocalFileSystem::new_with_prefix(&dir)
+                .map_err(|e| err(e.to_string()).because(e))?;
             if s.follow_symlinks {
                 return Ok(Arc::new(inner));
             }
             return Confined::new(inner, &dir)
                 .map(|c| Arc::new(c) as Arc<dyn ObjectStore>)
-                .map_err(|e| err(format!("cannot resolve {}: {e}", dir.display())));
+                .map_err(|e| err(format!("cannot resolve {}: {e}", dir.display())).because(e));
         }
         Kind::Memory => return Ok(Arc::new(InMemory::new())),
         Kind::S3 => {
@@ -98,7 +110,7 @@ pub fn build_store(
                 }
                 (None, _) => {}
             }
-            Arc::new(b.build().map_err(|e| err(e.to_string()))?)
+            Arc::new(b.build().map_err(|e| err(e.to_string()).because(e))?)
         }
         Kind::Gcs => {
             let mut client = client_options(s).map_err(err)?;
@@ -116,7 +128,7 @@ pub fn build_store(
             for (k, v) in store_keys {
                 b = b.with_config(k, v);
             }
-            Arc::new(b.build().map_err(|e| err(e.to_string()))?)
+            Arc::new(b.build().map_err(|e| err(e.to_string()).because(e))?)
         }
         Kind::Azure => {
             let mut client = client_options(s).map_err(err)?;
@@ -135,13 +147,14 @@ pub fn build_store(
             for (k, v) in store_keys {
                 b = b.with_config(k, v);
             }
-            Arc::new(b.build().map_err(|e| err(e.to_string()))?)
+            Arc::new(b.build().map_err(|e| err(e.to_string()).because(e))?)
         }
     };
     if prefix.is_empty() {
         return Ok(store);
     }
-    let prefix = Path::parse(&prefix).map_err(|e| err(format!("invalid prefix: {e}")))?;
+    let prefix =
+        Path::parse(&prefix).map_err(|e| err(format!("invalid prefix: {e}")).because(e))?;
     Ok(Arc::new(PrefixStore::new(store, prefix)))
 }
 
@@ -262,7 +275,7 @@ pub fn install_crypto_provider() {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::DatasetConfig;
+    use crate::origin::DatasetConfig;
     use crate::origin::settings::{OriginDefaults, resolve};
     use std::collections::BTreeMap;
 

@@ -1,6 +1,8 @@
 use super::*;
 use object_store::memory::InMemory;
-use object_store::{GetResult, ListResult, MultipartUpload, ObjectMeta, PutMultipartOptions};
+use object_store::{
+    GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, PutMultipartOptions,
+};
 use object_store::{PutOptions, PutPayload, PutResult};
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -83,7 +85,7 @@ impl ObjectStore for Flaky {
     }
 }
 
-async fn origin(fail: u32, hang: bool) -> (Origin, Arc<Stats>) {
+async fn origin(fail: u32, hang: bool) -> (Origin, Arc<OriginMetrics>) {
     let store = Flaky {
         inner: InMemory::new(),
         fail: AtomicU32::new(fail),
@@ -94,7 +96,7 @@ async fn origin(fail: u32, hang: bool) -> (Origin, Arc<Stats>) {
         .put(&Path::from("k"), PutPayload::from_static(b"0123456789"))
         .await
         .unwrap();
-    let stats = Arc::new(Stats::default());
+    let stats = OriginMetrics::standalone();
     let retry = RetryPolicy {
         attempts: 3,
         attempt_timeout: Duration::from_secs(5),
@@ -125,10 +127,10 @@ async fn transient_failures_are_retried() {
     let v = o.head("k").await.unwrap();
     assert_eq!(v.size, 10);
     assert_eq!(&o.get_range("k", &v, 2..6).await.unwrap()[..], b"2345");
-    let s = stats.snapshot();
-    assert_eq!(s.origin_get_requests, 3);
-    assert_eq!(s.origin_retries, 2);
-    assert_eq!(s.origin_bytes, 4);
+    let s = &stats;
+    assert_eq!(s.get_requests.get(), 3);
+    assert_eq!(s.retries.get(), 2);
+    assert_eq!(s.bytes.get(), 4);
 }
 
 #[tokio::test(start_paused = true)]
@@ -138,7 +140,7 @@ async fn persistent_failure_names_the_origin_error() {
     let e = o.get_range("k", &v, 0..4).await.unwrap_err();
     assert!(matches!(e, Error::Origin { attempts: 3, .. }), "{e}");
     assert!(e.to_string().contains("injected failure"), "{e}");
-    assert_eq!(stats.snapshot().origin_get_requests, 3);
+    assert_eq!(stats.get_requests.get(), 3);
 }
 
 #[tokio::test(start_paused = true)]
@@ -167,5 +169,5 @@ async fn missing_objects_and_changed_versions_are_not_retried() {
         matches!(&e, Error::VersionChanged { expected, .. } if expected == "stale"),
         "{e}"
     );
-    assert_eq!(stats.snapshot().origin_retries, 0);
+    assert_eq!(stats.retries.get(), 0);
 }

@@ -1,5 +1,12 @@
 //! Chain fills: holding a block by taking it, chunk by chunk, from the node ahead in its chain.
 //!
+//! The node that runs a warm plans each block's chain (`crate::cluster::plan`) and sends every
+//! node of it a `PeerBlock{Chain}` naming the nodes ahead of it. Each node pulls the block from
+//! the node just ahead (`PeerBlock{Stream}`), which answers with chunks as they arrive there, so
+//! bytes flow down the chain as a pipeline: the head reads the origin once, every other node
+//! stores and forwards. A block being filled this way is a [`Growing`] buffer that successors
+//! read while it grows.
+//!
 //! `PeerBlock{Chain}` (from the node running a warm) and `PeerBlock{Stream}` (from the node
 //! behind) both start or join this node's fill of the block, a [`Growing`] buffer registered by
 //! block key, so a block is filled once however it is asked for. The fill pulls from the last
@@ -11,19 +18,22 @@
 //! fills (`origin_concurrency`): a new fill waits up to `peer_timeout` for a slot, then is
 //! refused with `Busy` instead of buffering more blocks.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use bytes::BytesMut;
 use futures::StreamExt;
 use futures::stream::BoxStream;
 use shardcache_proto::{BlockState, DataChunk, Frame, PeerBlock, PeerMode};
 
-use super::{CacheService, ReadCtx, relayed};
+use super::failure::{Asked, judge, record};
+use super::growing::Growing;
+use super::serve::PeerServer;
+use super::{relayed, request};
 use crate::cache::{Block, BlockKey, FillSource};
-use crate::cluster::peer::{Peer, PeerFailure, PeerState, declined, refusal, unavailable};
-use crate::distribute::Growing;
+use crate::cluster::{PeerFailure, PeerLink, declined, refusal, unavailable};
 use crate::error::{Error, Result};
-use crate::stats::Stats;
+use crate::service::BlockCtx;
 
 /// Times a damaged chunk is asked for again from the same node before it is cut out.
 const MAX_RESENDS: u32 = 3;
@@ -33,9 +43,30 @@ const MAX_ORIGIN_READS: u32 = 3;
 pub const MIN_CHAIN_CHUNK: u32 = 64 * 1024;
 pub const MAX_CHAIN_CHUNK: u32 = 4 * 1024 * 1024;
 
+/// Chain fills in flight on this node, by block (a block is filled once however it is asked
+/// for), and the bound on how many run at once (each buffers up to a block).
+pub struct Chains {
+    fills: Mutex<HashMap<BlockKey, Arc<Growing>>>,
+    slots: Arc<tokio::sync::Semaphore>,
+}
+
+impl Chains {
+    pub fn new(max_fills: usize) -> Chains {
+        Chains {
+            fills: Mutex::new(HashMap::new()),
+            slots: Arc::new(tokio::sync::Semaphore::new(max_fills.max(1))),
+        }
+    }
+
+    /// The fill of `key` in progress here, if any (a reader waits for it).
+    pub fn get(&self, key: &BlockKey) -> Option<Arc<Growing>> {
+        self.fills.lock().expect("lock").get(key).cloned()
+    }
+}
+
 /// Ends a chain fill's registration when its task ends.
 struct FillDone {
-    service: Arc<CacheService>,
+    chains: Arc<Chains>,
     key: BlockKey,
     fill: Arc<Growing>,
 }
@@ -45,12 +76,12 @@ impl Drop for FillDone {
         self.fill.finish(Err(Error::Internal {
             reason: "the block's fill stopped".into(),
         }));
-        let mut chains = self.service.chains.lock().expect("lock");
-        if chains
+        let mut fills = self.chains.fills.lock().expect("lock");
+        if fills
             .get(&self.key)
             .is_some_and(|g| Arc::ptr_eq(g, &self.fill))
         {
-            chains.remove(&self.key);
+            fills.remove(&self.key);
         }
     }
 }
@@ -61,18 +92,17 @@ pub enum Held {
     Filling(Arc<Growing>),
 }
 
-impl CacheService {
+impl PeerServer {
     /// `PeerBlock{Chain}`: hold the block, taking it from `upstream` (or the origin), and say
     /// so once every byte is here.
-    pub(super) async fn chain_load(
+    pub async fn chain_load(
         self: &Arc<Self>,
-        ctx: ReadCtx,
-        index: u64,
+        ctx: BlockCtx,
         upstream: Vec<String>,
         chunk_size: u32,
     ) -> Result<BlockState> {
         let len = ctx.end - ctx.start;
-        match self.chain_hold(ctx, index, upstream, chunk_size).await? {
+        match self.chain_hold(ctx, upstream, chunk_size).await? {
             Held::Whole(block) => Ok(BlockState {
                 was_present: true,
                 present: true,
@@ -94,7 +124,7 @@ impl CacheService {
     /// `PeerBlock{Stream}`: the block from `offset` as chunks, while they arrive here.
     pub(super) async fn chain_stream(
         self: &Arc<Self>,
-        ctx: ReadCtx,
+        ctx: BlockCtx,
         req: &PeerBlock,
     ) -> Result<BoxStream<'static, Result<DataChunk>>> {
         let len = ctx.end - ctx.start;
@@ -108,7 +138,7 @@ impl CacheService {
         let offset = req.offset;
         Ok(
             match self
-                .chain_hold(ctx, req.index, req.upstream.clone(), req.chunk_size)
+                .chain_hold(ctx, req.upstream.clone(), req.chunk_size)
                 .await?
             {
                 Held::Filling(g) => g.read_from(offset),
@@ -129,8 +159,7 @@ impl CacheService {
     /// Start or join this node's chain fill of a block, unless it is held already.
     async fn chain_hold(
         self: &Arc<Self>,
-        ctx: ReadCtx,
-        index: u64,
+        ctx: BlockCtx,
         upstream: Vec<String>,
         chunk_size: u32,
     ) -> Result<Held> {
@@ -141,32 +170,24 @@ impl CacheService {
                 ),
             });
         }
-        let key = BlockKey {
-            object: ctx.object,
-            index,
-        };
-        if let Some(g) = self.chains.lock().expect("lock").get(&key) {
-            return Ok(Held::Filling(g.clone()));
+        let key = ctx.block_key(ctx.index());
+        if let Some(g) = self.chains.get(&key) {
+            return Ok(Held::Filling(g));
         }
-        if let Some(block) = self.ram.get(&key).await {
-            return Ok(Held::Whole(block));
-        }
-        // Held on disk (say, after a restart): served from there, no fill and no slot.
-        if let Some(disk) = &self.disk
-            && disk.contains(&key)
-            && let Some(block) = disk.get(&key).await
-        {
+        // Held already (in RAM, or on disk after a restart): served from there, no fill and no
+        // slot.
+        if let Some(block) = self.service.held(&key).await {
             return Ok(Held::Whole(block));
         }
         // A slot first (waiting a little: chains of other blocks finish all the time), then
         // the registry again, since another request may have started the fill meanwhile.
-        let wait = self.cluster.settings().peer_timeout;
+        let wait = self.members.timeouts().peer;
         let permit =
-            match tokio::time::timeout(wait, self.chain_slots.clone().acquire_owned()).await {
+            match tokio::time::timeout(wait, self.chains.slots.clone().acquire_owned()).await {
                 Ok(Ok(permit)) => permit,
                 _ => {
-                    if let Some(g) = self.chains.lock().expect("lock").get(&key) {
-                        return Ok(Held::Filling(g.clone()));
+                    if let Some(g) = self.chains.get(&key) {
+                        return Ok(Held::Filling(g));
                     }
                     return Err(Error::Busy {
                         what: "chain fills in flight are at their bound",
@@ -174,20 +195,21 @@ impl CacheService {
                 }
             };
         let g = {
-            let mut chains = self.chains.lock().expect("lock");
-            if let Some(g) = chains.get(&key) {
+            let mut fills = self.chains.fills.lock().expect("lock");
+            if let Some(g) = fills.get(&key) {
                 return Ok(Held::Filling(g.clone()));
             }
             let g = Growing::new(ctx.start, ctx.end - ctx.start);
-            chains.insert(key, g.clone());
+            fills.insert(key, g.clone());
             let this = self.clone();
             let fill = g.clone();
+            let chains = self.chains.clone();
             tokio::spawn(async move {
                 let _permit = permit;
                 // However the task ends (a panic included), waiters are told and the registry
                 // forgets the fill.
                 let _done = FillDone {
-                    service: this.clone(),
+                    chains,
                     key,
                     fill: fill.clone(),
                 };
@@ -200,31 +222,24 @@ impl CacheService {
     }
 
     /// Fill `g`, then store the block. Not inside the RAM tier's single flight: a reader's fill
-    /// of the same block waits for this one instead (`CacheService::block` looks here first),
-    /// so a reader asking another node cannot hold up the chain this node forwards.
+    /// of the same block waits for this one instead (the read path asks for chains in flight
+    /// before other members), so a reader asking another node cannot hold up the chain this
+    /// node forwards.
     async fn run_chain_fill(
         self: &Arc<Self>,
-        ctx: ReadCtx,
+        ctx: BlockCtx,
         key: BlockKey,
         upstream: Vec<String>,
         chunk: usize,
         g: &Arc<Growing>,
     ) {
         let fill = async {
-            if let Some(block) = self.ram.get(&key).await {
-                return Ok(block);
-            }
-            if let Some(disk) = &self.disk
-                && let Some(block) = disk.get(&key).await
-            {
+            if let Some(block) = self.service.held(&key).await {
                 return Ok(block);
             }
             let source = self.pull_chain(&ctx, g, &upstream, chunk).await?;
             let block = g.assemble(source)?;
-            if let Some(disk) = &self.disk {
-                disk.admit(key, block.clone());
-            }
-            self.ram.insert(key, block.clone()).await;
+            self.service.store(key, block.clone()).await;
             Ok(block)
         };
         match fill.await {
@@ -237,20 +252,15 @@ impl CacheService {
         }
     }
 
-    /// A chain fill of `key` in progress here, if any (a reader waits for it).
-    pub(super) fn chain_fill(&self, key: &BlockKey) -> Option<Arc<Growing>> {
-        self.chains.lock().expect("lock").get(key).cloned()
-    }
-
     /// Take the block into `g` from the nodes ahead (nearest first), then the origin.
-    async fn pull_chain(
+    pub(super) async fn pull_chain(
         &self,
-        ctx: &ReadCtx,
+        ctx: &BlockCtx,
         g: &Growing,
         upstream: &[String],
         chunk: usize,
     ) -> Result<FillSource> {
-        let me = self.cluster.own_addr();
+        let me = self.members.own_addr();
         for pos in (0..upstream.len()).rev() {
             if g.filled() == g.len() {
                 break;
@@ -260,67 +270,67 @@ impl CacheService {
                 continue;
             }
             // Only members are contacted: the list comes from another node.
-            let Some(peer) = self.cluster.peer(addr) else {
+            let Some(link) = self.members.link(addr) else {
                 tracing::warn!(addr, "chain names a node that is not a member; skipped");
-                Stats::add(&self.stats.chain_cutovers, 1);
+                self.metrics.chain_cutovers.inc();
                 continue;
             };
-            if peer.state().is_down() {
-                Stats::add(&self.stats.chain_cutovers, 1);
+            if link.is_down() {
+                self.metrics.chain_cutovers.inc();
                 continue;
             }
             let mut resends = 0;
             loop {
-                let index = ctx.start / ctx.origin.settings().block_size;
-                let mut req = Self::peer_request(
+                let mut req = request(
                     &ctx.origin,
                     &ctx.key,
                     &ctx.version,
-                    index,
+                    ctx.index(),
                     PeerMode::Stream,
                 );
                 req.chunk_size = chunk as u32;
                 req.offset = g.filled();
                 req.upstream = upstream[..pos].to_vec();
-                match self.stream_from(&peer, req, ctx, g).await {
+                let failure = match self.stream_from(link.as_ref(), req, ctx, g).await {
                     Ok(()) => break,
-                    Err(PeerFailure::Corrupt { reason }) => {
-                        Stats::add(&self.stats.checksum_failures, 1);
-                        Stats::add(&self.stats.chain_resends, 1);
-                        resends += 1;
-                        tracing::warn!(
-                            peer = addr,
-                            key = ctx.key,
-                            at = g.filled(),
-                            reason,
-                            "chain chunk arrived damaged; asking again"
-                        );
-                        if resends >= MAX_RESENDS {
-                            self.cluster.report_failure(&peer, &reason);
-                            Stats::add(&self.stats.chain_cutovers, 1);
-                            break;
-                        }
-                    }
-                    Err(PeerFailure::Answer { code, message }) => {
-                        return Err(relayed(ctx, code, message, addr));
-                    }
-                    Err(failure) => {
-                        let down = matches!(failure, PeerFailure::Unavailable { .. });
-                        let reason = failure.reason();
-                        tracing::warn!(
-                            peer = addr,
-                            key = ctx.key,
-                            at = g.filled(),
-                            reason,
-                            "node ahead in the chain failed; cutting it out"
-                        );
-                        Stats::add(&self.stats.chain_cutovers, 1);
-                        if down {
-                            self.cluster.report_failure(&peer, &reason);
-                        }
-                        break;
-                    }
+                    Err(f) => f,
+                };
+                let v = judge(Asked::Upstream, &failure);
+                record(&self.metrics, &v);
+                let reason = failure.clone().reason();
+                if v.definitive
+                    && let PeerFailure::Answer { code, message } = failure
+                {
+                    return Err(relayed(ctx, code, message, addr));
                 }
+                if v.resend {
+                    resends += 1;
+                    tracing::warn!(
+                        peer = addr,
+                        key = ctx.key,
+                        at = g.filled(),
+                        reason,
+                        "chain chunk arrived damaged; asking again"
+                    );
+                    if resends < MAX_RESENDS {
+                        continue;
+                    }
+                    // The node keeps sending damaged bytes: its copy is bad.
+                    self.members.report_failure(link.as_ref(), &reason);
+                    self.metrics.chain_cutovers.inc();
+                    break;
+                }
+                tracing::warn!(
+                    peer = addr,
+                    key = ctx.key,
+                    at = g.filled(),
+                    reason,
+                    "node ahead in the chain failed; cutting it out"
+                );
+                if v.mark_down {
+                    self.members.report_failure(link.as_ref(), &reason);
+                }
+                break;
             }
         }
         if g.filled() == g.len() {
@@ -333,32 +343,31 @@ impl CacheService {
     /// The rest of the block from one node ahead.
     async fn stream_from(
         &self,
-        peer: &Peer,
+        link: &dyn PeerLink,
         req: PeerBlock,
-        ctx: &ReadCtx,
+        ctx: &BlockCtx,
         g: &Growing,
     ) -> Result<(), PeerFailure> {
-        let settings = self.cluster.settings();
-        let mut down = peer.state_watch();
+        let t = self.members.timeouts();
+        let down = link.marked_down();
         let work = async {
-            let mut responses = peer
-                .stream(req, settings.fill_timeout, settings.peer_timeout)
-                .await?;
+            let mut responses = link.stream(req, t.fill, t.peer).await?;
             while g.filled() < g.len() {
                 let chunk = match responses.next().await {
-                    Ok(Frame::Data(chunk)) => chunk,
-                    Ok(Frame::Error(e)) => return Err(refusal(e)),
-                    Ok(other) => {
+                    Some(Ok(Frame::Data(chunk))) => chunk,
+                    Some(Ok(Frame::Error(e))) => return Err(refusal(e)),
+                    Some(Ok(other)) => {
                         return Err(unavailable(format!(
                             "answered a chain stream with {other:?}"
                         )));
                     }
                     // Slow is not dead (the node ahead may be waiting on its own upstream or
                     // the origin): skip it without marking it down; the probes decide that.
-                    Err(e @ shardcache_client::ClientError::Timeout { .. }) => {
+                    Some(Err(e @ shardcache_client::ClientError::Timeout { .. })) => {
                         return Err(declined(e.to_string()));
                     }
-                    Err(e) => return Err(unavailable(e.to_string())),
+                    Some(Err(e)) => return Err(unavailable(e.to_string())),
+                    None => return Err(unavailable("the stream ended early")),
                 };
                 let at = g.filled();
                 if chunk.offset != ctx.start + at
@@ -378,7 +387,9 @@ impl CacheService {
                         reason: format!("chunk at {} failed its checksum", chunk.offset),
                     });
                 }
-                Stats::add(&self.stats.chain_bytes_upstream, chunk.data.len() as u64);
+                self.metrics
+                    .chain_bytes_upstream
+                    .inc_by(chunk.data.len() as u64);
                 g.push(chunk.data, chunk.crc32c)
                     .map_err(|e| unavailable(e.to_string()))?;
             }
@@ -386,12 +397,12 @@ impl CacheService {
         };
         tokio::select! {
             result = work => result,
-            _ = down.wait_for(PeerState::is_down) => Err(declined("marked down")),
+            () = down => Err(declined("marked down")),
         }
     }
 
     /// The rest of the block from the origin, as it arrives, in chunks of `chunk`.
-    async fn pull_origin(&self, ctx: &ReadCtx, g: &Growing, chunk: usize) -> Result<()> {
+    async fn pull_origin(&self, ctx: &BlockCtx, g: &Growing, chunk: usize) -> Result<()> {
         let mut reads = 0;
         while g.filled() < g.len() {
             reads += 1;
@@ -444,7 +455,7 @@ impl CacheService {
     }
 
     fn push_origin_chunk(&self, g: &Growing, data: bytes::Bytes) -> Result<()> {
-        Stats::add(&self.stats.chain_bytes_origin, data.len() as u64);
+        self.metrics.chain_bytes_origin.inc_by(data.len() as u64);
         let crc = crc32c::crc32c(&data);
         g.push(data, crc)
     }

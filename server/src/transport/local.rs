@@ -25,9 +25,8 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use super::shm::Region;
-use super::{ConnLimits, Draining, Remote, refuse, serve_connection};
-use crate::service::CacheService;
-use crate::stats::Stats;
+use super::{Draining, Serving, refuse, serve_connection};
+use crate::peer::Caller;
 
 /// How long a new connection may take to register its region.
 const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
@@ -41,8 +40,7 @@ pub struct LocalLimits {
 /// Accept local clients until the task is dropped.
 pub async fn accept_loop(
     listener: UnixListener,
-    service: Arc<CacheService>,
-    limits: ConnLimits,
+    serving: Serving,
     local: LocalLimits,
     max_clients: Arc<Semaphore>,
     draining: Draining,
@@ -58,18 +56,18 @@ pub async fn accept_loop(
                 continue;
             }
         };
-        let stats = service.stats().clone();
+        let stats = serving.metrics.clone();
         let Ok(permit) = max_clients.clone().try_acquire_owned() else {
-            Stats::add(&stats.rejected_connections, 1);
+            stats.rejected_connections.inc();
             let msg = "server at local_max_clients; retry later".to_string();
             conns.spawn(refuse(stream, ErrorCode::Busy, msg));
             continue;
         };
-        let service = service.clone();
+        let serving = serving.clone();
         let draining = draining.clone();
         conns.spawn(async move {
             stats.open_connections.inc();
-            serve_local(stream, service, limits, local, draining).await;
+            serve_local(stream, serving, local, draining).await;
             stats.open_connections.dec();
             drop(permit);
         });
@@ -78,8 +76,7 @@ pub async fn accept_loop(
 
 async fn serve_local(
     mut stream: UnixStream,
-    service: Arc<CacheService>,
-    limits: ConnLimits,
+    serving: Serving,
     local: LocalLimits,
     draining: Draining,
 ) {
@@ -118,9 +115,8 @@ async fn serve_local(
     serve_connection(
         rd,
         wr,
-        service,
-        limits,
-        Remote {
+        serving,
+        Caller {
             name: peer,
             ip: None,
             authenticated: false,

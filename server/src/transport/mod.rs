@@ -7,8 +7,8 @@
 //! frame closes that connection and nothing else.
 
 pub mod local;
+pub mod metrics;
 pub mod quic;
-#[allow(unsafe_code)] // mapping client regions: see the module's SAFETY notes
 pub mod shm;
 pub mod tcp;
 pub mod tls;
@@ -19,8 +19,8 @@ use bytes::Buf;
 use futures::StreamExt;
 use shardcache_proto::frame::{Encoded, MAX_REQUEST_PAYLOAD, encode};
 use shardcache_proto::{
-    DataChunk, ErrorCode, ErrorFrame, Frame, FrameCodec, Framed, Placed, Pong, Prefetched,
-    ReadInto, ReadRequest,
+    DataChunk, ErrorCode, ErrorFrame, Frame, FrameCodec, Framed, Placed, Prefetched, ReadInto,
+    ReadRequest,
 };
 use std::future::Future;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -28,8 +28,9 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::task::JoinSet;
 
 use crate::error::Error;
-use crate::service::{CacheService, PeerAnswer};
-use crate::stats::Stats;
+use crate::node::Node;
+use crate::peer::{Caller, PeerAnswer};
+use crate::service::CacheService;
 use shm::Region;
 
 /// Copies into a client region larger than this run on the blocking pool.
@@ -44,37 +45,23 @@ pub struct ConnLimits {
     pub max_requests: usize,
 }
 
-/// Tells connections that the server is shutting down: they stop reading requests, finish the
-/// ones in flight, and close.
-pub type Draining = tokio::sync::watch::Receiver<bool>;
+pub use crate::drain::Draining;
+pub use metrics::TransportMetrics;
 
-/// Who is at the other end of a connection: for logs, and for requests only members may send.
-#[derive(Debug, Clone)]
-pub struct Remote {
-    pub name: String,
-    /// Source address (TCP, QUIC); `None` on the local socket.
-    pub ip: Option<std::net::IpAddr>,
-    /// Presented a certificate signed by the cluster CA (mutual TLS).
-    pub authenticated: bool,
-}
-
-impl Remote {
-    pub fn addr(addr: std::net::SocketAddr) -> Remote {
-        Remote {
-            name: addr.to_string(),
-            ip: Some(addr.ip()),
-            authenticated: false,
-        }
-    }
+/// What every connection is served with.
+#[derive(Clone)]
+pub struct Serving {
+    pub node: Arc<Node>,
+    pub limits: ConnLimits,
+    pub metrics: Arc<TransportMetrics>,
 }
 
 /// Serve one connection (or one QUIC stream) until the peer closes it or breaks the protocol.
 pub async fn serve_connection<R, W>(
     mut rd: R,
     wr: W,
-    service: Arc<CacheService>,
-    limits: ConnLimits,
-    remote: Remote,
+    serving: Serving,
+    remote: Caller,
     mut draining: Draining,
     region: Option<Arc<Region>>,
 ) where
@@ -83,10 +70,11 @@ pub async fn serve_connection<R, W>(
 {
     let (tx, rx) = mpsc::channel::<Encoded>(WRITE_QUEUE);
     let writer = tokio::spawn(write_frames(wr, rx));
+    let limits = serving.limits;
     let inflight = Arc::new(Semaphore::new(limits.max_requests));
     let mut handlers = JoinSet::new();
     let mut codec = FrameCodec::new(MAX_REQUEST_PAYLOAD);
-    let stats = service.stats().clone();
+    let stats = serving.metrics.clone();
     let peer = remote.name.clone();
     let remote = Arc::new(remote);
     'conn: loop {
@@ -116,7 +104,7 @@ pub async fn serve_connection<R, W>(
                 Ok(permit) => {
                     handlers.spawn(handle(
                         framed,
-                        service.clone(),
+                        serving.clone(),
                         tx.clone(),
                         permit,
                         region.clone(),
@@ -124,7 +112,7 @@ pub async fn serve_connection<R, W>(
                     ));
                 }
                 Err(_) => {
-                    Stats::add(&stats.rejected_requests, 1);
+                    stats.rejected_requests.inc();
                     let msg = format!(
                         "more than {} requests in flight on this connection; retry later",
                         limits.max_requests
@@ -201,15 +189,16 @@ fn error_frame(request_id: u32, code: ErrorCode, message: String) -> Encoded {
 /// Run one request to completion, sending its frames to the writer.
 async fn handle(
     framed: Framed,
-    service: Arc<CacheService>,
+    serving: Serving,
     tx: mpsc::Sender<Encoded>,
     _permit: OwnedSemaphorePermit,
     region: Option<Arc<Region>>,
-    remote: Arc<Remote>,
+    remote: Arc<Caller>,
 ) {
     let id = framed.request_id;
-    let stats = service.stats().clone();
-    Stats::add(&stats.requests, 1);
+    let (node, stats) = (&serving.node, &serving.metrics);
+    let service = &node.service;
+    stats.requests.inc();
     let started = std::time::Instant::now();
     let duration = match &framed.frame {
         Frame::Stat(_) => stats.stat_duration.clone(),
@@ -239,46 +228,24 @@ async fn handle(
         }
         Frame::Read(req) => {
             let path = req.path.clone();
-            let result = stream_read(&service, req, &send, |chunk| async {
+            let result = stream_read(service, req, &send, |chunk| async {
                 Ok(Frame::Data(chunk))
             })
             .await;
             (path, result)
         }
         Frame::Hello(_) => {
-            let cluster = service.cluster();
-            send(Frame::ServerInfo(shardcache_proto::ServerInfo {
-                node_id: cluster.node_id().to_string(),
-                instance: cluster.instance(),
-                version: env!("CARGO_PKG_VERSION").to_string(),
-                control: service
-                    .control_addr()
-                    .map(|a| a.to_string())
-                    .unwrap_or_default(),
-            }))
-            .await;
+            send(Frame::ServerInfo(node.server_info())).await;
             (String::new(), Ok(()))
         }
         Frame::Ping(_) => {
-            let cluster = service.cluster();
-            let (disk_used, disk_capacity) =
-                service.disk().map_or((0, 0), |d| (d.used(), d.capacity()));
-            send(Frame::Pong(Pong {
-                node_id: cluster.node_id().to_string(),
-                instance: cluster.instance(),
-                weight: cluster.weight(),
-                ram_used: service.ram().used(),
-                ram_capacity: service.ram().capacity(),
-                disk_used,
-                disk_capacity,
-            }))
-            .await;
+            send(Frame::Pong(node.pong())).await;
             (String::new(), Ok(()))
         }
         Frame::PeerBlock(req) => {
             let path = req.path.clone();
-            let result = match service.peer_allowed(&remote) {
-                Ok(()) => match service.peer_block(req).await {
+            let result = match node.peers.allowed(&remote) {
+                Ok(()) => match node.peers.peer_block(req).await {
                     Ok(PeerAnswer::Data(chunk)) => {
                         send(Frame::Data(chunk)).await;
                         Ok(())
@@ -319,7 +286,7 @@ async fn handle(
         Frame::ReadInto(req) => {
             let path = req.read.path.clone();
             let result = match region {
-                Some(region) => read_into(&service, req, region, &send).await,
+                Some(region) => read_into(service, req, region, &send).await,
                 None => Err(Error::BadRequest {
                     reason: "read-into needs the local socket and a registered region".into(),
                 }),
@@ -336,7 +303,7 @@ async fn handle(
     if let Err(e) = result {
         // A probe that finds nothing is an answer, not a failure.
         if !matches!(e, Error::NotCached) {
-            Stats::add(&stats.failed_requests, 1);
+            stats.failed_requests.inc();
             log_failure(&path, &e);
         }
         send(Frame::Error(ErrorFrame {
@@ -450,3 +417,6 @@ async fn write_frames<W: AsyncWrite + Unpin>(mut wr: W, mut rx: mpsc::Receiver<E
     }
     let _ = wr.shutdown().await;
 }
+
+#[cfg(test)]
+mod tests;

@@ -8,9 +8,8 @@ use std::time::Duration;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
-use super::{ConnLimits, Draining, Remote, serve_connection};
-use crate::service::CacheService;
-use crate::stats::Stats;
+use super::{Draining, Serving, serve_connection};
+use crate::peer::Caller;
 
 /// Flow-control windows sized for multi-MiB blocks on fast links.
 pub fn transport_config() -> quinn::TransportConfig {
@@ -31,22 +30,21 @@ pub fn transport_config() -> quinn::TransportConfig {
 /// Accept QUIC connections until the task is dropped.
 pub async fn accept_loop(
     endpoint: quinn::Endpoint,
-    service: Arc<CacheService>,
-    limits: ConnLimits,
+    serving: Serving,
     max_connections: Arc<Semaphore>,
     draining: Draining,
     conns: &mut JoinSet<()>,
 ) {
     while let Some(incoming) = endpoint.accept().await {
         while conns.try_join_next().is_some() {}
-        let stats = service.stats().clone();
+        let stats = serving.metrics.clone();
         let Ok(permit) = max_connections.clone().try_acquire_owned() else {
-            Stats::add(&stats.rejected_connections, 1);
+            stats.rejected_connections.inc();
             tracing::warn!(peer = %incoming.remote_address(), "quic connection refused: max_connections reached");
             incoming.refuse();
             continue;
         };
-        let service = service.clone();
+        let serving = serving.clone();
         let mut draining = draining.clone();
         conns.spawn(async move {
             let peer = incoming.remote_address().to_string();
@@ -59,7 +57,7 @@ pub async fn accept_loop(
             };
             stats.open_connections.inc();
             // A client certificate is only accepted when it chains to the cluster CA.
-            let remote = Remote {
+            let remote = Caller {
                 name: peer.clone(),
                 ip: Some(conn.remote_address().ip()),
                 authenticated: conn.peer_identity().is_some(),
@@ -75,8 +73,7 @@ pub async fn accept_loop(
                         streams.spawn(serve_connection(
                             recv,
                             send,
-                            service.clone(),
-                            limits,
+                            serving.clone(),
                             remote.clone(),
                             draining.clone(),
                             None,

@@ -7,15 +7,13 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
-use super::{ConnLimits, Draining, Remote, refuse, serve_connection};
-use crate::service::CacheService;
-use crate::stats::Stats;
+use super::{Draining, Serving, refuse, serve_connection};
+use crate::peer::Caller;
 
 /// Accept connections until the task is dropped; connections run in `conns`.
 pub async fn accept_loop(
     listener: TcpListener,
-    service: Arc<CacheService>,
-    limits: ConnLimits,
+    serving: Serving,
     max_connections: Arc<Semaphore>,
     draining: Draining,
     conns: &mut JoinSet<()>,
@@ -32,20 +30,20 @@ pub async fn accept_loop(
             }
         };
         let _ = stream.set_nodelay(true);
-        let stats = service.stats().clone();
+        let stats = serving.metrics.clone();
         let Ok(permit) = max_connections.clone().try_acquire_owned() else {
-            Stats::add(&stats.rejected_connections, 1);
+            stats.rejected_connections.inc();
             tracing::warn!(peer = %addr, "connection refused: max_connections reached");
             let msg = "server at max_connections; retry later".to_string();
             conns.spawn(refuse(stream, ErrorCode::Busy, msg));
             continue;
         };
-        let service = service.clone();
+        let serving = serving.clone();
         let draining = draining.clone();
         conns.spawn(async move {
             stats.open_connections.inc();
             let (rd, wr) = stream.into_split();
-            serve_connection(rd, wr, service, limits, Remote::addr(addr), draining, None).await;
+            serve_connection(rd, wr, serving, Caller::addr(addr), draining, None).await;
             stats.open_connections.dec();
             drop(permit);
         });

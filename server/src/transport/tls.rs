@@ -14,11 +14,22 @@ pub const ALPN: &[u8] = b"shardcache/1";
 #[error("tls: {reason}")]
 pub struct TlsError {
     reason: String,
+    #[source]
+    source: Option<Box<dyn std::error::Error + Send + Sync>>,
+}
+
+impl TlsError {
+    /// The same error, keeping what caused it.
+    fn because(mut self, cause: impl std::error::Error + Send + Sync + 'static) -> TlsError {
+        self.source = Some(Box::new(cause));
+        self
+    }
 }
 
 fn tls_err(reason: impl Into<String>) -> TlsError {
     TlsError {
         reason: reason.into(),
+        source: None,
     }
 }
 
@@ -33,14 +44,19 @@ impl Identity {
     /// Load PEM files.
     pub fn from_files(cert: &Path, key: &Path) -> Result<Identity, TlsError> {
         let chain = CertificateDer::pem_file_iter(cert)
-            .map_err(|e| tls_err(format!("cannot read certificate {}: {e}", cert.display())))?
+            .map_err(|e| {
+                tls_err(format!("cannot read certificate {}: {e}", cert.display())).because(e)
+            })?
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| tls_err(format!("bad certificate in {}: {e}", cert.display())))?;
+            .map_err(|e| {
+                tls_err(format!("bad certificate in {}: {e}", cert.display())).because(e)
+            })?;
         if chain.is_empty() {
             return Err(tls_err(format!("no certificate in {}", cert.display())));
         }
-        let key = PrivateKeyDer::from_pem_file(key)
-            .map_err(|e| tls_err(format!("cannot read private key {}: {e}", key.display())))?;
+        let key = PrivateKeyDer::from_pem_file(key).map_err(|e| {
+            tls_err(format!("cannot read private key {}: {e}", key.display())).because(e)
+        })?;
         Ok(Identity { chain, key })
     }
 
@@ -52,8 +68,9 @@ impl Identity {
             "127.0.0.1".to_string(),
             "::1".to_string(),
         ];
-        let certified = rcgen::generate_simple_self_signed(names)
-            .map_err(|e| tls_err(format!("cannot generate a self-signed certificate: {e}")))?;
+        let certified = rcgen::generate_simple_self_signed(names).map_err(|e| {
+            tls_err(format!("cannot generate a self-signed certificate: {e}")).because(e)
+        })?;
         let key = PrivatePkcs8KeyDer::from(certified.signing_key.serialize_der());
         Ok(Identity {
             chain: vec![certified.cert.der().clone()],
@@ -66,12 +83,13 @@ impl Identity {
 pub fn load_ca(ca: &Path) -> Result<rustls::RootCertStore, TlsError> {
     let mut roots = rustls::RootCertStore::empty();
     let certs = CertificateDer::pem_file_iter(ca)
-        .map_err(|e| tls_err(format!("cannot read CA file {}: {e}", ca.display())))?;
+        .map_err(|e| tls_err(format!("cannot read CA file {}: {e}", ca.display())).because(e))?;
     for cert in certs {
-        let cert = cert.map_err(|e| tls_err(format!("bad CA file {}: {e}", ca.display())))?;
-        roots
-            .add(cert)
-            .map_err(|e| tls_err(format!("bad CA certificate in {}: {e}", ca.display())))?;
+        let cert =
+            cert.map_err(|e| tls_err(format!("bad CA file {}: {e}", ca.display())).because(e))?;
+        roots.add(cert).map_err(|e| {
+            tls_err(format!("bad CA certificate in {}: {e}", ca.display())).because(e)
+        })?;
     }
     if roots.is_empty() {
         return Err(tls_err(format!(
@@ -92,7 +110,7 @@ pub fn quic_server_config(
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(|e| tls_err(e.to_string()))?;
+        .map_err(|e| tls_err(e.to_string()).because(e))?;
     let builder = match client_ca {
         None => builder.with_no_client_auth(),
         Some(ca) => {
@@ -102,16 +120,16 @@ pub fn quic_server_config(
             )
             .allow_unauthenticated()
             .build()
-            .map_err(|e| tls_err(format!("client verifier: {e}")))?;
+            .map_err(|e| tls_err(format!("client verifier: {e}")).because(e))?;
             builder.with_client_cert_verifier(verifier)
         }
     };
     let mut tls = builder
         .with_single_cert(id.chain, id.key)
-        .map_err(|e| tls_err(format!("certificate and key do not fit together: {e}")))?;
+        .map_err(|e| tls_err(format!("certificate and key do not fit together: {e}")).because(e))?;
     tls.alpn_protocols = vec![ALPN.to_vec()];
     let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
-        .map_err(|e| tls_err(e.to_string()))?;
+        .map_err(|e| tls_err(e.to_string()).because(e))?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     config.transport_config(Arc::new(super::quic::transport_config()));
     Ok(config)

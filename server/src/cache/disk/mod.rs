@@ -23,8 +23,8 @@ use tokio::sync::Semaphore;
 
 use super::policy::{EvictionPolicy, PolicyKind};
 use super::{Block, BlockKey};
+use crate::cache::metrics::TierMetrics;
 use crate::origin::Version;
-use crate::stats::Stats;
 
 /// Settings of a disk tier.
 #[derive(Debug, Clone)]
@@ -53,12 +53,12 @@ pub struct DiskTier {
     state: Mutex<State>,
     writes: Arc<Semaphore>,
     degraded: AtomicBool,
-    stats: Arc<Stats>,
+    metrics: Arc<TierMetrics>,
 }
 
 impl DiskTier {
     /// Open (creating if needed) the directory and rebuild the index from its files. Blocking.
-    pub fn open(config: &DiskConfig, stats: Arc<Stats>) -> io::Result<DiskTier> {
+    pub fn open(config: &DiskConfig, metrics: Arc<TierMetrics>) -> io::Result<DiskTier> {
         std::fs::create_dir_all(config.root.join("blocks"))?;
         std::fs::create_dir_all(config.root.join("versions"))?;
         let started = std::time::Instant::now();
@@ -83,7 +83,7 @@ impl DiskTier {
             }),
             writes: Arc::new(Semaphore::new(config.write_queue.max(1))),
             degraded: AtomicBool::new(false),
-            stats,
+            metrics,
         };
         // A smaller budget than last time: trim now.
         let (_, victims) = tier.evict_until(0, None);
@@ -128,22 +128,22 @@ impl DiskTier {
 
     fn publish(&self) {
         let used = self.used();
-        self.stats
-            .tier_used_bytes
+        self.metrics
+            .used_bytes
             .with_label_values(&["disk"])
             .set(used as i64);
-        self.stats
-            .tier_capacity_bytes
+        self.metrics
+            .capacity_bytes
             .with_label_values(&["disk"])
             .set(self.budget as i64);
-        self.stats
-            .tier_degraded
+        self.metrics
+            .degraded
             .with_label_values(&["disk"])
             .set(i64::from(self.is_degraded()));
     }
 
     fn io_error(&self, what: &str, e: &io::Error) {
-        Stats::add(&self.stats.disk_errors, 1);
+        self.metrics.disk_errors.inc();
         if !self.degraded.swap(true, Ordering::Relaxed) {
             tracing::warn!(
                 root = %self.root.display(),
@@ -161,7 +161,7 @@ impl DiskTier {
             let mut state = self.state.lock().expect("lock");
             state.policy.record_request(key);
             if !state.index.contains_key(key) {
-                Stats::add(&self.stats.disk_misses, 1);
+                self.metrics.disk_misses.inc();
                 return None;
             }
         }
@@ -175,15 +175,15 @@ impl DiskTier {
         match result {
             Ok(block) => {
                 self.state.lock().expect("lock").policy.touch(key);
-                Stats::add(&self.stats.disk_hits, 1);
+                self.metrics.disk_hits.inc();
                 Some(block)
             }
             Err(e) => {
-                Stats::add(&self.stats.disk_misses, 1);
+                self.metrics.disk_misses.inc();
                 match &e {
                     file::ReadError::Missing => {}
                     file::ReadError::Corrupt(why) => {
-                        Stats::add(&self.stats.checksum_failures, 1);
+                        self.metrics.checksum_failures.inc();
                         tracing::warn!(block = %key.object.to_hex(), index = key.index, why, "damaged block file dropped; refetching");
                     }
                     file::ReadError::Io(err) => self.io_error("read", err),
@@ -231,7 +231,7 @@ impl DiskTier {
     /// policy admits it; dropped otherwise (the next miss will offer it again).
     pub fn admit(self: &Arc<Self>, key: BlockKey, block: Block) {
         let Ok(permit) = self.writes.clone().try_acquire_owned() else {
-            Stats::add(&self.stats.disk_admissions_skipped, 1);
+            self.metrics.disk_admissions_skipped.inc();
             return;
         };
         let this = self.clone();
@@ -251,7 +251,7 @@ impl DiskTier {
             && let (Some(c), Some(v)) = (candidate, state.policy.victim())
             && !state.policy.admit(c, &v)
         {
-            Stats::add(&self.stats.disk_admissions_rejected, 1);
+            self.metrics.disk_admissions_rejected.inc();
             return (false, victims);
         }
         while state.used + state.reserved + size > self.budget {
@@ -270,7 +270,7 @@ impl DiskTier {
 
     fn delete(&self, victims: &[BlockKey]) {
         for v in victims {
-            Stats::add(&self.stats.disk_evictions, 1);
+            self.metrics.disk_evictions.inc();
             if let Err(e) = file::remove_block(&self.root, v) {
                 self.io_error("evict", &e);
             }
@@ -357,7 +357,7 @@ mod tests {
     #[tokio::test]
     async fn usage_stays_within_budget_and_survives_reopen() {
         let dir = tempfile::tempdir().unwrap();
-        let stats = Arc::new(Stats::new());
+        let stats = TierMetrics::standalone();
         let budget = 10 * (1000 + file::HEADER_LEN);
         let tier = Arc::new(
             DiskTier::open(&config(dir.path(), budget, PolicyKind::Lru), stats.clone()).unwrap(),
@@ -382,7 +382,7 @@ mod tests {
         drop(tier);
         let tier = DiskTier::open(
             &config(dir.path(), budget / 2, PolicyKind::Lru),
-            Arc::new(Stats::new()),
+            TierMetrics::standalone(),
         )
         .unwrap();
         assert_eq!(tier.len(), 5);
@@ -391,7 +391,7 @@ mod tests {
     #[tokio::test]
     async fn damaged_files_are_dropped_and_counted() {
         let dir = tempfile::tempdir().unwrap();
-        let stats = Arc::new(Stats::new());
+        let stats = TierMetrics::standalone();
         let tier = Arc::new(
             DiskTier::open(&config(dir.path(), 1 << 20, PolicyKind::Lru), stats.clone()).unwrap(),
         );

@@ -1,5 +1,7 @@
 use super::*;
+use crate::origin::aws::ContainerAuth;
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
     pairs
@@ -79,7 +81,7 @@ fn the_file_alone() {
     d.endpoint = Some("http://127.0.0.1:9000".into());
     d.region = Some("eu-west-1".into());
     d.access_key_id = Some("AKIAFILEFILEFILE".into());
-    d.secret_access_key = Some(crate::config::Secret("file-secret".into()));
+    d.secret_access_key = Some(crate::origin::Secret("file-secret".into()));
     let s = ok(&d, &env(&[]));
     assert_eq!(
         value(&s, "aws_endpoint").unwrap().1,
@@ -101,7 +103,7 @@ fn file_keys_win_key_by_key_and_the_rest_comes_from_the_environment() {
     let mut d = s3("ds");
     d.endpoint = Some("http://127.0.0.1:9000".into());
     d.access_key_id = Some("AKIAFILEFILEFILE".into());
-    d.secret_access_key = Some(crate::config::Secret("file-secret".into()));
+    d.secret_access_key = Some(crate::origin::Secret("file-secret".into()));
     let mut pairs = vec![
         // A more specific variable must not beat the file's endpoint.
         ("AWS_ENDPOINT_URL_S3", "http://127.0.0.1:1"),
@@ -464,8 +466,8 @@ fn trust_roots_that_do_not_exist_fail_at_start() {
 fn secrets_never_show() {
     let mut d = s3("ds");
     d.access_key_id = Some("AKIAFILEFILEFILE".into());
-    d.secret_access_key = Some(crate::config::Secret("hunter2-secret".into()));
-    d.session_token = Some(crate::config::Secret("hunter3-token".into()));
+    d.secret_access_key = Some(crate::origin::Secret("hunter2-secret".into()));
+    d.session_token = Some(crate::origin::Secret("hunter3-token".into()));
     let s = ok(&d, &env(&[]));
     let text = format!("{:?} {:?} {}", s, s.describe(), s.credentials);
     for secret in ["hunter2", "hunter3", "AKIAFILEFILEFILE"] {

@@ -1,0 +1,42 @@
+//! What the data plane did: requests received and failed, their durations, requests and
+//! connections refused at a limit, connections open.
+
+use prometheus::{Histogram, IntCounter, IntGauge};
+
+use crate::stats::{self, Registry};
+
+pub struct TransportMetrics {
+    pub requests: IntCounter,
+    pub failed_requests: IntCounter,
+    pub read_duration: Histogram,
+    pub stat_duration: Histogram,
+    pub rejected_requests: IntCounter,
+    pub rejected_connections: IntCounter,
+    pub open_connections: IntGauge,
+}
+
+impl TransportMetrics {
+    pub fn new(r: &Registry) -> TransportMetrics {
+        let duration = r.latency_vec(
+            "shardcache_request_duration_seconds",
+            "Duration of data-plane requests from arrival to last byte queued, by operation",
+            "op",
+        );
+        let rejected = stats::rejected(r);
+        TransportMetrics {
+            requests: r.counter("shardcache_requests_total", "Data-plane requests received"),
+            failed_requests: r.counter(
+                "shardcache_failed_requests_total",
+                "Data-plane requests that ended with an error frame",
+            ),
+            read_duration: duration.with_label_values(&["read"]),
+            stat_duration: duration.with_label_values(&["stat"]),
+            rejected_requests: rejected.with_label_values(&["requests_per_connection"]),
+            rejected_connections: rejected.with_label_values(&["connections"]),
+            open_connections: r.gauge(
+                "shardcache_open_connections",
+                "Open data-plane connections (TCP connections and QUIC connections)",
+            ),
+        }
+    }
+}

@@ -1,0 +1,371 @@
+//! [`serve_connection`] over an in-memory duplex pipe: the protocol as a client sees it, with no
+//! socket in between.
+
+use std::time::Duration;
+
+use bytes::BytesMut;
+use shardcache_proto::frame::MAX_RESPONSE_PAYLOAD;
+use shardcache_proto::{Hello, PeerMode, Ping, StatRequest};
+use tokio::io::{DuplexStream, ReadHalf, WriteHalf};
+
+use super::*;
+use crate::cluster::{Cluster, ClusterMetrics, ClusterSettings, PeerTransport};
+use crate::peer::testing::{Counters, FakeMembers, origin, service};
+use crate::peer::{Chains, PeerServer};
+
+const BS: u64 = 64 * 1024;
+
+fn body() -> Vec<u8> {
+    (0..3 * BS as usize + 100)
+        .map(|i| (i % 251) as u8)
+        .collect()
+}
+
+/// The client's end of one served connection.
+struct Conn {
+    rd: ReadHalf<DuplexStream>,
+    wr: WriteHalf<DuplexStream>,
+    codec: FrameCodec,
+    _drain: tokio::sync::watch::Sender<bool>,
+    served: tokio::task::JoinHandle<()>,
+}
+
+async fn node(stats: &Counters) -> Arc<Node> {
+    let origin = origin(&body(), BS, stats).await;
+    let service = service(origin, stats);
+    let cluster = Cluster::new(
+        ClusterSettings {
+            node_id: "node-a".into(),
+            weight: 1,
+            own_addr: None,
+            peers: Vec::new(),
+            peers_file: None,
+            peer_dns: None,
+            refresh: Duration::from_secs(60),
+            probe_interval: Duration::from_secs(1),
+            peer_timeout: Duration::from_secs(1),
+            fill_timeout: Duration::from_secs(5),
+            read_neighbours: 2,
+            chain_chunk: 64 * 1024,
+            transport: PeerTransport::Tcp,
+        },
+        ClusterMetrics::new(&stats.registry),
+    );
+    // No member addresses: every block request is a stranger's.
+    let peers = Arc::new(PeerServer::new(
+        service.clone(),
+        FakeMembers::new(Vec::new()),
+        Arc::new(Chains::new(2)),
+        stats.peer.clone(),
+        false,
+    ));
+    Node::new(service, cluster, peers)
+}
+
+/// The metrics a connection test looks at.
+struct Seen {
+    parts: Arc<Counters>,
+    transport: Arc<TransportMetrics>,
+}
+
+async fn connect(max_requests: usize) -> (Conn, Seen) {
+    let parts = Counters::new();
+    let node = node(&parts).await;
+    let transport = Arc::new(TransportMetrics::new(&parts.registry));
+    let (client, server) = tokio::io::duplex(256 * 1024);
+    let (srd, swr) = tokio::io::split(server);
+    let (drain, draining) = tokio::sync::watch::channel(false);
+    let caller = Caller::addr("192.0.2.7:40000".parse().unwrap());
+    let served = tokio::spawn(serve_connection(
+        srd,
+        swr,
+        Serving {
+            node,
+            limits: ConnLimits { max_requests },
+            metrics: transport.clone(),
+        },
+        caller,
+        draining,
+        None,
+    ));
+    let (rd, wr) = tokio::io::split(client);
+    let conn = Conn {
+        rd,
+        wr,
+        codec: FrameCodec::new(MAX_RESPONSE_PAYLOAD),
+        _drain: drain,
+        served,
+    };
+    (conn, Seen { parts, transport })
+}
+
+impl Conn {
+    async fn send(&mut self, request_id: u32, frame: Frame) {
+        let bytes = encode(&Framed { request_id, frame }).to_vec();
+        self.wr.write_all(&bytes).await.unwrap();
+    }
+
+    async fn send_raw(&mut self, bytes: &[u8]) {
+        self.wr.write_all(bytes).await.unwrap();
+    }
+
+    /// The next frame, or `None` once the server closed the connection.
+    async fn next(&mut self) -> Option<Framed> {
+        loop {
+            if let Some(framed) = self.codec.next_frame().expect("server frames decode") {
+                return Some(framed);
+            }
+            let n = tokio::time::timeout(
+                Duration::from_secs(10),
+                self.rd.read_buf(self.codec.buffer_mut()),
+            )
+            .await
+            .expect("the server answers within 10 s")
+            .unwrap();
+            if n == 0 {
+                return None;
+            }
+        }
+    }
+
+    async fn expect(&mut self) -> Framed {
+        self.next().await.expect("a frame, not the end")
+    }
+}
+
+fn read(path: &str, offset: u64, length: Option<u64>) -> Frame {
+    Frame::Read(ReadRequest {
+        path: path.into(),
+        offset,
+        length,
+        if_match: None,
+    })
+}
+
+fn error_code(framed: &Framed) -> ErrorCode {
+    match &framed.frame {
+        Frame::Error(e) => e.code,
+        other => panic!("expected an error frame, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn hello_and_ping_say_who_answers() {
+    let (mut c, _) = connect(8).await;
+    c.send(
+        1,
+        Frame::Hello(Hello {
+            client: "test".into(),
+        }),
+    )
+    .await;
+    let Frame::ServerInfo(info) = c.expect().await.frame else {
+        panic!("hello is answered with server info");
+    };
+    assert_eq!(info.node_id, "node-a");
+    assert_eq!(info.version, env!("CARGO_PKG_VERSION"));
+    c.send(2, Frame::Ping(Ping { from: "x".into() })).await;
+    let answer = c.expect().await;
+    assert_eq!(answer.request_id, 2);
+    let Frame::Pong(pong) = answer.frame else {
+        panic!("ping is answered with pong");
+    };
+    assert_eq!((pong.node_id.as_str(), pong.weight), ("node-a", 1));
+    assert_eq!(pong.ram_capacity, 64 << 20);
+}
+
+#[tokio::test]
+async fn a_read_streams_verified_chunks_in_order() {
+    let (mut c, stats) = connect(8).await;
+    let want = body();
+    c.send(7, read("ds/shard", 1000, Some(2 * BS))).await;
+    let start = c.expect().await;
+    assert_eq!(start.request_id, 7);
+    let Frame::ReadStart(start) = start.frame else {
+        panic!("a read starts with ReadStart");
+    };
+    assert_eq!((start.offset, start.length), (1000, 2 * BS));
+    assert_eq!(start.info.size, want.len() as u64);
+    let mut got = Vec::new();
+    while (got.len() as u64) < start.length {
+        let Frame::Data(chunk) = c.expect().await.frame else {
+            panic!("data chunks follow");
+        };
+        assert!(chunk.verify());
+        assert_eq!(chunk.offset, 1000 + got.len() as u64);
+        got.extend_from_slice(&chunk.data);
+    }
+    assert_eq!(got, want[1000..1000 + 2 * BS as usize]);
+    assert_eq!(stats.transport.requests.get(), 1);
+}
+
+#[tokio::test]
+async fn concurrent_requests_interleave_whole_frames_by_id() {
+    let (mut c, _) = connect(8).await;
+    c.send(1, read("ds/shard", 0, None)).await;
+    c.send(
+        2,
+        Frame::Stat(StatRequest {
+            path: "ds/shard".into(),
+        }),
+    )
+    .await;
+    c.send(3, read("ds/shard", 5, Some(10))).await;
+    let mut bytes = [0u64; 4];
+    let mut stat = false;
+    let mut starts = 0;
+    while !(stat && starts == 2 && bytes[1] == body().len() as u64 && bytes[3] == 10) {
+        let f = c.expect().await;
+        match f.frame {
+            Frame::StatOk(info) => {
+                assert_eq!(f.request_id, 2);
+                assert_eq!(info.block_size as u64, BS);
+                stat = true;
+            }
+            Frame::ReadStart(_) => starts += 1,
+            Frame::Data(chunk) => {
+                assert!(chunk.verify());
+                bytes[f.request_id as usize] += chunk.data.len() as u64;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn bad_requests_get_errors_and_the_connection_serves_on() {
+    let (mut c, stats) = connect(8).await;
+    c.send(1, read("nope/shard", 0, None)).await;
+    assert_eq!(error_code(&c.expect().await), ErrorCode::UnknownDataset);
+    c.send(2, read("ds/../etc/passwd", 0, None)).await;
+    assert_eq!(error_code(&c.expect().await), ErrorCode::InvalidKey);
+    c.send(3, read("ds/shard", body().len() as u64 + 1, None))
+        .await;
+    assert_eq!(
+        error_code(&c.expect().await),
+        ErrorCode::RangeNotSatisfiable
+    );
+    // A request only the local socket takes.
+    c.send(
+        4,
+        Frame::ReadInto(ReadInto {
+            read: ReadRequest {
+                path: "ds/shard".into(),
+                offset: 0,
+                length: Some(1),
+                if_match: None,
+            },
+            region_offset: 0,
+        }),
+    )
+    .await;
+    assert_eq!(error_code(&c.expect().await), ErrorCode::BadRequest);
+    // Still serving.
+    c.send(5, read("ds/shard", 0, Some(3))).await;
+    assert!(matches!(c.expect().await.frame, Frame::ReadStart(_)));
+    assert_eq!(stats.transport.failed_requests.get(), 4);
+}
+
+#[tokio::test]
+async fn block_requests_from_a_stranger_are_forbidden() {
+    let (mut c, stats) = connect(8).await;
+    c.send(
+        9,
+        Frame::PeerBlock(shardcache_proto::PeerBlock {
+            path: "ds/shard".into(),
+            etag: String::new(),
+            size: body().len() as u64,
+            last_modified_ms: 0,
+            block_size: BS as u32,
+            index: 0,
+            mode: PeerMode::Fill,
+            chunk_size: 0,
+            offset: 0,
+            upstream: Vec::new(),
+        }),
+    )
+    .await;
+    let f = c.expect().await;
+    assert_eq!((f.request_id, error_code(&f)), (9, ErrorCode::Forbidden));
+    assert_eq!(stats.parts.peer.refused.get(), 1);
+    assert_eq!(stats.parts.origin.get_requests.get(), 0);
+}
+
+#[tokio::test]
+async fn requests_past_the_connections_limit_are_busy() {
+    let (mut c, stats) = connect(1).await;
+    // Both frames arrive together: the second is decoded while the first still runs.
+    let mut both = encode(&Framed {
+        request_id: 1,
+        frame: read("ds/shard", 0, None),
+    })
+    .to_vec();
+    both.extend(
+        encode(&Framed {
+            request_id: 2,
+            frame: read("ds/shard", 0, None),
+        })
+        .to_vec(),
+    );
+    c.send_raw(&both).await;
+    let mut busy = false;
+    let mut read_bytes = 0;
+    while !(busy && read_bytes == body().len()) {
+        let f = c.expect().await;
+        match (f.request_id, f.frame) {
+            (2, Frame::Error(e)) => {
+                assert_eq!(e.code, ErrorCode::Busy);
+                assert!(e.code.is_retryable());
+                busy = true;
+            }
+            (1, Frame::Data(chunk)) => read_bytes += chunk.data.len(),
+            (1, Frame::ReadStart(_)) => {}
+            (id, other) => panic!("request {id}: unexpected {other:?}"),
+        }
+    }
+    assert_eq!(stats.transport.rejected_requests.get(), 1);
+}
+
+#[tokio::test]
+async fn a_malformed_frame_closes_only_that_connection() {
+    let (mut c, _) = connect(8).await;
+    let mut bad = BytesMut::new();
+    // A header with an unknown protocol version.
+    bad.extend_from_slice(&[0xEE; 12]);
+    c.send_raw(&bad).await;
+    let f = c.expect().await;
+    assert_eq!((f.request_id, error_code(&f)), (0, ErrorCode::BadRequest));
+    assert!(c.next().await.is_none(), "the server closes the connection");
+    c.served.await.unwrap();
+
+    // Another connection is unaffected.
+    let (mut other, _) = connect(8).await;
+    other.send(1, read("ds/shard", 0, Some(1))).await;
+    assert!(matches!(other.expect().await.frame, Frame::ReadStart(_)));
+}
+
+#[tokio::test]
+async fn a_response_frame_from_a_client_closes_the_connection() {
+    let (mut c, _) = connect(8).await;
+    c.send(4, Frame::Pong(shardcache_proto::Pong::default()))
+        .await;
+    let f = c.expect().await;
+    assert_eq!((f.request_id, error_code(&f)), (4, ErrorCode::BadRequest));
+    assert!(c.next().await.is_none());
+}
+
+#[tokio::test]
+async fn draining_finishes_the_request_in_flight_then_closes() {
+    let (mut c, _) = connect(8).await;
+    c.send(1, read("ds/shard", 0, None)).await;
+    assert!(matches!(c.expect().await.frame, Frame::ReadStart(_)));
+    c._drain.send_replace(true);
+    let mut got = 0;
+    while let Some(f) = c.next().await {
+        if let Frame::Data(chunk) = f.frame {
+            got += chunk.data.len();
+        }
+    }
+    assert_eq!(got, body().len(), "the read in flight was finished");
+    c.served.await.unwrap();
+}
