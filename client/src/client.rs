@@ -104,13 +104,18 @@ impl Client {
             Transport::Local => {
                 // A scratch buffer registered with the server carries `read`'s bytes.
                 let scratch = crate::pinned::memfd(LOCAL_SCRATCH, Pinning::Preferred)?;
-                let conn = register(&ep.address, &scratch, self.inner.pool.clone()).await?;
+                let token = self.inner.options.token.as_deref();
+                let conn = register(&ep.address, &scratch, self.inner.pool.clone(), token).await?;
                 Conn::Local(LocalConn {
                     conn,
                     scratch: tokio::sync::Mutex::new(scratch),
                 })
             }
         });
+        if let (Some(token), false) = (&self.inner.options.token, conn_is_local(&conn)) {
+            conn.authenticate(token, self.inner.options.idle_timeout)
+                .await?;
+        }
         *guard = Some(conn.clone());
         Ok(conn)
     }
@@ -470,7 +475,13 @@ impl Client {
             let registration = match registered {
                 Some(r) => r,
                 None => Registration {
-                    conn: register(&socket, buf.mem(), self.inner.pool.clone()).await?,
+                    conn: register(
+                        &socket,
+                        buf.mem(),
+                        self.inner.pool.clone(),
+                        self.inner.options.token.as_deref(),
+                    )
+                    .await?,
                     socket: socket.clone(),
                 },
             };
@@ -660,6 +671,11 @@ async fn verify(chunk: &DataChunk) -> bool {
     tokio::task::spawn_blocking(move || crc32c::crc32c(&data) == crc)
         .await
         .unwrap_or(false)
+}
+
+/// Local connections authenticate while registering.
+fn conn_is_local(conn: &Conn) -> bool {
+    matches!(conn, Conn::Local(_))
 }
 
 #[cfg(test)]

@@ -29,6 +29,7 @@ pub(crate) async fn register(
     socket: &str,
     buf: &PinnedMemfd,
     pool: Arc<BufPool>,
+    token: Option<&str>,
 ) -> Result<TcpConn> {
     let endpoint = format!("unix://{socket}");
     let connect_err = |reason: String| ClientError::connect(&endpoint, reason);
@@ -82,7 +83,15 @@ pub(crate) async fn register(
         other => return Err(connect_err(format!("unexpected answer {other:?}"))),
     }
     let (rd, wr) = stream.into_split();
-    Ok(TcpConn::from_halves(rd, wr, &endpoint, pool))
+    let conn = TcpConn::from_halves(rd, wr, &endpoint, pool);
+    if let Some(token) = token {
+        let answer = async {
+            let mut r = conn.request(crate::conn::auth_frame(token)).await?;
+            r.next().await
+        };
+        crate::conn::authenticate(answer, &endpoint, Duration::from_secs(10)).await?;
+    }
+    Ok(conn)
 }
 
 fn send_with_fd(stream: &UnixStream, bytes: &[u8], fd: BorrowedFd<'_>) -> std::io::Result<usize> {

@@ -5,8 +5,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 /// How a [`Client`](crate::Client) connects and behaves.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ClientOptions {
+    /// Access token for servers run with `--access-tokens`, sent once per connection.
+    pub token: Option<String>,
     /// Connections kept to the server; requests are spread over them. QUIC multiplexes streams,
     /// so one connection is usually enough there.
     pub connections: usize,
@@ -34,6 +36,7 @@ pub struct ClientOptions {
 impl Default for ClientOptions {
     fn default() -> ClientOptions {
         ClientOptions {
+            token: None,
             connections: 4,
             tls_ca: None,
             insecure_skip_verify: false,
@@ -45,5 +48,23 @@ impl Default for ClientOptions {
             readahead: 4,
             retries: 2,
         }
+    }
+}
+
+impl std::fmt::Debug for ClientOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientOptions")
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("connections", &self.connections)
+            .field("tls_ca", &self.tls_ca)
+            .field("insecure_skip_verify", &self.insecure_skip_verify)
+            .field("server_name", &self.server_name)
+            .field("tls_any_name", &self.tls_any_name)
+            .field("tls_client_cert", &self.tls_client_cert)
+            .field("tls_client_key", &self.tls_client_key)
+            .field("idle_timeout", &self.idle_timeout)
+            .field("readahead", &self.readahead)
+            .field("retries", &self.retries)
+            .finish()
     }
 }

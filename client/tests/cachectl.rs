@@ -6,7 +6,15 @@ use shardcache_server::config::{Config, DatasetConfig};
 use shardcache_server::{Listeners, Server};
 
 async fn server(dir: &std::path::Path) -> (String, tokio::sync::oneshot::Sender<()>) {
+    server_with(dir, None).await
+}
+
+async fn server_with(
+    dir: &std::path::Path,
+    access_tokens: Option<std::path::PathBuf>,
+) -> (String, tokio::sync::oneshot::Sender<()>) {
     let config = Config {
+        access_tokens,
         local_socket: Some(dir.join("shardcache.sock")),
         listen: "127.0.0.1:0".parse().unwrap(),
         admin_listen: None,
@@ -28,6 +36,10 @@ async fn server(dir: &std::path::Path) -> (String, tokio::sync::oneshot::Sender<
 }
 
 async fn cachectl(args: &[&str]) -> std::process::Output {
+    cachectl_env(args, &[]).await
+}
+
+async fn cachectl_env(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_cachectl"));
     // Only what the test names: no endpoint of the machine's own server.
     for var in [
@@ -38,6 +50,7 @@ async fn cachectl(args: &[&str]) -> std::process::Output {
         cmd.env_remove(var);
     }
     cmd.args(args);
+    cmd.envs(env.iter().copied());
     tokio::task::spawn_blocking(move || cmd.output().unwrap())
         .await
         .unwrap()
@@ -379,4 +392,70 @@ async fn output_for_people_and_messages_that_say_what_to_do() {
         stdout.contains("First byte to write") && stdout.contains("Bytes to write"),
         "{stdout}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_file_opens_a_server_with_access_tokens_over_tcp_and_the_local_socket() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(data.join("shard.tar"), b"guarded bytes").unwrap();
+    let tokens = dir.path().join("tokens");
+    std::fs::write(&tokens, "loader-5d1e0f2a9b8c7364 ds\n").unwrap();
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, "loader-5d1e0f2a9b8c7364\n").unwrap();
+    let (addr, _stop) = server_with(&data, Some(tokens)).await;
+    let socket = data.join("shardcache.sock").display().to_string();
+    let token = token_file.to_str().unwrap();
+    for endpoint in [addr.as_str(), socket.as_str()] {
+        let out = cachectl(&["--data", endpoint, "cat", "ds/shard.tar"]).await;
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("requires an access token"),
+            "{endpoint}: {err}"
+        );
+        assert!(err.contains("--token-file"), "{endpoint}: {err}");
+        let out = cachectl(&[
+            "--data",
+            endpoint,
+            "--token-file",
+            token,
+            "cat",
+            "ds/shard.tar",
+        ])
+        .await;
+        assert!(
+            out.status.success(),
+            "{endpoint}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(out.stdout, b"guarded bytes");
+        let env = [("SHARDCACHE_TOKEN_FILE", token)];
+        let out = cachectl_env(&["--data", endpoint, "cat", "ds/shard.tar"], &env).await;
+        assert!(
+            out.status.success(),
+            "{endpoint}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(out.stdout, b"guarded bytes");
+    }
+    // A wrong token is refused at connect, and the token is never printed.
+    std::fs::write(&token_file, "loader-5d1e0f2a9b8c7365").unwrap();
+    let out = cachectl(&[
+        "--data",
+        &addr,
+        "--token-file",
+        token,
+        "cat",
+        "ds/shard.tar",
+    ])
+    .await;
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("not one of the server's --access-tokens"),
+        "{err}"
+    );
+    assert!(!err.contains("loader-"), "{err}");
 }

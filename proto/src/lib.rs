@@ -21,8 +21,8 @@ pub mod control {
 }
 
 pub use frame::{
-    BlockState, DataChunk, DecodeError, ErrorCode, ErrorFrame, Frame, FrameCodec, Framed, Header,
-    Hello, ObjectInfo, PeerBlock, PeerMode, Ping, Placed, Pong, Prefetch, Prefetched, ReadInto,
-    ReadRequest, ReadStart, Register, Registered, ServerInfo, StatRequest,
+    Auth, AuthOk, BlockState, DataChunk, DecodeError, ErrorCode, ErrorFrame, Frame, FrameCodec,
+    Framed, Header, Hello, ObjectInfo, PeerBlock, PeerMode, Ping, Placed, Pong, Prefetch,
+    Prefetched, ReadInto, ReadRequest, ReadStart, Register, Registered, ServerInfo, StatRequest,
 };
 pub use path::{ObjectPath, PathError};

@@ -81,6 +81,8 @@ pub enum Error {
     NotCached,
     #[error("forbidden: {reason}")]
     Forbidden { reason: String },
+    #[error("unauthenticated: {reason}")]
+    Unauthenticated { reason: String },
 }
 
 impl Error {
@@ -102,6 +104,7 @@ impl Error {
             Error::Relayed { code, .. } => *code,
             Error::NotCached => ErrorCode::NotCached,
             Error::Forbidden { .. } => ErrorCode::Forbidden,
+            Error::Unauthenticated { .. } => ErrorCode::Unauthenticated,
         }
     }
 }

@@ -15,6 +15,7 @@
 //! [`Server::run`] takes already-bound listeners and a shutdown future, so tests bind
 //! `127.0.0.1:0` and the binary binds the configured addresses.
 
+pub mod access;
 pub mod admin;
 pub mod cache;
 pub mod cluster;
@@ -56,6 +57,7 @@ use crate::service::{CacheService, Tiers};
 use crate::transport::tls::{Identity, TlsError, quic_server_config};
 use crate::transport::{ConnLimits, Serving};
 
+use crate::access::Policy;
 pub use crate::error::{Error, Result};
 
 /// How long open connections may finish their requests after shutdown begins.
@@ -77,6 +79,57 @@ pub enum BuildError {
         #[source]
         source: Option<std::io::Error>,
     },
+    #[error("--access-tokens: {0}")]
+    AccessTokens(#[from] access::TokenFileError),
+    /// A listener off loopback that would serve without authentication.
+    #[error("{0}")]
+    Unprotected(String),
+}
+
+/// Refuse to listen off loopback without authentication, unless the operator says so.
+fn check_exposure(config: &Config) -> Result<(), BuildError> {
+    if config.insecure_allow_anonymous {
+        return Ok(());
+    }
+    let exposed = |addr: &SocketAddr| !addr.ip().is_loopback();
+    if config.access_tokens.is_none() {
+        let data = std::iter::once(("--listen", config.listen))
+            .chain(config.quic_listen.map(|a| ("--quic-listen", a)));
+        for (flag, addr) in data {
+            if exposed(&addr) {
+                return Err(BuildError::Unprotected(format!(
+                    "{flag} {addr} is not a loopback address, and the data plane has no access tokens: give --access-tokens FILE, or --insecure-allow-anonymous to let anyone who reaches {addr} read every dataset"
+                )));
+            }
+        }
+    }
+    if let Some(addr) = config.control_listen
+        && exposed(&addr)
+        && config.control_token_file.is_none()
+    {
+        return Err(BuildError::Unprotected(format!(
+            "--control-listen {addr} is not a loopback address, and the control plane has no token: give --control-token-file FILE, or --insecure-allow-anonymous to let anyone who reaches {addr} warm and evict"
+        )));
+    }
+    Ok(())
+}
+
+/// Who may use the data plane, said once at start.
+fn access_policy(config: &Config) -> Result<Policy, BuildError> {
+    let Some(path) = &config.access_tokens else {
+        if config.insecure_allow_anonymous {
+            tracing::warn!(listen = %config.listen, "data plane without access tokens (--insecure-allow-anonymous): anyone who reaches it reads every dataset");
+        } else {
+            tracing::info!(
+                "data plane without access tokens: serving loopback and the local socket only (--access-tokens FILE to serve others)"
+            );
+        }
+        return Ok(Policy::Anonymous);
+    };
+    let known: Vec<String> = config.datasets.iter().map(|d| d.name.clone()).collect();
+    let tokens = access::AccessTokens::load(path, &known)?;
+    tracing::info!(tokens = tokens.len(), file = %path.display(), "data plane requires an access token");
+    Ok(Policy::Tokens(Arc::new(tokens)))
 }
 
 /// The bearer token in a token file (surrounding whitespace ignored; must not be empty).
@@ -229,6 +282,7 @@ pub struct Server {
     quic: Option<quinn::ServerConfig>,
     control_token: Option<String>,
     control_tls: Option<tonic::transport::ServerTlsConfig>,
+    policy: Policy,
 }
 
 impl Server {
@@ -263,6 +317,8 @@ impl Server {
         stores: Vec<(String, Arc<dyn ObjectStore>)>,
         settings: Vec<OriginSettings>,
     ) -> Result<Server, BuildError> {
+        check_exposure(&config)?;
+        let policy = access_policy(&config)?;
         let metrics = Arc::new(Metrics::new());
         let permits = Arc::new(Semaphore::new(config.origin_concurrency));
         let defaults = origin_defaults(&config);
@@ -377,6 +433,14 @@ impl Server {
             Some(path) => Some(read_token(path)?),
             None => None,
         };
+        if control_token.is_some()
+            && config.tls_cert.is_none()
+            && config.control_listen.is_some_and(|a| !a.ip().is_loopback())
+        {
+            tracing::warn!(
+                "the control token travels in clear: give --tls-cert and --tls-key for a TLS control plane"
+            );
+        }
         let control_tls = match (&config.tls_cert, &config.tls_key) {
             (Some(cert), Some(key)) => {
                 let read = |p: &std::path::Path| {
@@ -404,6 +468,7 @@ impl Server {
             quic,
             control_token,
             control_tls,
+            policy,
         })
     }
 
@@ -436,6 +501,7 @@ impl Server {
                 max_requests: self.config.max_requests_per_connection,
             },
             metrics: self.metrics.transport.clone(),
+            policy: self.policy.clone(),
         };
         let max_conns = Arc::new(Semaphore::new(self.config.max_connections));
         let (drain_tx, draining) = tokio::sync::watch::channel(false);

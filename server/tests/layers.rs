@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 /// of leaves that need nothing but the standard library and other crates.
 const LAYERS: &[&[&str]] = &[
     &["error", "stats", "env", "units", "drain"],
+    &["access"],
     &["origin"],
     &["cache"],
     &["cluster"],

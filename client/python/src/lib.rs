@@ -40,7 +40,7 @@ fn kind(e: &ClientError) -> &'static str {
             ErrorCode::Busy => "busy",
             ErrorCode::OriginUnavailable => "unavailable",
             ErrorCode::TooLarge => "invalid",
-            ErrorCode::Forbidden => "permission",
+            ErrorCode::Forbidden | ErrorCode::Unauthenticated => "permission",
             _ => "server",
         },
         ClientError::Timeout { .. } => "timeout",
@@ -133,7 +133,8 @@ impl Client {
 #[pymethods]
 impl Client {
     #[new]
-    #[pyo3(signature = (endpoint, *, connections = 4, insecure = false, tls_ca = None, timeout = 60.0, retries = 2))]
+    #[pyo3(signature = (endpoint, *, connections = 4, insecure = false, tls_ca = None, timeout = 60.0, retries = 2, token = None))]
+    #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
         endpoint: String,
@@ -142,6 +143,7 @@ impl Client {
         tls_ca: Option<std::path::PathBuf>,
         timeout: f64,
         retries: u32,
+        token: Option<String>,
     ) -> PyResult<Client> {
         if !(timeout > 0.0 && timeout.is_finite()) {
             return Err(PyValueError::new_err(
@@ -154,6 +156,7 @@ impl Client {
             tls_ca,
             idle_timeout: std::time::Duration::from_secs_f64(timeout),
             retries,
+            token,
             ..ClientOptions::default()
         };
         let inner = py

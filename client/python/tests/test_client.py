@@ -156,3 +156,39 @@ def test_threads_read_in_parallel_and_clients_pickle(server):
     assert again.read("ds/train/shard-000002.bin") == server.files["train/shard-000002.bin"]
     assert repr(again) == f"shardcache.Client({server.endpoint!r})"
     assert shardcache.__version__
+
+
+@pytest.fixture(scope="module")
+def guarded_server(tmp_path_factory, server):
+    """A server whose data plane requires an access token (the same token opens its control plane)."""
+    from conftest import start_server, stop
+
+    root = tmp_path_factory.mktemp("sc-guarded")
+    token = "py-access-token-7c21d9e4"
+    (root / "tokens").write_text(f"{token} ds\n")
+    s = start_server(root, server.data, ["--access-tokens", str(root / "tokens")], token=token)
+    s.files = server.files
+    yield s
+    stop(s)
+
+
+@pytest.mark.parametrize("transport", ["tcp", "local"])
+def test_access_tokens_are_sent_and_refusals_raise_permission_errors(guarded_server, transport, monkeypatch):
+    endpoint = guarded_server.endpoint if transport == "tcp" else guarded_server.socket
+    key = "train/shard-000002.bin"
+    want = guarded_server.files[key]
+    with pytest.raises(shardcache.PermissionDeniedError, match="requires an access token"):
+        Client(endpoint).read(f"ds/{key}")
+    with pytest.raises(PermissionError, match="--access-tokens"):
+        Client(endpoint, token="py-access-token-7c21d9e5").read(f"ds/{key}")
+    c = Client(endpoint, token=guarded_server.token)
+    assert c.read(f"ds/{key}") == want
+    buf = bytearray(len(want))
+    assert c.read_into(f"ds/{key}", buf) == len(want) and bytes(buf) == want
+    # A pickled client (a spawn worker's) keeps its token.
+    assert pickle.loads(pickle.dumps(c)).read(f"ds/{key}", 0, 10) == want[:10]
+    # SHARDCACHE_TOKEN_FILE, as cachectl reads it.
+    token_file = guarded_server.data.parent / "token-env"
+    token_file.write_text(guarded_server.token + "\n")
+    monkeypatch.setenv("SHARDCACHE_TOKEN_FILE", str(token_file))
+    assert Client(endpoint).read(f"ds/{key}") == want

@@ -34,7 +34,47 @@ pub struct LocalConn {
     pub scratch: tokio::sync::Mutex<shardcache_mem::PinnedMemfd>,
 }
 
+/// Send an access token and wait for the server's answer: the first request of a connection
+/// (after the local socket's registration). Over QUIC it authenticates the whole connection.
+pub async fn authenticate(
+    responses: impl std::future::Future<Output = Result<Frame>>,
+    endpoint: &str,
+    idle_timeout: Duration,
+) -> Result<()> {
+    let answer = tokio::time::timeout(idle_timeout, responses)
+        .await
+        .map_err(|_| ClientError::timeout(endpoint, idle_timeout.as_secs()))??;
+    match answer {
+        Frame::AuthOk(_) => Ok(()),
+        Frame::Error(e) => Err(ClientError::Server {
+            code: e.code,
+            message: e.message,
+        }),
+        other => Err(ClientError::protocol(
+            endpoint,
+            format!("unexpected answer to a token: {other:?}"),
+        )),
+    }
+}
+
+/// The frame that carries a token.
+pub fn auth_frame(token: &str) -> Frame {
+    Frame::Auth(shardcache_proto::Auth {
+        token: token.to_string(),
+    })
+}
+
 impl Conn {
+    /// Authenticate this connection with `token`.
+    pub async fn authenticate(&self, token: &str, idle_timeout: Duration) -> Result<()> {
+        let endpoint = self.endpoint().to_string();
+        let answer = async {
+            let mut r = self.request(auth_frame(token), idle_timeout).await?;
+            r.next().await
+        };
+        authenticate(answer, &endpoint, idle_timeout).await
+    }
+
     pub async fn request(&self, frame: Frame, idle_timeout: Duration) -> Result<Responses> {
         let inner = match self {
             Conn::Tcp(c) => ResponsesInner::Tcp(c.request(frame).await?),

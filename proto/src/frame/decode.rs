@@ -4,13 +4,13 @@
 use bytes::{Buf, Bytes, BytesMut};
 
 use super::{
-    BlockState, DATA_FIELDS_LEN, DataChunk, ErrorCode, ErrorFrame, Frame, Framed, HEADER_LEN,
-    Hello, MAX_ADDR_LEN, MAX_CHAIN_UPSTREAM, MAX_DATA_CHUNK, MAX_PATH_LEN, MAX_PREFETCH_PATHS,
-    MAX_STRING_LEN, ObjectInfo, PeerBlock, PeerMode, Ping, Placed, Pong, Prefetch, Prefetched,
-    ReadInto, ReadRequest, ReadStart, Register, Registered, ServerInfo, StatRequest, T_BLOCK_STATE,
-    T_DATA, T_ERROR, T_HELLO, T_PEER_BLOCK, T_PING, T_PLACED, T_PONG, T_PREFETCH, T_PREFETCHED,
-    T_READ, T_READ_INTO, T_READ_START, T_REGISTER, T_REGISTERED, T_SERVER_INFO, T_STAT, T_STAT_OK,
-    VERSION,
+    Auth, AuthOk, BlockState, DATA_FIELDS_LEN, DataChunk, ErrorCode, ErrorFrame, Frame, Framed,
+    HEADER_LEN, Hello, MAX_ADDR_LEN, MAX_AUTH_DATASETS, MAX_CHAIN_UPSTREAM, MAX_DATA_CHUNK,
+    MAX_PATH_LEN, MAX_PREFETCH_PATHS, MAX_STRING_LEN, MAX_TOKEN_LEN, ObjectInfo, PeerBlock,
+    PeerMode, Ping, Placed, Pong, Prefetch, Prefetched, ReadInto, ReadRequest, ReadStart, Register,
+    Registered, ServerInfo, StatRequest, T_AUTH, T_AUTH_OK, T_BLOCK_STATE, T_DATA, T_ERROR,
+    T_HELLO, T_PEER_BLOCK, T_PING, T_PLACED, T_PONG, T_PREFETCH, T_PREFETCHED, T_READ, T_READ_INTO,
+    T_READ_START, T_REGISTER, T_REGISTERED, T_SERVER_INFO, T_STAT, T_STAT_OK, VERSION,
 };
 
 /// Why a byte sequence could not be decoded into a frame.
@@ -162,6 +162,20 @@ fn decode_payload(kind: u8, payload: BytesMut) -> Result<Frame, DecodeError> {
         T_HELLO => Frame::Hello(Hello {
             client: r.string(MAX_STRING_LEN)?,
         }),
+        T_AUTH => Frame::Auth(Auth {
+            token: r.string(MAX_TOKEN_LEN)?,
+        }),
+        T_AUTH_OK => {
+            let n = usize::from(r.u16()?);
+            if n > MAX_AUTH_DATASETS {
+                return Err(r.malformed(format!("{n} datasets")));
+            }
+            let mut datasets = Vec::with_capacity(n);
+            for _ in 0..n {
+                datasets.push(r.string(MAX_PATH_LEN)?);
+            }
+            Frame::AuthOk(AuthOk { datasets })
+        }
         T_SERVER_INFO => {
             let instance = r.u64()?;
             Frame::ServerInfo(ServerInfo {
@@ -241,6 +255,8 @@ fn kind_name(kind: u8) -> &'static str {
         T_BLOCK_STATE => "block-state",
         T_HELLO => "hello",
         T_SERVER_INFO => "server-info",
+        T_AUTH => "auth",
+        T_AUTH_OK => "auth-ok",
         _ => "unknown",
     }
 }
@@ -357,6 +373,8 @@ pub fn peek_header(buf: &[u8], max_payload: usize) -> Result<Header, DecodeError
             | T_BLOCK_STATE
             | T_HELLO
             | T_SERVER_INFO
+            | T_AUTH
+            | T_AUTH_OK
     ) {
         return Err(DecodeError::UnknownType { kind });
     }

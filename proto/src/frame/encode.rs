@@ -3,8 +3,8 @@
 use bytes::{BufMut, Bytes, BytesMut};
 
 use super::{
-    Frame, Framed, HEADER_LEN, MAX_CHAIN_UPSTREAM, MAX_PREFETCH_PATHS, ObjectInfo, ReadRequest,
-    VERSION,
+    Frame, Framed, HEADER_LEN, MAX_AUTH_DATASETS, MAX_CHAIN_UPSTREAM, MAX_PREFETCH_PATHS,
+    ObjectInfo, ReadRequest, VERSION,
 };
 
 /// An encoded frame as two buffers, so a data chunk leaves in one vectored write without being
@@ -78,6 +78,14 @@ pub fn encode(framed: &Framed) -> Encoded {
         }
         Frame::Ping(p) => put_str(&mut fields, &p.from),
         Frame::Hello(h) => put_str(&mut fields, &h.client),
+        Frame::Auth(a) => put_str(&mut fields, &a.token),
+        Frame::AuthOk(a) => {
+            let n = a.datasets.len().min(MAX_AUTH_DATASETS);
+            fields.put_u16(n as u16);
+            for d in a.datasets.iter().take(n) {
+                put_str(&mut fields, d);
+            }
+        }
         Frame::ServerInfo(i) => {
             fields.put_u64(i.instance);
             put_str(&mut fields, &i.node_id);

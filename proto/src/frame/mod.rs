@@ -75,6 +75,13 @@ const T_BLOCK_STATE: u8 = 0x89;
 // Who a data-plane endpoint is (clients find the control plane of the same server).
 const T_HELLO: u8 = 0x08;
 const T_SERVER_INFO: u8 = 0x8A;
+// Data-plane authentication: a bearer token, once per connection.
+const T_AUTH: u8 = 0x09;
+const T_AUTH_OK: u8 = 0x8B;
+/// Longest bearer token.
+pub const MAX_TOKEN_LEN: usize = 1024;
+/// Most datasets an [`AuthOk`] names.
+pub const MAX_AUTH_DATASETS: usize = 1024;
 /// Most paths one prefetch frame may name.
 pub const MAX_PREFETCH_PATHS: usize = 256;
 /// Most nodes ahead of a receiver in a chain ([`PeerBlock::upstream`]).
@@ -109,8 +116,12 @@ pub enum ErrorCode {
     Internal,
     /// A probe for a block found no copy on that member (cluster, not an error to clients).
     NotCached,
-    /// The request is not allowed from this sender (peer-only requests from a non-member).
+    /// The request is not allowed from this sender (peer-only requests from a non-member, a
+    /// dataset the connection's token does not grant).
     Forbidden,
+    /// The server requires a bearer token ([`Frame::Auth`]) and none, or an unknown one, was
+    /// given.
+    Unauthenticated,
     /// A code this build does not know.
     Other(u16),
 }
@@ -130,6 +141,7 @@ impl ErrorCode {
             ErrorCode::Internal => 10,
             ErrorCode::NotCached => 11,
             ErrorCode::Forbidden => 12,
+            ErrorCode::Unauthenticated => 13,
             ErrorCode::Other(code) => code,
         }
     }
@@ -148,6 +160,7 @@ impl ErrorCode {
             10 => ErrorCode::Internal,
             11 => ErrorCode::NotCached,
             12 => ErrorCode::Forbidden,
+            13 => ErrorCode::Unauthenticated,
             other => ErrorCode::Other(other),
         }
     }
@@ -393,6 +406,29 @@ pub struct ServerInfo {
     pub control: String,
 }
 
+/// Data-plane authentication: the bearer token of an `--access-tokens` file. Sent once, as the
+/// first request of a connection (after the local socket's `Register`); the server answers
+/// [`AuthOk`], or an [`ErrorCode::Unauthenticated`] error and closes the connection. Over QUIC
+/// it authenticates the whole connection, not only its stream.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Auth {
+    pub token: String,
+}
+
+impl std::fmt::Debug for Auth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Auth")
+            .field("token", &"<redacted>")
+            .finish()
+    }
+}
+
+/// The answer to [`Auth`]: the datasets the token grants (`*`: every dataset).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct AuthOk {
+    pub datasets: Vec<String>,
+}
+
 /// The answer to [`Ping`]: who answered.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Pong {
@@ -427,6 +463,8 @@ pub enum Frame {
     BlockState(BlockState),
     Hello(Hello),
     ServerInfo(ServerInfo),
+    Auth(Auth),
+    AuthOk(AuthOk),
 }
 
 impl Frame {
@@ -450,6 +488,8 @@ impl Frame {
             Frame::BlockState(_) => T_BLOCK_STATE,
             Frame::Hello(_) => T_HELLO,
             Frame::ServerInfo(_) => T_SERVER_INFO,
+            Frame::Auth(_) => T_AUTH,
+            Frame::AuthOk(_) => T_AUTH_OK,
         }
     }
 
@@ -465,6 +505,7 @@ impl Frame {
                 | Frame::PeerBlock(_)
                 | Frame::Ping(_)
                 | Frame::Hello(_)
+                | Frame::Auth(_)
         )
     }
 }

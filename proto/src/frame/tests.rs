@@ -93,6 +93,9 @@ fn arb_frame() -> impl Strategy<Value = Frame> {
             ),
         ".{0,40}".prop_map(|from| Frame::Ping(Ping { from })),
         ".{0,40}".prop_map(|client| Frame::Hello(Hello { client })),
+        "[!-~]{0,80}".prop_map(|token| Frame::Auth(Auth { token })),
+        proptest::collection::vec("[a-z*]{1,12}", 0..8)
+            .prop_map(|datasets| Frame::AuthOk(AuthOk { datasets })),
         (".{0,40}", any::<u64>(), ".{0,20}", ".{0,60}").prop_map(
             |(node_id, instance, version, control)| Frame::ServerInfo(ServerInfo {
                 node_id,
@@ -186,7 +189,7 @@ proptest! {
     }
 
     #[test]
-    fn random_payloads_behind_valid_headers_never_panic(kind in prop::sample::select(vec![T_READ, T_STAT, T_STAT_OK, T_READ_START, T_DATA, T_ERROR, T_REGISTER, T_REGISTERED, T_READ_INTO, T_PLACED, T_PREFETCH, T_PREFETCHED, T_PEER_BLOCK, T_PING, T_PONG, T_BLOCK_STATE, T_HELLO, T_SERVER_INFO]), payload in proptest::collection::vec(any::<u8>(), 0..256)) {
+    fn random_payloads_behind_valid_headers_never_panic(kind in prop::sample::select(vec![T_READ, T_STAT, T_STAT_OK, T_READ_START, T_DATA, T_ERROR, T_REGISTER, T_REGISTERED, T_READ_INTO, T_PLACED, T_PREFETCH, T_PREFETCHED, T_PEER_BLOCK, T_PING, T_PONG, T_BLOCK_STATE, T_HELLO, T_SERVER_INFO, T_AUTH, T_AUTH_OK]), payload in proptest::collection::vec(any::<u8>(), 0..256)) {
         let mut buf = BytesMut::new();
         buf.put_u8(VERSION);
         buf.put_u8(kind);

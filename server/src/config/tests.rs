@@ -205,8 +205,6 @@ const NOT_YET: &[(&str, &str)] = &[
     ("--s3-listen", "S3-compatible endpoint"),
     ("--s3-credentials", "S3-compatible endpoint"),
     ("--s3-anonymous", "S3-compatible endpoint"),
-    ("--access-tokens", "data-plane authentication"),
-    ("--insecure-allow-anonymous", "data-plane authentication"),
     ("--cluster-secret-file", "peer authentication"),
     ("--local-socket-mode", "local socket permissions"),
     ("--local-socket-group", "local socket permissions"),

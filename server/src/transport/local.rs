@@ -26,6 +26,7 @@ use tokio::task::JoinSet;
 
 use super::shm::Region;
 use super::{Draining, Serving, refuse, serve_connection};
+use crate::access::Access;
 use crate::peer::Caller;
 
 /// How long a new connection may take to register its region.
@@ -112,6 +113,7 @@ async fn serve_local(
         return;
     }
     let (rd, wr) = stream.into_split();
+    let access = Access::new(&serving.policy);
     serve_connection(
         rd,
         wr,
@@ -121,6 +123,7 @@ async fn serve_local(
             ip: None,
             authenticated: false,
         },
+        access,
         draining,
         Some(Arc::new(region)),
     )

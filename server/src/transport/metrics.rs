@@ -13,6 +13,10 @@ pub struct TransportMetrics {
     pub rejected_requests: IntCounter,
     pub rejected_connections: IntCounter,
     pub open_connections: IntGauge,
+    /// Connections closed for an unknown token.
+    pub auth_failures: IntCounter,
+    /// Requests refused: no token yet, or a dataset the token does not grant.
+    pub denied_requests: IntCounter,
 }
 
 impl TransportMetrics {
@@ -36,6 +40,14 @@ impl TransportMetrics {
             open_connections: r.gauge(
                 "shardcache_open_connections",
                 "Open data-plane connections (TCP connections and QUIC connections)",
+            ),
+            auth_failures: r.counter(
+                "shardcache_auth_failures_total",
+                "Data-plane connections closed because their token is not an access token",
+            ),
+            denied_requests: r.counter(
+                "shardcache_denied_requests_total",
+                "Data-plane requests refused: no token sent yet, or a dataset the token does not grant",
             ),
         }
     }

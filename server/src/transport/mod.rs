@@ -27,6 +27,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::task::JoinSet;
 
+use crate::access::{Access, Policy};
 use crate::error::Error;
 use crate::node::Node;
 use crate::peer::{Caller, PeerAnswer};
@@ -54,14 +55,19 @@ pub struct Serving {
     pub node: Arc<Node>,
     pub limits: ConnLimits,
     pub metrics: Arc<TransportMetrics>,
+    /// Who may read: anyone, or holders of an access token.
+    pub policy: Policy,
 }
 
 /// Serve one connection (or one QUIC stream) until the peer closes it or breaks the protocol.
+/// `access` is the connection's (shared by the streams of one QUIC connection): an `Auth` frame
+/// on any of them authenticates all.
 pub async fn serve_connection<R, W>(
     mut rd: R,
     wr: W,
     serving: Serving,
     remote: Caller,
+    access: Arc<Access>,
     mut draining: Draining,
     region: Option<Arc<Region>>,
 ) where
@@ -100,6 +106,39 @@ pub async fn serve_connection<R, W>(
                 handlers.abort_all();
                 break 'conn;
             }
+            if let Frame::Auth(auth) = &framed.frame {
+                let answer = match access.authenticate(&auth.token) {
+                    Ok(grant) => {
+                        tracing::debug!(%peer, token = %grant.label, "authenticated");
+                        Frame::AuthOk(shardcache_proto::AuthOk {
+                            datasets: grant.names(),
+                        })
+                    }
+                    Err(e) => {
+                        let closing = matches!(e, Error::Unauthenticated { .. });
+                        if closing {
+                            stats.auth_failures.inc();
+                            tracing::warn!(%peer, "closing connection: unknown access token");
+                        }
+                        let _ = tx
+                            .send(error_frame(framed.request_id, e.code(), e.to_string()))
+                            .await;
+                        if closing {
+                            handlers.abort_all();
+                            break 'conn;
+                        }
+                        continue;
+                    }
+                };
+                let reply = encode(&Framed {
+                    request_id: framed.request_id,
+                    frame: answer,
+                });
+                if tx.send(reply).await.is_err() {
+                    break 'conn;
+                }
+                continue;
+            }
             match inflight.clone().try_acquire_owned() {
                 Ok(permit) => {
                     handlers.spawn(handle(
@@ -109,6 +148,7 @@ pub async fn serve_connection<R, W>(
                         permit,
                         region.clone(),
                         remote.clone(),
+                        access.clone(),
                     ));
                 }
                 Err(_) => {
@@ -194,6 +234,7 @@ async fn handle(
     _permit: OwnedSemaphorePermit,
     region: Option<Arc<Region>>,
     remote: Arc<Caller>,
+    access: Arc<Access>,
 ) {
     let id = framed.request_id;
     let (node, stats) = (&serving.node, &serving.metrics);
@@ -215,6 +256,16 @@ async fn handle(
             .is_ok()
         }
     };
+    if let Err(e) = allowed(&framed.frame, &access) {
+        stats.denied_requests.inc();
+        tracing::info!(peer = %remote.name, error = %e, "request refused");
+        send(Frame::Error(ErrorFrame {
+            code: e.code(),
+            message: e.to_string(),
+        }))
+        .await;
+        return;
+    }
     let (path, result) = match framed.frame {
         Frame::Stat(req) => {
             let result = match service.stat(&req.path).await {
@@ -313,6 +364,24 @@ async fn handle(
         .await;
     }
     duration.observe(started.elapsed().as_secs_f64());
+}
+
+/// Whether the connection's grant covers the datasets a request names. Peer requests are
+/// authorized as a member's (by the peer path); `Hello` and `Ping` need nothing.
+fn allowed(frame: &Frame, access: &Access) -> Result<(), Error> {
+    let dataset = |path: &str| path.split('/').next().unwrap_or_default().to_string();
+    let datasets = match frame {
+        Frame::Read(r) => vec![dataset(&r.path)],
+        Frame::Stat(r) => vec![dataset(&r.path)],
+        Frame::ReadInto(r) => vec![dataset(&r.read.path)],
+        Frame::Prefetch(p) => p.paths.iter().map(|p| dataset(p)).collect(),
+        _ => return Ok(()),
+    };
+    access.require()?;
+    for d in &datasets {
+        access.check(d)?;
+    }
+    Ok(())
 }
 
 /// Send a read's `ReadStart`, then one frame per chunk as `place` makes it.

@@ -9,6 +9,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use super::{Draining, Serving, serve_connection};
+use crate::access::Access;
 use crate::peer::Caller;
 
 /// Flow-control windows sized for multi-MiB blocks on fast links.
@@ -62,6 +63,8 @@ pub async fn accept_loop(
                 ip: Some(conn.remote_address().ip()),
                 authenticated: conn.peer_identity().is_some(),
             };
+            // One authentication for the whole connection, whichever stream carries it.
+            let access = Access::new(&serving.policy);
             let mut streams = JoinSet::new();
             loop {
                 let accepted = tokio::select! {
@@ -75,6 +78,7 @@ pub async fn accept_loop(
                             send,
                             serving.clone(),
                             remote.clone(),
+                            access.clone(),
                             draining.clone(),
                             None,
                         ));

@@ -8,6 +8,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use super::{Draining, Serving, refuse, serve_connection};
+use crate::access::Access;
 use crate::peer::Caller;
 
 /// Accept connections until the task is dropped; connections run in `conns`.
@@ -43,7 +44,8 @@ pub async fn accept_loop(
         conns.spawn(async move {
             stats.open_connections.inc();
             let (rd, wr) = stream.into_split();
-            serve_connection(rd, wr, serving, Caller::addr(addr), draining, None).await;
+            let access = Access::new(&serving.policy);
+            serve_connection(rd, wr, serving, Caller::addr(addr), access, draining, None).await;
             stats.open_connections.dec();
             drop(permit);
         });

@@ -69,6 +69,10 @@ struct Seen {
 }
 
 async fn connect(max_requests: usize) -> (Conn, Seen) {
+    connect_with(max_requests, Policy::Anonymous).await
+}
+
+async fn connect_with(max_requests: usize, policy: Policy) -> (Conn, Seen) {
     let parts = Counters::new();
     let node = node(&parts).await;
     let transport = Arc::new(TransportMetrics::new(&parts.registry));
@@ -83,8 +87,10 @@ async fn connect(max_requests: usize) -> (Conn, Seen) {
             node,
             limits: ConnLimits { max_requests },
             metrics: transport.clone(),
+            policy: policy.clone(),
         },
         caller,
+        Access::new(&policy),
         draining,
         None,
     ));
@@ -368,4 +374,111 @@ async fn draining_finishes_the_request_in_flight_then_closes() {
     }
     assert_eq!(got, body().len(), "the read in flight was finished");
     c.served.await.unwrap();
+}
+
+const TOKEN: &str = "reader-token-0123456789";
+
+fn tokens() -> Policy {
+    let known = vec!["ds".to_string(), "other".to_string()];
+    let text = format!("{TOKEN} ds\n");
+    Policy::Tokens(Arc::new(
+        crate::access::AccessTokens::parse(&text, "tokens", &known).unwrap(),
+    ))
+}
+
+fn auth(token: &str) -> Frame {
+    Frame::Auth(shardcache_proto::Auth {
+        token: token.into(),
+    })
+}
+
+#[tokio::test]
+async fn with_tokens_nothing_is_read_before_auth_and_only_granted_datasets_after() {
+    let (mut c, stats) = connect_with(8, tokens()).await;
+    // Who the server is, and liveness, need no token.
+    c.send(1, Frame::Hello(Hello::default())).await;
+    assert!(matches!(c.expect().await.frame, Frame::ServerInfo(_)));
+    c.send(2, read("ds/shard", 0, Some(10))).await;
+    let refused = c.expect().await;
+    assert_eq!(refused.request_id, 2);
+    assert_eq!(error_code(&refused), ErrorCode::Unauthenticated);
+    c.send(
+        3,
+        Frame::Stat(StatRequest {
+            path: "ds/shard".into(),
+        }),
+    )
+    .await;
+    assert_eq!(error_code(&c.expect().await), ErrorCode::Unauthenticated);
+    c.send(4, auth(TOKEN)).await;
+    let ok = c.expect().await;
+    assert_eq!(ok.request_id, 4);
+    assert_eq!(
+        ok.frame,
+        Frame::AuthOk(shardcache_proto::AuthOk {
+            datasets: vec!["ds".into()]
+        })
+    );
+    c.send(
+        5,
+        Frame::Stat(StatRequest {
+            path: "ds/shard".into(),
+        }),
+    )
+    .await;
+    assert!(matches!(c.expect().await.frame, Frame::StatOk(_)));
+    c.send(6, read("other/shard", 0, Some(10))).await;
+    let forbidden = c.expect().await;
+    assert_eq!(error_code(&forbidden), ErrorCode::Forbidden);
+    let Frame::Error(e) = forbidden.frame else {
+        unreachable!()
+    };
+    assert!(e.message.contains("\"other\""), "{}", e.message);
+    // A prefetch naming one dataset the token lacks is refused whole.
+    c.send(
+        7,
+        Frame::Prefetch(shardcache_proto::Prefetch {
+            paths: vec!["ds/shard".into(), "other/shard".into()],
+        }),
+    )
+    .await;
+    assert_eq!(error_code(&c.expect().await), ErrorCode::Forbidden);
+    assert_eq!(stats.transport.denied_requests.get(), 4);
+    // Nothing was fetched for the refused requests: the one stat is the only origin request.
+    assert_eq!(stats.parts.origin.head_requests.get(), 1);
+    assert_eq!(stats.parts.origin.get_requests.get(), 0);
+}
+
+#[tokio::test]
+async fn an_unknown_token_closes_the_connection() {
+    let (mut c, stats) = connect_with(8, tokens()).await;
+    c.send(1, auth("reader-token-0123456788")).await;
+    let refused = c.expect().await;
+    assert_eq!(error_code(&refused), ErrorCode::Unauthenticated);
+    let Frame::Error(e) = refused.frame else {
+        unreachable!()
+    };
+    assert!(!e.message.contains("reader-token"), "{}", e.message);
+    assert!(c.next().await.is_none(), "the server closed the connection");
+    assert_eq!(stats.transport.auth_failures.get(), 1);
+}
+
+#[tokio::test]
+async fn a_server_without_tokens_takes_any_token() {
+    let (mut c, _) = connect(8).await;
+    c.send(1, auth("whatever-token-12345")).await;
+    assert_eq!(
+        c.expect().await.frame,
+        Frame::AuthOk(shardcache_proto::AuthOk {
+            datasets: vec!["*".into()]
+        })
+    );
+    c.send(
+        2,
+        Frame::Stat(StatRequest {
+            path: "ds/shard".into(),
+        }),
+    )
+    .await;
+    assert!(matches!(c.expect().await.frame, Frame::StatOk(_)));
 }

@@ -102,8 +102,10 @@ class Client:
 
     ``ls`` and ``warm`` use the server's control plane: the one the server names (asked over the
     data plane), or ``control`` (``SHARDCACHE_CONTROL``), which must be the same server's.
-    ``token`` (or the file ``SHARDCACHE_TOKEN_FILE`` names) is its bearer token when the
-    cluster requires one.
+    ``token`` (or the file ``SHARDCACHE_TOKEN_FILE`` names) is the bearer token for servers run
+    with ``--access-tokens`` (sent once per connection on the data plane) and with
+    ``--control-token-file`` (the control plane); a missing or unknown one raises
+    PermissionDeniedError.
     """
 
     def __init__(
@@ -125,7 +127,7 @@ class Client:
         self._control_endpoint = control or os.environ.get("SHARDCACHE_CONTROL") or None
         self._token = token if token is not None else _token_from_env()
         with _translated():
-            self._native = _shardcache.Client(self.endpoint, **self._options)
+            self._native = _shardcache.Client(self.endpoint, token=self._token, **self._options)
         self._control = None
         _live.add(self)
 

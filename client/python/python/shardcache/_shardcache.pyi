@@ -21,6 +21,7 @@ class Client:
         tls_ca: Optional[str] = None,
         timeout: float = 60.0,
         retries: int = 2,
+        token: Optional[str] = None,
     ) -> None: ...
     @property
     def endpoint(self) -> str: ...

@@ -37,7 +37,8 @@ struct Cli {
     /// Control-plane endpoint (gRPC): host:port [default: the one the data plane names].
     #[arg(long, global = true, env = "SHARDCACHE_CONTROL", value_name = "ADDR")]
     control: Option<String>,
-    /// A file holding the control plane's bearer token.
+    /// A file holding the bearer token: sent on the data plane (servers with --access-tokens)
+    /// and the control plane (servers with --control-token-file).
     #[arg(
         long,
         global = true,
@@ -174,6 +175,7 @@ impl Cli {
 
 async fn data_client(cli: &Cli) -> anyhow::Result<Client> {
     let options = ClientOptions {
+        token: token(cli)?,
         connections: 1,
         tls_ca: cli.tls_ca.clone(),
         insecure_skip_verify: cli.insecure,
@@ -262,15 +264,20 @@ async fn same_server(cli: &Cli, control: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn connect_control(cli: &Cli, endpoint: &str) -> anyhow::Result<ControlClient> {
-    let token = match &cli.token_file {
-        Some(path) => Some(
-            std::fs::read_to_string(path)
-                .with_context(|| format!("cannot read token file {}", path.display()))?,
-        ),
-        None => None,
+/// The token of `--token-file` (surrounding whitespace ignored).
+fn token(cli: &Cli) -> anyhow::Result<Option<String>> {
+    let Some(path) = &cli.token_file else {
+        return Ok(None);
     };
-    Ok(ControlClient::connect(endpoint, token, cli.tls_ca.as_deref()).await?)
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read token file {}", path.display()))?;
+    let token = text.trim();
+    anyhow::ensure!(!token.is_empty(), "token file {} is empty", path.display());
+    Ok(Some(token.to_string()))
+}
+
+async fn connect_control(cli: &Cli, endpoint: &str) -> anyhow::Result<ControlClient> {
+    Ok(ControlClient::connect(endpoint, token(cli)?, cli.tls_ca.as_deref()).await?)
 }
 
 /// The control plane of the server cachectl talks to.
