@@ -13,7 +13,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use crate::report::{Report, Row, median};
 use crate::{Args, wants};
 
-/// The hot runs asked for (`hot-tcp`, `hot-quic`), on one server with every object cached.
+/// The hot runs asked for (`hot-tcp`, `hot-quic`, `hot-tls`), on one server with every object
+/// cached.
 pub(crate) async fn run(origin: &S3Origin, args: &Args, report: &mut Report) -> anyhow::Result<()> {
     let size = args.object_mib << 20;
     for r in 0..args.readers {
@@ -105,9 +106,85 @@ pub(crate) async fn run(origin: &S3Origin, args: &Args, report: &mut Report) -> 
             ..cache
         });
     }
+    if wants(args, "hot-tls") {
+        tls_and_tokens(origin, args, report, &server, ram, size).await?;
+    }
     anyhow::ensure!(
         server.stats.snapshot().origin_get_requests == origin_gets,
         "hot reads went to the origin"
+    );
+    Ok(())
+}
+
+/// The cost of authentication and TLS: the same hot reads through `open` (no tokens, plain
+/// TCP), and through a second server over the same objects that requires an access token, over
+/// plain TCP and over TLS on the same port.
+async fn tls_and_tokens(
+    origin: &S3Origin,
+    args: &Args,
+    report: &mut Report,
+    open: &TestServer,
+    ram: u64,
+    size: usize,
+) -> anyhow::Result<()> {
+    const TOKEN: &str = "bench-reader-token-5f0c2e7a91d4";
+    let dir = tempfile::tempdir()?;
+    let tokens = dir.path().join("tokens");
+    std::fs::write(&tokens, format!("{TOKEN} ds\n"))?;
+    let guarded = TestServer::builder()
+        .dataset(origin.dataset("ds", "bench", "hot"))
+        .config(|c| {
+            c.ram_cache = ram;
+            c.access_tokens = Some(tokens.clone());
+        })
+        .start()
+        .await;
+    let with_token = ClientOptions {
+        token: Some(TOKEN.into()),
+        insecure_skip_verify: true,
+        ..ClientOptions::default()
+    };
+    let warm = Client::connect_with(&guarded.tcp_endpoint(), with_token.clone()).await?;
+    for r in 0..args.readers {
+        warm.read(&format!("ds/obj-{r}"), ..).await?;
+    }
+    let tls = format!("tls://{}", guarded.tcp);
+    let (mut plains, mut tokened, mut tlss) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..args.reps {
+        let ep = open.tcp_endpoint();
+        plains.push(hot_reads(&ep, ClientOptions::default(), args, size, Api::Stream, 0).await?);
+        let ep = guarded.tcp_endpoint();
+        tokened.push(hot_reads(&ep, with_token.clone(), args, size, Api::Stream, 0).await?);
+        tlss.push(hot_reads(&tls, with_token.clone(), args, size, Api::Stream, 0).await?);
+    }
+    let (plain, tokened, tls) = (median(plains), median(tokened), median(tlss));
+    report.ratios.push((
+        "hot TCP with an access token / without".to_string(),
+        tokened.gbps() / plain.gbps(),
+        0.0,
+        true,
+    ));
+    report.ratios.push((
+        "hot TLS over TCP with an access token / plain TCP without".to_string(),
+        tls.gbps() / plain.gbps(),
+        0.0,
+        true,
+    ));
+    report.rows.push(Row {
+        name: "shardcache hot, TCP, no token (read_stream)".into(),
+        ..plain
+    });
+    report.rows.push(Row {
+        name: "shardcache hot, TCP, access token (read_stream)".into(),
+        ..tokened
+    });
+    report.rows.push(Row {
+        name: "shardcache hot, TLS 1.3 over TCP, access token (read_stream)".into(),
+        ..tls
+    });
+    anyhow::ensure!(
+        guarded.stats.transport.auth_failures.get() == 0,
+        "a bench client's token was refused"
     );
     Ok(())
 }

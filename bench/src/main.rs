@@ -87,7 +87,7 @@ pub(crate) struct Args {
     /// Write the chain benchmark's times to this CSV (for bench/plot_chain.py).
     #[arg(long)]
     chain_csv: Option<std::path::PathBuf>,
-    /// Only these parts (hot-tcp, hot-quic, cold, disk-hot, disk-rebuild, local, cluster,
+    /// Only these parts (hot-tcp, hot-quic, hot-tls, cold, disk-hot, disk-rebuild, local, cluster,
     /// chain, gpu); all when empty (gpu only with the `cuda` feature and a GPU).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
@@ -122,7 +122,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let origin = S3Origin::start(&["bench"]).await;
     let mut report = Report::default();
 
-    if wants(&args, "hot-tcp") || wants(&args, "hot-quic") {
+    if wants(&args, "hot-tcp") || wants(&args, "hot-quic") || wants(&args, "hot-tls") {
         hot::run(&origin, &args, &mut report).await?;
     }
 

@@ -59,7 +59,7 @@ impl Client {
     pub async fn connect_with(endpoint: &str, options: ClientOptions) -> Result<Client> {
         let endpoint = Endpoint::parse(endpoint)?;
         let n = match endpoint.transport {
-            Transport::Tcp => options.connections.max(1),
+            Transport::Tcp | Transport::Tls => options.connections.max(1),
             Transport::Quic => options.connections.clamp(1, 4),
             Transport::Local => options.connections.clamp(1, 8),
         };
@@ -98,6 +98,16 @@ impl Client {
             Transport::Tcp => {
                 Conn::Tcp(TcpConn::connect(&ep.address, &name, self.inner.pool.clone()).await?)
             }
+            Transport::Tls => Conn::Tcp(
+                TcpConn::connect_tls(
+                    &ep.address,
+                    ep.host(),
+                    &name,
+                    &self.inner.options,
+                    self.inner.pool.clone(),
+                )
+                .await?,
+            ),
             Transport::Quic => Conn::Quic(
                 QuicConn::connect(&self.inner.options, &ep.address, ep.host(), &name).await?,
             ),

@@ -1,4 +1,5 @@
-//! Where a client connects: `host:port` or `tcp://host:port` for TCP, `quic://host:port` for QUIC.
+//! Where a client connects: `host:port` or `tcp://host:port` for TCP, `tls://host:port` for TLS
+//! over TCP, `quic://host:port` for QUIC, a socket path for the local path.
 
 use std::fmt;
 
@@ -7,6 +8,8 @@ use crate::error::ClientError;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Transport {
     Tcp,
+    /// TCP with TLS (the server's `--tls-cert`), trusting `tls_ca`.
+    Tls,
     Quic,
     /// A Unix socket of a co-located server: the shared-memory path.
     Local,
@@ -41,9 +44,11 @@ impl Endpoint {
             (Transport::Quic, rest)
         } else if let Some(rest) = s.strip_prefix("tcp://") {
             (Transport::Tcp, rest)
+        } else if let Some(rest) = s.strip_prefix("tls://") {
+            (Transport::Tls, rest)
         } else if s.contains("://") {
             return Err(err(
-                "unknown scheme; use host:port, tcp://host:port or quic://host:port",
+                "unknown scheme; use host:port, tcp://host:port, tls://host:port, quic://host:port or a socket path",
             ));
         } else {
             (Transport::Tcp, s)
@@ -73,6 +78,7 @@ impl fmt::Display for Endpoint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.transport {
             Transport::Tcp => write!(f, "tcp://{}", self.address),
+            Transport::Tls => write!(f, "tls://{}", self.address),
             Transport::Quic => write!(f, "quic://{}", self.address),
             Transport::Local => write!(f, "unix://{}", self.address),
         }
@@ -90,6 +96,9 @@ mod tests {
             (e.transport, e.address.as_str()),
             (Transport::Tcp, "127.0.0.1:7070")
         );
+        let e = Endpoint::parse("tls://cache-0.ml:7070").unwrap();
+        assert_eq!((e.transport, e.host()), (Transport::Tls, "cache-0.ml"));
+        assert_eq!(e.to_string(), "tls://cache-0.ml:7070");
         let e = Endpoint::parse("quic://[::1]:7071").unwrap();
         assert_eq!((e.transport, e.host()), (Transport::Quic, "::1"));
         assert_eq!(

@@ -24,6 +24,7 @@ pub mod control;
 pub mod drain;
 pub mod env;
 pub mod error;
+pub mod listen;
 pub mod metrics;
 pub mod node;
 pub mod origin;
@@ -34,12 +35,10 @@ pub mod transport;
 pub mod units;
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use object_store::ObjectStore;
-use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
@@ -54,11 +53,12 @@ use crate::origin::{
 };
 use crate::peer::{Chains, PeerServer, Remote};
 use crate::service::{CacheService, Tiers};
-use crate::transport::tls::{Identity, TlsError, quic_server_config};
+use crate::transport::tls::{Identity, TlsError, quic_config, server_tls};
 use crate::transport::{ConnLimits, Serving};
 
 use crate::access::Policy;
 pub use crate::error::{Error, Result};
+pub use crate::listen::Listeners;
 
 /// How long open connections may finish their requests after shutdown begins.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -84,52 +84,6 @@ pub enum BuildError {
     /// A listener off loopback that would serve without authentication.
     #[error("{0}")]
     Unprotected(String),
-}
-
-/// Refuse to listen off loopback without authentication, unless the operator says so.
-fn check_exposure(config: &Config) -> Result<(), BuildError> {
-    if config.insecure_allow_anonymous {
-        return Ok(());
-    }
-    let exposed = |addr: &SocketAddr| !addr.ip().is_loopback();
-    if config.access_tokens.is_none() {
-        let data = std::iter::once(("--listen", config.listen))
-            .chain(config.quic_listen.map(|a| ("--quic-listen", a)));
-        for (flag, addr) in data {
-            if exposed(&addr) {
-                return Err(BuildError::Unprotected(format!(
-                    "{flag} {addr} is not a loopback address, and the data plane has no access tokens: give --access-tokens FILE, or --insecure-allow-anonymous to let anyone who reaches {addr} read every dataset"
-                )));
-            }
-        }
-    }
-    if let Some(addr) = config.control_listen
-        && exposed(&addr)
-        && config.control_token_file.is_none()
-    {
-        return Err(BuildError::Unprotected(format!(
-            "--control-listen {addr} is not a loopback address, and the control plane has no token: give --control-token-file FILE, or --insecure-allow-anonymous to let anyone who reaches {addr} warm and evict"
-        )));
-    }
-    Ok(())
-}
-
-/// Who may use the data plane, said once at start.
-fn access_policy(config: &Config) -> Result<Policy, BuildError> {
-    let Some(path) = &config.access_tokens else {
-        if config.insecure_allow_anonymous {
-            tracing::warn!(listen = %config.listen, "data plane without access tokens (--insecure-allow-anonymous): anyone who reaches it reads every dataset");
-        } else {
-            tracing::info!(
-                "data plane without access tokens: serving loopback and the local socket only (--access-tokens FILE to serve others)"
-            );
-        }
-        return Ok(Policy::Anonymous);
-    };
-    let known: Vec<String> = config.datasets.iter().map(|d| d.name.clone()).collect();
-    let tokens = access::AccessTokens::load(path, &known)?;
-    tracing::info!(tokens = tokens.len(), file = %path.display(), "data plane requires an access token");
-    Ok(Policy::Tokens(Arc::new(tokens)))
 }
 
 /// The bearer token in a token file (surrounding whitespace ignored; must not be empty).
@@ -194,92 +148,14 @@ pub fn resolve_origins(
         .collect()
 }
 
-/// Sockets the server serves on, bound before [`Server::run`].
-pub struct Listeners {
-    pub tcp: TcpListener,
-    pub quic: Option<std::net::UdpSocket>,
-    pub admin: Option<TcpListener>,
-    pub control: Option<TcpListener>,
-    pub local: Option<tokio::net::UnixListener>,
-}
-
-impl Listeners {
-    /// Bind the addresses in `config`.
-    pub async fn bind(config: &Config) -> std::io::Result<Listeners> {
-        let tcp = TcpListener::bind(config.listen).await.map_err(|e| {
-            std::io::Error::new(e.kind(), format!("cannot listen on {}: {e}", config.listen))
-        })?;
-        let quic = match config.quic_listen {
-            Some(addr) => Some(std::net::UdpSocket::bind(addr).map_err(|e| {
-                std::io::Error::new(e.kind(), format!("cannot listen on udp {addr}: {e}"))
-            })?),
-            None => None,
-        };
-        let admin = match config.admin_listen {
-            Some(addr) => Some(TcpListener::bind(addr).await.map_err(|e| {
-                std::io::Error::new(e.kind(), format!("cannot listen on admin {addr}: {e}"))
-            })?),
-            None => None,
-        };
-        let control = match config.control_listen {
-            Some(addr) => Some(TcpListener::bind(addr).await.map_err(|e| {
-                std::io::Error::new(e.kind(), format!("cannot listen on control {addr}: {e}"))
-            })?),
-            None => None,
-        };
-        let local = match &config.local_socket {
-            Some(path) => Some(bind_unix(path)?),
-            None => None,
-        };
-        Ok(Listeners {
-            tcp,
-            quic,
-            admin,
-            control,
-            local,
-        })
-    }
-
-    pub fn tcp_addr(&self) -> std::io::Result<SocketAddr> {
-        self.tcp.local_addr()
-    }
-
-    pub fn quic_addr(&self) -> Option<SocketAddr> {
-        self.quic.as_ref().and_then(|s| s.local_addr().ok())
-    }
-
-    pub fn admin_addr(&self) -> Option<SocketAddr> {
-        self.admin.as_ref().and_then(|s| s.local_addr().ok())
-    }
-
-    pub fn control_addr(&self) -> Option<SocketAddr> {
-        self.control.as_ref().and_then(|s| s.local_addr().ok())
-    }
-}
-
-/// Bind a Unix socket, replacing a stale socket file left by an earlier run (but never another
-/// kind of file).
-fn bind_unix(path: &std::path::Path) -> std::io::Result<tokio::net::UnixListener> {
-    use std::os::unix::fs::FileTypeExt;
-    if let Ok(meta) = std::fs::symlink_metadata(path)
-        && meta.file_type().is_socket()
-    {
-        std::fs::remove_file(path)?;
-    }
-    tokio::net::UnixListener::bind(path).map_err(|e| {
-        std::io::Error::new(
-            e.kind(),
-            format!("cannot listen on {}: {e}", path.display()),
-        )
-    })
-}
-
 /// A configured server, ready to run.
 pub struct Server {
     config: Config,
     node: Arc<Node>,
     metrics: Arc<Metrics>,
     quic: Option<quinn::ServerConfig>,
+    /// TLS for TCP clients that start with a handshake (`tls://` endpoints).
+    tcp_tls: Option<tokio_rustls::TlsAcceptor>,
     control_token: Option<String>,
     control_tls: Option<tonic::transport::ServerTlsConfig>,
     policy: Policy,
@@ -317,8 +193,8 @@ impl Server {
         stores: Vec<(String, Arc<dyn ObjectStore>)>,
         settings: Vec<OriginSettings>,
     ) -> Result<Server, BuildError> {
-        check_exposure(&config)?;
-        let policy = access_policy(&config)?;
+        listen::check_exposure(&config)?;
+        let policy = listen::access_policy(&config)?;
         let metrics = Arc::new(Metrics::new());
         let permits = Arc::new(Semaphore::new(config.origin_concurrency));
         let defaults = origin_defaults(&config);
@@ -421,14 +297,26 @@ impl Server {
             config.tls_ca.is_some(),
         ));
         let node = Node::new(service, cluster, peers);
-        let quic = match (&config.quic_listen, &config.tls_cert, &config.tls_key) {
-            (None, _, _) => None,
-            (Some(_), Some(cert), Some(key)) => Some(quic_server_config(
+        // One TLS identity for QUIC and for TCP clients that start with a TLS handshake.
+        let tls = match (&config.tls_cert, &config.tls_key) {
+            (Some(cert), Some(key)) => Some(server_tls(
                 Identity::from_files(cert, key)?,
                 config.tls_ca.as_deref(),
             )?),
-            (Some(_), _, _) => Some(quic_server_config(Identity::self_signed()?, None)?),
+            _ if config.insecure_dev_tls || config.quic_listen.is_some() => {
+                Some(server_tls(Identity::self_signed()?, None)?)
+            }
+            _ => None,
         };
+        let quic = match (&config.quic_listen, &tls) {
+            (Some(_), Some(tls)) => Some(quic_config(tls.clone())?),
+            _ => None,
+        };
+        let tcp_tls = tls.map(|t| tokio_rustls::TlsAcceptor::from(Arc::new(t)));
+        if tcp_tls.is_none() && config.access_tokens.is_some() && !config.listen.ip().is_loopback()
+        {
+            tracing::warn!(listen = %config.listen, "access tokens travel in clear to plain TCP clients: give --tls-cert and --tls-key, and clients connect with tls://");
+        }
         let control_token = match &config.control_token_file {
             Some(path) => Some(read_token(path)?),
             None => None,
@@ -466,6 +354,7 @@ impl Server {
             node,
             metrics,
             quic,
+            tcp_tls,
             control_token,
             control_tls,
             policy,
@@ -509,6 +398,7 @@ impl Server {
         let mut quic_conns = JoinSet::new();
         let tcp = transport::tcp::accept_loop(
             listeners.tcp,
+            self.tcp_tls.clone(),
             serving.clone(),
             max_conns.clone(),
             draining.clone(),

@@ -21,6 +21,7 @@ const LAYERS: &[&[&str]] = &[
     &["admin"],
     &["control"],
     &["config"],
+    &["listen"],
 ];
 
 fn rank(module: &str) -> Option<usize> {

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use shardcache_client::{Client, ClientOptions};
 use shardcache_proto::ErrorCode;
-use shardcache_testsuite::{S3Origin, TestCluster, free_port, put_objects, server_binary};
+use shardcache_testsuite::{S3Origin, TestCluster, free_port, put_objects, server_binary, test_ca};
 
 const BLOCK: usize = 256 * 1024;
 const READER: &str = "reader-3f7a9c1e5b2d4086";
@@ -175,4 +175,57 @@ async fn without_tokens_the_server_says_it_serves_loopback_only() {
         assert!(std::time::Instant::now() < deadline, "{log}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tcp_port_speaks_tls_to_tls_clients_and_plain_to_the_others() {
+    let origin = S3Origin::start(&["bucket"]).await;
+    let objects = put_objects(&origin, "bucket", "train", 2, 100, |_| 3 * BLOCK + 5).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = test_ca(dir.path(), &["localhost", "127.0.0.1"]);
+    let tokens = dir.path().join("tokens");
+    std::fs::write(&tokens, format!("{READER} ds\n")).unwrap();
+    let cluster = TestCluster::over(&origin, BLOCK)
+        .nodes(1)
+        .arg("--access-tokens", tokens.to_str().unwrap())
+        .arg("--tls-cert", cert.to_str().unwrap())
+        .arg("--tls-key", key.to_str().unwrap())
+        .start()
+        .await;
+    let addr = cluster.endpoint(0);
+    let trusted = ClientOptions {
+        tls_ca: Some(ca.clone()),
+        insecure_skip_verify: false,
+        ..options(Some(READER))
+    };
+    // By address and by name, the certificate verified against the CA.
+    for endpoint in [
+        format!("tls://{addr}"),
+        format!("tls://localhost:{}", addr.rsplit_once(':').unwrap().1),
+    ] {
+        let c = Client::connect_with(&endpoint, trusted.clone())
+            .await
+            .unwrap();
+        let got = c.read("ds/obj-001", ..).await.unwrap();
+        assert!(got[..] == objects[1][..], "{endpoint}");
+    }
+    // A client that trusts another CA is refused in the handshake, saying so.
+    let other = tempfile::tempdir().unwrap();
+    let (other_ca, _, _) = test_ca(other.path(), &["localhost"]);
+    let e = Client::connect_with(
+        &format!("tls://{addr}"),
+        ClientOptions {
+            tls_ca: Some(other_ca),
+            ..trusted.clone()
+        },
+    )
+    .await
+    .err()
+    .expect("an untrusted certificate is refused");
+    assert!(e.to_string().contains("tls handshake failed"), "{e}");
+    // Plain TCP on the same port still works (loopback readers, older clients).
+    let plain = Client::connect_with(&addr, options(Some(READER)))
+        .await
+        .unwrap();
+    assert!(plain.read("ds/obj-000", ..).await.unwrap()[..] == objects[0][..]);
 }

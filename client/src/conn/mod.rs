@@ -13,7 +13,7 @@ use std::time::Duration;
 use shardcache_proto::Frame;
 
 pub use pool::BufPool;
-pub use quic::{QuicConn, quic_endpoint};
+pub use quic::{QuicConn, client_tls, quic_endpoint};
 pub use tcp::{TcpConn, TcpResponses};
 
 use crate::error::{ClientError, Result};

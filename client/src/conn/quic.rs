@@ -32,8 +32,8 @@ fn tls_context<E: std::error::Error + Send + Sync + 'static>(
     move |e| ClientError::tls(format!("{context}: {e}")).caused_by(e)
 }
 
-/// A client endpoint configured from the options' trust settings.
-pub fn quic_endpoint(options: &ClientOptions, remote: SocketAddr) -> Result<quinn::Endpoint> {
+/// The TLS client configuration of the options' trust settings (QUIC and `tls://` TCP).
+pub fn client_tls(options: &ClientOptions) -> Result<rustls::ClientConfig> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])
@@ -54,7 +54,7 @@ pub fn quic_endpoint(options: &ClientOptions, remote: SocketAddr) -> Result<quin
         }
         if roots.is_empty() {
             return Err(tls_err(
-                "QUIC needs a CA to trust the server (tls_ca) or insecure_skip_verify for a dev server",
+                "TLS needs a CA to trust the server (tls_ca) or insecure_skip_verify for a dev server",
             ));
         }
         if options.tls_any_name {
@@ -98,6 +98,12 @@ pub fn quic_endpoint(options: &ClientOptions, remote: SocketAddr) -> Result<quin
         }
     };
     tls.alpn_protocols = vec![ALPN.to_vec()];
+    Ok(tls)
+}
+
+/// A client endpoint configured from the options' trust settings.
+pub fn quic_endpoint(options: &ClientOptions, remote: SocketAddr) -> Result<quinn::Endpoint> {
+    let tls = client_tls(options)?;
     let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).map_err(tls_cause)?;
     let mut config = quinn::ClientConfig::new(Arc::new(crypto));
     config.transport_config(Arc::new(transport_config()));

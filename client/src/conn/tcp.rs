@@ -62,6 +62,33 @@ impl TcpConn {
         Ok(TcpConn::from_halves(rd, wr, endpoint, pool))
     }
 
+    /// A connection over TLS over TCP (`tls://`), trusting what the options trust.
+    pub async fn connect_tls(
+        address: &str,
+        host: &str,
+        endpoint: &str,
+        options: &crate::options::ClientOptions,
+        pool: Arc<BufPool>,
+    ) -> Result<TcpConn> {
+        let config = Arc::new(super::client_tls(options)?);
+        let name = options.server_name.as_deref().unwrap_or(host).to_string();
+        let name = rustls::pki_types::ServerName::try_from(name.clone()).map_err(|e| {
+            ClientError::tls(format!("{name:?} is not a TLS server name: {e}")).caused_by(e)
+        })?;
+        let stream = TcpStream::connect(address)
+            .await
+            .map_err(|e| ClientError::connect(endpoint, e.to_string()).caused_by(e))?;
+        let _ = stream.set_nodelay(true);
+        let stream = tokio_rustls::TlsConnector::from(config)
+            .connect(name, stream)
+            .await
+            .map_err(|e| {
+                ClientError::connect(endpoint, format!("tls handshake failed: {e}")).caused_by(e)
+            })?;
+        let (rd, wr) = tokio::io::split(stream);
+        Ok(TcpConn::from_halves(rd, wr, endpoint, pool))
+    }
+
     /// A multiplexed connection over any ordered byte stream (TCP, a Unix socket).
     pub fn from_halves<R, W>(rd: R, wr: W, endpoint: &str, pool: Arc<BufPool>) -> TcpConn
     where

@@ -1,4 +1,4 @@
-//! TLS material for the QUIC data plane: a certificate from files, or a self-signed one for
+//! TLS material for the data plane (QUIC, and TCP when the client asks for it): a certificate from files, or a self-signed one for
 //! local trials; with a cluster CA, client certificates that mark members (mutual TLS).
 
 use std::path::Path;
@@ -100,13 +100,14 @@ pub fn load_ca(ca: &Path) -> Result<rustls::RootCertStore, TlsError> {
     Ok(roots)
 }
 
-/// The QUIC server configuration for an identity. With `client_ca`, clients may present a
-/// certificate: one signed by that CA marks the connection as a cluster member's (any other is
-/// refused in the handshake); clients without one still connect, as ordinary readers.
-pub fn quic_server_config(
+/// The TLS server configuration of the data plane (QUIC, and TCP when a client starts with a
+/// TLS handshake) for an identity. With `client_ca`, clients may present a certificate: one
+/// signed by that CA marks the connection as a cluster member's (any other is refused in the
+/// handshake); clients without one still connect, as ordinary readers.
+pub fn server_tls(
     id: Identity,
     client_ca: Option<&Path>,
-) -> Result<quinn::ServerConfig, TlsError> {
+) -> Result<rustls::ServerConfig, TlsError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])
@@ -128,6 +129,19 @@ pub fn quic_server_config(
         .with_single_cert(id.chain, id.key)
         .map_err(|e| tls_err(format!("certificate and key do not fit together: {e}")).because(e))?;
     tls.alpn_protocols = vec![ALPN.to_vec()];
+    Ok(tls)
+}
+
+/// The QUIC server configuration for an identity (see [`server_tls`]).
+pub fn quic_server_config(
+    id: Identity,
+    client_ca: Option<&Path>,
+) -> Result<quinn::ServerConfig, TlsError> {
+    quic_config(server_tls(id, client_ca)?)
+}
+
+/// The QUIC server configuration over a TLS configuration.
+pub fn quic_config(tls: rustls::ServerConfig) -> Result<quinn::ServerConfig, TlsError> {
     let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
         .map_err(|e| tls_err(e.to_string()).because(e))?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
