@@ -456,9 +456,15 @@ impl Server {
         let local = async {
             match listeners.local {
                 Some(listener) => {
-                    let local_limits = transport::local::LocalLimits {
-                        max_region: self.config.local_max_region,
+                    let budget = match self.config.local_regions_budget {
+                        0 => self.config.ram_cache,
+                        n => n,
                     };
+                    let local_limits = transport::local::LocalLimits::new(
+                        self.config.local_max_region,
+                        budget,
+                        self.config.local_allowed_uids.clone(),
+                    );
                     transport::local::accept_loop(
                         listener,
                         serving.clone(),

@@ -44,7 +44,7 @@ impl Listeners {
             None => None,
         };
         let local = match &config.local_socket {
-            Some(path) => Some(bind_unix(path)?),
+            Some(path) => Some(bind_unix(path, config)?),
             None => None,
         };
         Ok(Listeners {
@@ -74,20 +74,61 @@ impl Listeners {
 }
 
 /// Bind a Unix socket, replacing a stale socket file left by an earlier run (but never another
-/// kind of file).
-fn bind_unix(path: &std::path::Path) -> std::io::Result<tokio::net::UnixListener> {
-    use std::os::unix::fs::FileTypeExt;
+/// kind of file), with the configured mode and group.
+fn bind_unix(path: &std::path::Path, config: &Config) -> std::io::Result<tokio::net::UnixListener> {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    let fail = |what: String, e: std::io::Error| {
+        std::io::Error::new(e.kind(), format!("{what} {}: {e}", path.display()))
+    };
     if let Ok(meta) = std::fs::symlink_metadata(path)
         && meta.file_type().is_socket()
     {
         std::fs::remove_file(path)?;
     }
-    tokio::net::UnixListener::bind(path).map_err(|e| {
-        std::io::Error::new(
-            e.kind(),
-            format!("cannot listen on {}: {e}", path.display()),
+    let gid = match &config.local_socket_group {
+        Some(group) => Some(group_id(group).map_err(|reason| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("--local-socket-group {group}: {reason}"),
+            )
+        })?),
+        None => None,
+    };
+    let listener =
+        tokio::net::UnixListener::bind(path).map_err(|e| fail("cannot listen on".into(), e))?;
+    std::fs::set_permissions(
+        path,
+        std::fs::Permissions::from_mode(config.local_socket_mode),
+    )
+    .map_err(|e| {
+        fail(
+            format!("cannot set mode {:o} on", config.local_socket_mode),
+            e,
         )
-    })
+    })?;
+    if let Some(gid) = gid {
+        std::os::unix::fs::chown(path, None, Some(gid))
+            .map_err(|e| fail(format!("cannot give group {gid}"), e))?;
+    }
+    Ok(listener)
+}
+
+/// A group's id: a number, or a name in /etc/group.
+fn group_id(group: &str) -> Result<u32, String> {
+    if let Ok(gid) = group.parse() {
+        return Ok(gid);
+    }
+    let text = std::fs::read_to_string("/etc/group")
+        .map_err(|e| format!("not a number, and /etc/group cannot be read: {e}"))?;
+    text.lines()
+        .filter_map(|line| {
+            let mut fields = line.split(':');
+            let name = fields.next()?;
+            let gid = fields.nth(1)?.parse().ok()?;
+            (name == group).then_some(gid)
+        })
+        .next()
+        .ok_or_else(|| "no such group in /etc/group (give a name or a numeric gid)".to_string())
 }
 
 /// Refuse to listen off loopback without authentication, unless the operator says so.

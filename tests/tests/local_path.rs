@@ -336,3 +336,152 @@ async fn local_clients_are_bounded() {
     assert_eq!(err.code(), Some(ErrorCode::Busy), "{err}");
     assert!(first.read("ds/obj", 0..10).await.is_ok());
 }
+
+async fn setup_with(
+    configure: impl FnOnce(&mut shardcache_server::config::Config),
+) -> (S3Origin, TestServer, tempfile::TempDir) {
+    let origin = S3Origin::start(&["bucket"]).await;
+    origin.put("bucket", "obj", bytes_for(4, SIZE)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("shardcache.sock");
+    let server = TestServer::builder()
+        .dataset(origin.dataset("ds", "bucket", ""))
+        .config(|c| {
+            c.local_socket = Some(socket);
+            configure(c);
+        })
+        .start()
+        .await;
+    (origin, server, dir)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_socket_is_0660_and_only_listed_uids_may_connect() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let me = rustix::process::getuid().as_raw();
+    let group = rustix::process::getgid().as_raw();
+    let (_origin, server, _dir) = setup_with(|c| {
+        c.local_socket_group = Some(group.to_string());
+        c.local_allowed_uids = vec![me + 4242];
+    })
+    .await;
+    let meta = std::fs::metadata(server.local_socket.as_ref().unwrap()).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o777, 0o660);
+    assert_eq!(meta.gid(), group);
+    let e = Client::connect(&socket(&server))
+        .await
+        .err()
+        .expect("refused");
+    assert_eq!(e.code(), Some(ErrorCode::Forbidden), "{e}");
+    assert!(
+        e.to_string().contains(&format!(
+            "uid {me} is not in the server's --local-allowed-uids"
+        )),
+        "{e}"
+    );
+    drop(server);
+    let (_origin, server, _dir) = setup_with(|c| c.local_allowed_uids = vec![me]).await;
+    let client = Client::connect(&socket(&server)).await.unwrap();
+    assert_eq!(client.read("ds/obj", ..).await.unwrap().len(), SIZE);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn regions_share_one_budget() {
+    // Room for one client's 16 MiB scratch region: a second client's does not fit until the
+    // first is gone.
+    let (_origin, server, _dir) = setup_with(|c| {
+        c.local_regions_budget = 24 << 20;
+        c.local_max_region = 64 << 20;
+    })
+    .await;
+    let first = Client::connect(&socket(&server)).await.unwrap();
+    let used = server.stats.transport.local_region_bytes.get();
+    assert!(used > 0 && used <= 24 << 20, "{used}");
+    let e = Client::connect(&socket(&server))
+        .await
+        .err()
+        .expect("over budget");
+    assert_eq!(e.code(), Some(ErrorCode::Busy), "{e}");
+    assert!(e.to_string().contains("local_regions_budget"), "{e}");
+    drop(first);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while server.stats.transport.local_region_bytes.get() != 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the region was not released"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let second = Client::connect(&socket(&server)).await.unwrap();
+    assert_eq!(second.read("ds/obj", ..).await.unwrap().len(), SIZE);
+}
+
+/// Run by [`a_client_killed_with_sigkill_releases_its_region`] in a child process: register a
+/// region with the server at `SHARDCACHE_TEST_SOCKET`, say so, and wait to be killed.
+#[tokio::test]
+#[ignore = "a child process of another test"]
+async fn child_registers_and_waits() {
+    let Ok(socket) = std::env::var("SHARDCACHE_TEST_SOCKET") else {
+        return;
+    };
+    let client = Client::connect(&socket).await.unwrap();
+    let mut buf = PinnedBuffer::unpinned(4 << 20).unwrap();
+    client
+        .read_into_buffer("ds/obj", ..4 << 20, &mut buf)
+        .await
+        .unwrap();
+    println!("registered");
+    tokio::time::sleep(Duration::from_secs(600)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_killed_with_sigkill_releases_its_region() {
+    use std::io::BufRead;
+    let (_origin, server, _dir) = setup(16).await;
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "child_registers_and_waits",
+            "--ignored",
+            "--nocapture",
+        ])
+        .env("SHARDCACHE_TEST_SOCKET", socket(&server))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let registered = tokio::task::spawn_blocking(move || {
+        std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .any(|l| l.contains("registered"))
+    });
+    let registered = tokio::time::timeout(Duration::from_secs(30), registered)
+        .await
+        .expect("the child registers within 30 s")
+        .unwrap();
+    assert!(registered, "the child did not register");
+    let t = &server.stats.transport;
+    assert!(t.local_region_bytes.get() >= 4 << 20);
+    assert!(t.open_connections.get() >= 1);
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(child.id() as i32).unwrap(),
+        rustix::process::Signal::KILL,
+    )
+    .unwrap();
+    child.wait().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while t.local_region_bytes.get() != 0 || t.open_connections.get() != 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still {} region bytes, {} connections",
+            t.local_region_bytes.get(),
+            t.open_connections.get()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Others are served as before.
+    let client = Client::connect(&socket(&server)).await.unwrap();
+    assert_eq!(client.read("ds/obj", ..).await.unwrap().len(), SIZE);
+}

@@ -164,6 +164,40 @@ kind!(
 );
 
 kind!(
+    mode,
+    u32,
+    false,
+    |s| {
+        let digits = s.trim().trim_start_matches("0o");
+        u32::from_str_radix(digits, 8)
+            .ok()
+            .filter(|m| *m <= 0o777)
+            .ok_or_else(|| format!("{s:?} is not a file mode such as 0660"))
+    },
+    |v| text(&as_text(v)?)
+);
+
+kind!(
+    uids,
+    Vec<u32>,
+    false,
+    |s| s
+        .split(',')
+        .map(str::trim)
+        .filter(|x| !x.is_empty())
+        .map(|x| x.parse().map_err(|_| format!("{x:?} is not a numeric uid")))
+        .collect(),
+    |v| match v {
+        Value::Array(items) => items
+            .iter()
+            .map(|i| text(&as_text(i)?))
+            .collect::<Result<Vec<Vec<u32>>, String>>()
+            .map(|v| v.concat()),
+        other => text(&as_text(other)?),
+    }
+);
+
+kind!(
     policy,
     crate::cache::policy::PolicyKind,
     false,

@@ -87,6 +87,14 @@ settings! {
     local_max_clients: count = "256", "N";
     /// Largest shared-memory region a local client may register.
     local_max_region: size = "4GiB", "SIZE";
+    /// All local clients' regions together (the server's writes into them are charged to its memory); 0 for the RAM tier's budget.
+    local_regions_budget: size = "0", "SIZE";
+    /// File mode of the local socket (connecting needs write permission).
+    local_socket_mode: mode = "0660", "MODE";
+    /// Group of the local socket (a name or a gid); the server's own when unset.
+    local_socket_group: opt_text = "none", "GROUP";
+    /// Uids allowed on the local socket (checked with SO_PEERCRED); any when empty.
+    local_allowed_uids: uids = "", "UID,...";
     /// RAM tier budget.
     ram_cache: size = "1GiB", "SIZE";
     /// Disk (NVMe) tier directory, kept across restarts.

@@ -150,10 +150,10 @@ fn every_setting_is_a_flag_a_variable_and_a_key() {
     let help = Cli::command().render_long_help().to_string();
     for s in SETTINGS {
         // The default is a valid value of the setting's kind.
-        let value = if s.default.is_empty() {
-            "127.0.0.1:1"
-        } else {
-            s.default
+        let value = match (s.default, s.value_name) {
+            ("", "UID,...") => "1000,1001",
+            ("", _) => "127.0.0.1:1",
+            (default, _) => default,
         };
         let m = Cli::command()
             .try_get_matches_from(["serve", &s.flag(), value])
@@ -206,9 +206,6 @@ const NOT_YET: &[(&str, &str)] = &[
     ("--s3-credentials", "S3-compatible endpoint"),
     ("--s3-anonymous", "S3-compatible endpoint"),
     ("--cluster-secret-file", "peer authentication"),
-    ("--local-socket-mode", "local socket permissions"),
-    ("--local-socket-group", "local socket permissions"),
-    ("--local-allowed-uids", "local socket permissions"),
     ("--rdma", "RDMA transport"),
     ("--rdma-device", "RDMA transport"),
 ];

@@ -21,7 +21,7 @@ use shardcache_proto::frame::{HEADER_LEN, MAX_REQUEST_PAYLOAD, decode, encode};
 use shardcache_proto::{ErrorCode, Frame, Framed, Registered};
 use tokio::io::{AsyncWriteExt, Interest};
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
 use super::shm::Region;
@@ -33,9 +33,51 @@ use crate::peer::Caller;
 const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Limits of the local path.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct LocalLimits {
     pub max_region: u64,
+    /// Bytes of all regions together, as permits of [`REGION_UNIT`] bytes: the server's writes
+    /// into client memory are charged to the server's memory.
+    pub regions: Arc<Semaphore>,
+    pub regions_budget: u64,
+    /// Uids allowed to connect (SO_PEERCRED); any when empty.
+    pub allowed_uids: Arc<Vec<u32>>,
+}
+
+/// The unit of the region budget.
+pub const REGION_UNIT: u64 = 4096;
+
+impl LocalLimits {
+    pub fn new(max_region: u64, regions_budget: u64, allowed_uids: Vec<u32>) -> LocalLimits {
+        let units = (regions_budget / REGION_UNIT).min(Semaphore::MAX_PERMITS as u64) as usize;
+        LocalLimits {
+            max_region,
+            regions: Arc::new(Semaphore::new(units)),
+            regions_budget,
+            allowed_uids: Arc::new(allowed_uids),
+        }
+    }
+}
+
+/// Why a local client was turned away.
+struct Refusal {
+    code: ErrorCode,
+    reason: String,
+}
+
+impl From<String> for Refusal {
+    fn from(reason: String) -> Refusal {
+        Refusal {
+            code: ErrorCode::BadRequest,
+            reason,
+        }
+    }
+}
+
+impl From<&str> for Refusal {
+    fn from(reason: &str) -> Refusal {
+        reason.to_string().into()
+    }
 }
 
 /// Accept local clients until the task is dropped.
@@ -66,6 +108,7 @@ pub async fn accept_loop(
         };
         let serving = serving.clone();
         let draining = draining.clone();
+        let local = local.clone();
         conns.spawn(async move {
             stats.open_connections.inc();
             serve_local(stream, serving, local, draining).await;
@@ -81,13 +124,34 @@ async fn serve_local(
     local: LocalLimits,
     draining: Draining,
 ) {
-    let peer = "local".to_string();
-    let registered = tokio::time::timeout(HANDSHAKE_TIMEOUT, register(&stream, local)).await;
-    let region = match registered {
+    // Who connected, from the kernel (SO_PEERCRED): logged, and checked when uids are listed.
+    let (peer, uid) = match rustix::net::sockopt::socket_peercred(&stream) {
+        Ok(cred) => {
+            let uid = cred.uid.as_raw();
+            let name = format!(
+                "local pid {} uid {uid} gid {}",
+                cred.pid.as_raw_nonzero(),
+                cred.gid.as_raw()
+            );
+            (name, Some(uid))
+        }
+        Err(e) => (format!("local (no peer credentials: {e})"), None),
+    };
+    tracing::debug!(%peer, "local client connected");
+    if !local.allowed_uids.is_empty() && !uid.is_some_and(|u| local.allowed_uids.contains(&u)) {
+        let who = uid.map_or("an unknown uid".to_string(), |u| format!("uid {u}"));
+        let reason = format!("{who} is not in the server's --local-allowed-uids");
+        tracing::warn!(%peer, "local client refused: not an allowed uid");
+        serving.metrics.rejected_connections.inc();
+        refuse(stream, ErrorCode::Forbidden, reason).await;
+        return;
+    }
+    let registered = tokio::time::timeout(HANDSHAKE_TIMEOUT, register(&stream, &local)).await;
+    let (region, _budget) = match registered {
         Ok(Ok(region)) => region,
-        Ok(Err(reason)) => {
-            tracing::info!(%peer, reason, "local client refused");
-            refuse(stream, ErrorCode::BadRequest, reason).await;
+        Ok(Err(refusal)) => {
+            tracing::info!(%peer, reason = refusal.reason, "local client refused");
+            refuse(stream, refusal.code, refusal.reason).await;
             return;
         }
         Err(_) => {
@@ -99,6 +163,10 @@ async fn serve_local(
         size: region.len(),
         max_region: local.max_region,
     });
+    let region_bytes = serving.metrics.local_region_bytes.clone();
+    region_bytes.add(region.len() as i64);
+    // However the connection ends, the mapping goes and the budget comes back.
+    let _counted = scopeguard(region_bytes, region.len() as i64);
     if stream
         .write_all(
             &encode(&Framed {
@@ -130,8 +198,25 @@ async fn serve_local(
     .await;
 }
 
-/// Read the `Register` frame and the memfd that comes with it, and map the region.
-async fn register(stream: &UnixStream, local: LocalLimits) -> Result<Region, String> {
+/// Takes the region's bytes off the gauge when dropped.
+struct Counted(prometheus::IntGauge, i64);
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.sub(self.1);
+    }
+}
+
+fn scopeguard(gauge: prometheus::IntGauge, n: i64) -> Counted {
+    Counted(gauge, n)
+}
+
+/// Read the `Register` frame and the memfd that comes with it, take the region's share of the
+/// budget, and map it.
+async fn register(
+    stream: &UnixStream,
+    local: &LocalLimits,
+) -> Result<(Region, OwnedSemaphorePermit), Refusal> {
     let want = HEADER_LEN + 8;
     let mut got = BytesMut::with_capacity(want);
     let mut fd: Option<OwnedFd> = None;
@@ -160,10 +245,30 @@ async fn register(stream: &UnixStream, local: LocalLimits) -> Result<Region, Str
             ..
         }) => r.size,
         Ok(_) => return Err("the first frame on the local socket must be register".into()),
-        Err(e) => return Err(format!("malformed register frame: {e}")),
+        Err(e) => return Err(format!("malformed register frame: {e}").into()),
     };
     let fd = fd.ok_or("register frame came without a memfd (SCM_RIGHTS)")?;
-    Region::map(fd, size, local.max_region)
+    if size == 0 || size > local.max_region {
+        return Err(format!(
+            "region of {size} bytes: must be 1 byte to {} bytes (local_max_region)",
+            local.max_region
+        )
+        .into());
+    }
+    let units = u32::try_from(size.div_ceil(REGION_UNIT)).unwrap_or(u32::MAX);
+    let budget = local
+        .regions
+        .clone()
+        .try_acquire_many_owned(units)
+        .map_err(|_| Refusal {
+            code: ErrorCode::Busy,
+            reason: format!(
+                "local clients' regions are at the server's budget of {} bytes (local_regions_budget); retry later or register a smaller buffer",
+                local.regions_budget
+            ),
+        })?;
+    let region = Region::map(fd, size, local.max_region)?;
+    Ok((region, budget))
 }
 
 /// One `recvmsg`, returning the bytes read and any file descriptors that came with them.

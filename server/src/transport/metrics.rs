@@ -13,6 +13,8 @@ pub struct TransportMetrics {
     pub rejected_requests: IntCounter,
     pub rejected_connections: IntCounter,
     pub open_connections: IntGauge,
+    /// Bytes of local clients' registered regions.
+    pub local_region_bytes: IntGauge,
     /// Connections closed for an unknown token.
     pub auth_failures: IntCounter,
     /// Requests refused: no token yet, or a dataset the token does not grant.
@@ -40,6 +42,10 @@ impl TransportMetrics {
             open_connections: r.gauge(
                 "shardcache_open_connections",
                 "Open data-plane connections (TCP connections and QUIC connections)",
+            ),
+            local_region_bytes: r.gauge(
+                "shardcache_local_region_bytes",
+                "Bytes of the shared-memory regions local clients have registered",
             ),
             auth_failures: r.counter(
                 "shardcache_auth_failures_total",

@@ -31,6 +31,8 @@ impl Region {
         }
         let len =
             usize::try_from(size).map_err(|_| "region too large for this platform".to_string())?;
+        let fs = rustix::fs::fstatfs(&fd).map_err(|e| format!("cannot statfs the region: {e}"))?;
+        check_filesystem(fs.f_type as i64)?;
         let map = SharedMap::map(&fd, len).map_err(|e| match e {
             MapError::NotSealable(e) => format!("region is not a sealable memfd ({e})"),
             MapError::NotSealed => "region memfd must be sealed with F_SEAL_SHRINK".into(),
@@ -68,6 +70,25 @@ impl Region {
     }
 }
 
+/// `f_type` of tmpfs/shmem, where memfds live.
+const TMPFS_MAGIC: i64 = 0x0102_1994;
+/// `f_type` of hugetlbfs (`MFD_HUGETLB` memfds).
+const HUGETLBFS_MAGIC: i64 = 0x9584_58f6;
+
+/// Only memfds on shmem are mapped: a hugetlb memfd passes the seal checks, but the server's
+/// write into it can SIGBUS when the huge page pool runs dry.
+fn check_filesystem(f_type: i64) -> Result<(), String> {
+    match f_type {
+        TMPFS_MAGIC => Ok(()),
+        HUGETLBFS_MAGIC => Err(
+            "region is a hugetlb memfd, which is refused (a write can fail with SIGBUS when the huge page pool is empty): create the memfd without MFD_HUGETLB".into(),
+        ),
+        other => Err(format!(
+            "region is on a file system of type {other:#x}, not a memfd on shmem"
+        )),
+    }
+}
+
 impl std::fmt::Debug for Region {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Region")
@@ -88,6 +109,40 @@ mod tests {
             shardcache_mem::memfd::add_seals(&fd, SealFlags::SHRINK | SealFlags::GROW).unwrap();
         }
         fd
+    }
+
+    #[test]
+    fn only_shmem_is_accepted() {
+        assert!(check_filesystem(TMPFS_MAGIC).is_ok());
+        assert!(
+            check_filesystem(HUGETLBFS_MAGIC)
+                .unwrap_err()
+                .contains("MFD_HUGETLB")
+        );
+        // ext4's magic: a regular file handed over as a region.
+        assert!(check_filesystem(0xEF53).unwrap_err().contains("0xef53"));
+        // A file on disk is refused by its file system before anything else.
+        let file = tempfile::tempfile().unwrap();
+        file.set_len(4096).unwrap();
+        let e = Region::map(OwnedFd::from(file), 4096, 1 << 20).unwrap_err();
+        assert!(
+            e.contains("not a memfd on shmem") || e.contains("tmpfs"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_hugetlb_memfd_is_refused_where_one_can_be_made() {
+        use rustix::fs::{MemfdFlags, SealFlags as S};
+        let flags = MemfdFlags::HUGETLB | MemfdFlags::ALLOW_SEALING | MemfdFlags::CLOEXEC;
+        let Ok(fd) = rustix::fs::memfd_create("huge", flags) else {
+            // This kernel has no hugetlbfs: the unit test above covers the decision.
+            return;
+        };
+        let _ = rustix::fs::ftruncate(&fd, 2 << 20);
+        let _ = rustix::fs::fcntl_add_seals(&fd, S::SHRINK | S::GROW);
+        let e = Region::map(fd, 2 << 20, 1 << 30).unwrap_err();
+        assert!(e.contains("hugetlb"), "{e}");
     }
 
     #[test]
