@@ -22,7 +22,7 @@ pub mod control {
 
 pub use frame::{
     Auth, AuthOk, BlockState, DataChunk, DecodeError, ErrorCode, ErrorFrame, Frame, FrameCodec,
-    Framed, Header, Hello, ObjectInfo, PeerBlock, PeerMode, Ping, Placed, Pong, Prefetch,
+    Framed, Header, Hello, ObjectInfo, PeerAuth, PeerBlock, PeerMode, Ping, Placed, Pong, Prefetch,
     Prefetched, ReadInto, ReadRequest, ReadStart, Register, Registered, ServerInfo, StatRequest,
 };
 pub use path::{ObjectPath, PathError};

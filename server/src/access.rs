@@ -221,19 +221,214 @@ pub enum Policy {
     Tokens(Arc<AccessTokens>),
 }
 
+/// Shortest cluster secret accepted.
+pub const MIN_SECRET_LEN: usize = 16;
+
+/// The secret members prove they hold (`--cluster-secret-file`): HMAC-SHA256 over both sides'
+/// fresh nonces and node ids, with a different label for each direction, so a proof is good for
+/// one connection, one direction and one pair of nodes.
+pub struct ClusterSecret {
+    key: ring::hmac::Key,
+}
+
+impl std::fmt::Debug for ClusterSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ClusterSecret(<redacted>)")
+    }
+}
+
+/// A cluster secret file that cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[error("--cluster-secret-file {file}: {reason}")]
+pub struct SecretError {
+    pub file: String,
+    pub reason: String,
+}
+
+/// A proof's length (HMAC-SHA256), also the nonces'.
+pub const PROOF_LEN: usize = 32;
+
+impl ClusterSecret {
+    /// Read a secret file (surrounding whitespace ignored).
+    pub fn load(path: &Path) -> Result<ClusterSecret, SecretError> {
+        let err = |reason: String| SecretError {
+            file: path.display().to_string(),
+            reason,
+        };
+        let text = std::fs::read(path).map_err(|e| err(format!("cannot read it: {e}")))?;
+        let secret = text.trim_ascii();
+        if secret.len() < MIN_SECRET_LEN {
+            return Err(err(format!(
+                "the secret is shorter than {MIN_SECRET_LEN} bytes (e.g. `openssl rand -hex 32`)"
+            )));
+        }
+        Ok(ClusterSecret::new(secret))
+    }
+
+    pub fn new(secret: &[u8]) -> ClusterSecret {
+        ClusterSecret {
+            key: ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret),
+        }
+    }
+
+    /// A fresh random nonce.
+    pub fn nonce() -> [u8; PROOF_LEN] {
+        let mut n = [0u8; PROOF_LEN];
+        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut n)
+            .expect("the system's random source works");
+        n
+    }
+
+    fn message(label: &str, asker: &[u8], answerer: &[u8], ids: [&str; 2]) -> Vec<u8> {
+        let mut m = Vec::with_capacity(128);
+        for part in [
+            label.as_bytes(),
+            asker,
+            answerer,
+            ids[0].as_bytes(),
+            ids[1].as_bytes(),
+        ] {
+            m.extend_from_slice(&(part.len() as u32).to_be_bytes());
+            m.extend_from_slice(part);
+        }
+        m
+    }
+
+    /// The answering member's proof: `asker`/`answerer` are the two nonces.
+    pub fn answerer_proof(&self, asker: &[u8], answerer: &[u8], ids: [&str; 2]) -> Vec<u8> {
+        let m = ClusterSecret::message("shardcache answerer", asker, answerer, ids);
+        ring::hmac::sign(&self.key, &m).as_ref().to_vec()
+    }
+
+    /// The asking member's proof.
+    pub fn asker_proof(&self, asker: &[u8], answerer: &[u8], ids: [&str; 2]) -> Vec<u8> {
+        let m = ClusterSecret::message("shardcache asker", asker, answerer, ids);
+        ring::hmac::sign(&self.key, &m).as_ref().to_vec()
+    }
+
+    /// Check a proof in constant time. `ids` is `[asker, answerer]` for both proofs.
+    pub fn verify(
+        &self,
+        answerer_side: bool,
+        nonces: [&[u8]; 2],
+        ids: [&str; 2],
+        proof: &[u8],
+    ) -> bool {
+        let label = if answerer_side {
+            "shardcache answerer"
+        } else {
+            "shardcache asker"
+        };
+        let m = ClusterSecret::message(label, nonces[0], nonces[1], ids);
+        ring::hmac::verify(&self.key, &m, proof).is_ok()
+    }
+}
+
+/// Where a connection is in the members' challenge–response.
+#[derive(Debug, Default)]
+enum PeerHandshake {
+    #[default]
+    None,
+    Challenged {
+        asker_nonce: Vec<u8>,
+        answerer_nonce: Vec<u8>,
+        asker: String,
+    },
+    /// Proved: the member's node id.
+    Member(String),
+    Failed,
+}
+
+/// What the server answers to one `PeerAuth` step.
+#[derive(Debug)]
+pub enum PeerStep {
+    /// Send this challenge (node id, nonce, proof).
+    Challenge { nonce: Vec<u8>, proof: Vec<u8> },
+    /// The asker proved it holds the secret.
+    Member(String),
+}
+
 /// What one connection (a TCP or local-socket connection, a whole QUIC connection) may do.
 #[derive(Debug)]
 pub struct Access {
     policy: Policy,
     grant: OnceLock<Arc<Grant>>,
+    secret: Option<Arc<ClusterSecret>>,
+    peer: std::sync::Mutex<PeerHandshake>,
 }
 
 impl Access {
-    pub fn new(policy: &Policy) -> Arc<Access> {
+    pub fn new(policy: &Policy, secret: Option<&Arc<ClusterSecret>>) -> Arc<Access> {
         Arc::new(Access {
             policy: policy.clone(),
             grant: OnceLock::new(),
+            secret: secret.cloned(),
+            peer: std::sync::Mutex::new(PeerHandshake::None),
         })
+    }
+
+    /// One step of the members' handshake, answered as member `me`.
+    pub fn peer_step(
+        &self,
+        me: &str,
+        asker: &str,
+        nonce: &[u8],
+        proof: &[u8],
+    ) -> Result<PeerStep, Error> {
+        let Some(secret) = &self.secret else {
+            return Err(Error::BadRequest {
+                reason:
+                    "this server has no --cluster-secret-file: members are not asked to prove one"
+                        .into(),
+            });
+        };
+        let refused = |reason: &str| Error::Unauthenticated {
+            reason: reason.to_string(),
+        };
+        let mut state = self.peer.lock().expect("lock");
+        let current = std::mem::replace(&mut *state, PeerHandshake::Failed);
+        match current {
+            PeerHandshake::None if proof.is_empty() && nonce.len() == PROOF_LEN => {
+                let mine = ClusterSecret::nonce().to_vec();
+                let proof = secret.answerer_proof(nonce, &mine, [asker, me]);
+                *state = PeerHandshake::Challenged {
+                    asker_nonce: nonce.to_vec(),
+                    answerer_nonce: mine.clone(),
+                    asker: asker.to_string(),
+                };
+                Ok(PeerStep::Challenge { nonce: mine, proof })
+            }
+            PeerHandshake::Challenged {
+                asker_nonce,
+                answerer_nonce,
+                asker: named,
+            } if nonce.is_empty() && named == asker => {
+                let ids = [asker, me];
+                if secret.verify(false, [&asker_nonce, &answerer_nonce], ids, proof) {
+                    *state = PeerHandshake::Member(asker.to_string());
+                    Ok(PeerStep::Member(asker.to_string()))
+                } else {
+                    Err(refused(
+                        "the proof does not match the cluster secret (--cluster-secret-file differs between members?)",
+                    ))
+                }
+            }
+            PeerHandshake::Member(id) => {
+                *state = PeerHandshake::Member(id);
+                Err(Error::BadRequest {
+                    reason: "this connection is already a member's".into(),
+                })
+            }
+            _ => Err(refused("the members' handshake was not followed")),
+        }
+    }
+
+    /// The member's node id, once it proved the cluster secret on this connection.
+    pub fn member(&self) -> Option<String> {
+        match &*self.peer.lock().expect("lock") {
+            PeerHandshake::Member(id) => Some(id.clone()),
+            _ => None,
+        }
     }
 
     /// Check an `Auth` frame's token; a connection authenticates once. A server without
@@ -338,7 +533,7 @@ mod tests {
     fn connections_authenticate_once_and_are_checked_per_dataset() {
         let t = AccessTokens::parse(&format!("{A} laion\n"), "f", &known()).unwrap();
         let policy = Policy::Tokens(Arc::new(t));
-        let conn = Access::new(&policy);
+        let conn = Access::new(&policy, None);
         let e = conn.check("laion").unwrap_err();
         assert!(matches!(e, Error::Unauthenticated { .. }), "{e}");
         let e = conn.authenticate(B).unwrap_err();
@@ -348,11 +543,59 @@ mod tests {
         let e = conn.check("imagenet").unwrap_err();
         assert!(matches!(e, Error::Forbidden { .. }), "{e}");
         assert!(conn.authenticate(A).is_err());
-        let open = Access::new(&Policy::Anonymous);
+        let open = Access::new(&Policy::Anonymous, None);
         open.check("imagenet").unwrap();
         open.require().unwrap();
         assert_eq!(open.authenticate(A).unwrap().names(), vec!["*".to_string()]);
         open.check("laion").unwrap();
+    }
+
+    #[test]
+    fn members_prove_the_secret_both_ways() {
+        let secret = Arc::new(ClusterSecret::new(b"0123456789abcdef-cluster"));
+        let server = Access::new(&Policy::Anonymous, Some(&secret));
+        // The asker's first step: its nonce.
+        let mine = ClusterSecret::nonce();
+        let PeerStep::Challenge { nonce, proof } =
+            server.peer_step("node-b", "node-a", &mine, &[]).unwrap()
+        else {
+            panic!("a challenge first");
+        };
+        // The asker checks the answerer holds the secret too, for these nonces and ids only.
+        assert!(secret.verify(true, [&mine, &nonce], ["node-a", "node-b"], &proof));
+        assert!(!secret.verify(true, [&mine, &nonce], ["node-a", "node-c"], &proof));
+        assert!(!secret.verify(false, [&mine, &nonce], ["node-a", "node-b"], &proof));
+        let other = ClusterSecret::new(b"another-secret-0123456");
+        assert!(!other.verify(true, [&mine, &nonce], ["node-a", "node-b"], &proof));
+        assert!(server.member().is_none());
+        let answer = secret.asker_proof(&mine, &nonce, ["node-a", "node-b"]);
+        let PeerStep::Member(id) = server.peer_step("node-b", "node-a", &[], &answer).unwrap()
+        else {
+            panic!("a member");
+        };
+        assert_eq!(id, "node-a");
+        assert_eq!(server.member().as_deref(), Some("node-a"));
+
+        // Without the secret: refused, and the connection stays refused.
+        let server = Access::new(&Policy::Anonymous, Some(&secret));
+        let PeerStep::Challenge { nonce, .. } =
+            server.peer_step("node-b", "x", &mine, &[]).unwrap()
+        else {
+            panic!("a challenge first");
+        };
+        let forged = other.asker_proof(&mine, &nonce, ["x", "node-b"]);
+        let e = server.peer_step("node-b", "x", &[], &forged).unwrap_err();
+        assert!(matches!(e, Error::Unauthenticated { .. }), "{e}");
+        let honest = secret.asker_proof(&mine, &nonce, ["x", "node-b"]);
+        assert!(server.peer_step("node-b", "x", &[], &honest).is_err());
+        assert!(server.member().is_none());
+        // A proof replayed on another connection (another nonce) fails.
+        let third = Access::new(&Policy::Anonymous, Some(&secret));
+        third.peer_step("node-b", "x", &mine, &[]).unwrap();
+        assert!(third.peer_step("node-b", "x", &[], &honest).is_err());
+        // Out of order: a proof first.
+        let fourth = Access::new(&Policy::Anonymous, Some(&secret));
+        assert!(fourth.peer_step("node-b", "x", &[], &honest).is_err());
     }
 
     proptest::proptest! {

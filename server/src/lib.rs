@@ -81,6 +81,8 @@ pub enum BuildError {
     },
     #[error("--access-tokens: {0}")]
     AccessTokens(#[from] access::TokenFileError),
+    #[error(transparent)]
+    ClusterSecret(#[from] access::SecretError),
     /// A listener off loopback that would serve without authentication.
     #[error("{0}")]
     Unprotected(String),
@@ -159,6 +161,7 @@ pub struct Server {
     control_token: Option<String>,
     control_tls: Option<tonic::transport::ServerTlsConfig>,
     policy: Policy,
+    secret: Option<Arc<access::ClusterSecret>>,
 }
 
 impl Server {
@@ -195,6 +198,10 @@ impl Server {
     ) -> Result<Server, BuildError> {
         listen::check_exposure(&config)?;
         let policy = listen::access_policy(&config)?;
+        let secret = match &config.cluster_secret_file {
+            Some(path) => Some(Arc::new(access::ClusterSecret::load(path)?)),
+            None => None,
+        };
         let metrics = Arc::new(Metrics::new());
         let permits = Arc::new(Semaphore::new(config.origin_concurrency));
         let defaults = origin_defaults(&config);
@@ -255,6 +262,7 @@ impl Server {
                 fill_timeout: config.peer_timeout * 5 + origin_budget * 2,
                 read_neighbours: config.read_neighbours,
                 chain_chunk: config.chain_chunk as u32,
+                secret: secret.clone(),
                 transport: match &config.tls_ca {
                     None => PeerTransport::Tcp,
                     Some(ca) => PeerTransport::Quic(Arc::new(shardcache_client::ClientOptions {
@@ -294,7 +302,7 @@ impl Server {
             cluster.clone(),
             chains,
             metrics.peer.clone(),
-            config.tls_ca.is_some(),
+            config.tls_ca.is_some() || secret.is_some(),
         ));
         let node = Node::new(service, cluster, peers);
         // One TLS identity for QUIC and for TCP clients that start with a TLS handshake.
@@ -358,6 +366,7 @@ impl Server {
             control_token,
             control_tls,
             policy,
+            secret,
         })
     }
 
@@ -391,6 +400,7 @@ impl Server {
             },
             metrics: self.metrics.transport.clone(),
             policy: self.policy.clone(),
+            secret: self.secret.clone(),
         };
         let max_conns = Arc::new(Semaphore::new(self.config.max_connections));
         let (drain_tx, draining) = tokio::sync::watch::channel(false);

@@ -148,6 +148,13 @@ pub(crate) fn check_exposure(config: &Config) -> Result<(), BuildError> {
             }
         }
     }
+    let clustered =
+        !config.peers.is_empty() || config.peers_file.is_some() || config.peer_dns.is_some();
+    if clustered && config.tls_ca.is_none() && config.cluster_secret_file.is_none() {
+        return Err(BuildError::Unprotected(
+            "peers are configured, and members have no way to prove who they are: give --cluster-secret-file FILE (the same secret on every node) or --tls-ca FILE with member certificates, or --insecure-allow-anonymous to trust any process that answers at a member's address".into(),
+        ));
+    }
     if let Some(addr) = config.control_listen
         && exposed(&addr)
         && config.control_token_file.is_none()

@@ -75,4 +75,13 @@ impl Node {
             disk_capacity,
         }
     }
+
+    /// The answer to a `Ping` from a non-member: alive, and the instance (so a node still tells
+    /// its own address apart), nothing about who it is or what it holds.
+    pub fn liveness(&self) -> Pong {
+        Pong {
+            instance: self.cluster.instance(),
+            ..Pong::default()
+        }
+    }
 }

@@ -140,11 +140,21 @@ impl TestClusterBuilder {
         let dir = tempfile::tempdir().expect("tempdir");
         let config = dir.path().join("cluster.toml");
         std::fs::write(&config, datasets_toml(&self.datasets)).expect("write config");
+        let mut args = self.args;
+        // Members prove the cluster secret, as deployments must, unless the test says otherwise.
+        if !args
+            .iter()
+            .any(|(f, _)| f == "--cluster-secret-file" || f == "--insecure-allow-anonymous")
+        {
+            let secret = dir.path().join("cluster-secret");
+            std::fs::write(&secret, crate::TEST_SECRET).expect("write secret");
+            args.push(("--cluster-secret-file".into(), secret.display().to_string()));
+        }
         let mut cluster = TestCluster {
             nodes: Vec::new(),
             peers_file: dir.path().join("peers"),
             config,
-            args: self.args,
+            args,
             extra: self.extra,
             bin: server_binary(),
             dir,

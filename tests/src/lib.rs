@@ -146,15 +146,50 @@ pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
     (status, body)
 }
 
+/// The cluster secret of test clusters (in-process servers and `TestCluster` processes).
+pub const TEST_SECRET: &str = "test-cluster-secret-5a1f93c0e7d2";
+
 /// A fake protocol server on a loopback port: every request frame is answered with the frames
 /// `answer` returns (none: no answer), under the request's id. For peers and servers that
-/// misbehave on purpose. Stops when the returned task is aborted (or the runtime ends).
+/// misbehave on purpose. Stops when the returned task is aborted (or the runtime ends). It does
+/// not hold the cluster secret: members do not believe it.
 pub async fn scripted_server<F>(answer: F) -> (std::net::SocketAddr, tokio::task::JoinHandle<()>)
+where
+    F: Fn(shardcache_proto::Frame) -> Vec<shardcache_proto::Frame> + Send + Sync + 'static,
+{
+    scripted(None, answer).await
+}
+
+/// A [`scripted_server`] that holds [`TEST_SECRET`] and answers the members' handshake as
+/// member `node_id`: a member that misbehaves after proving who it is.
+pub async fn scripted_member<F>(
+    node_id: &str,
+    answer: F,
+) -> (std::net::SocketAddr, tokio::task::JoinHandle<()>)
+where
+    F: Fn(shardcache_proto::Frame) -> Vec<shardcache_proto::Frame> + Send + Sync + 'static,
+{
+    let secret = shardcache_server::access::ClusterSecret::new(TEST_SECRET.as_bytes());
+    scripted(
+        Some((node_id.to_string(), std::sync::Arc::new(secret))),
+        answer,
+    )
+    .await
+}
+
+async fn scripted<F>(
+    member: Option<(
+        String,
+        std::sync::Arc<shardcache_server::access::ClusterSecret>,
+    )>,
+    answer: F,
+) -> (std::net::SocketAddr, tokio::task::JoinHandle<()>)
 where
     F: Fn(shardcache_proto::Frame) -> Vec<shardcache_proto::Frame> + Send + Sync + 'static,
 {
     use shardcache_proto::frame::{MAX_REQUEST_PAYLOAD, encode};
     use shardcache_proto::{FrameCodec, Framed};
+    use shardcache_server::access::{Access, PeerStep, Policy};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -165,11 +200,33 @@ where
     let task = tokio::spawn(async move {
         while let Ok((mut s, _)) = listener.accept().await {
             let answer = answer.clone();
+            let member = member.clone();
             tokio::spawn(async move {
                 let mut codec = FrameCodec::new(MAX_REQUEST_PAYLOAD);
+                let access = Access::new(&Policy::Anonymous, member.as_ref().map(|m| &m.1));
+                let handshake = |frame: shardcache_proto::Frame| match (&member, frame) {
+                    (Some((me, _)), shardcache_proto::Frame::PeerAuth(a)) => {
+                        match access.peer_step(me, &a.node_id, &a.nonce, &a.proof) {
+                            Ok(PeerStep::Challenge { nonce, proof }) => {
+                                vec![shardcache_proto::Frame::PeerChallenge(
+                                    shardcache_proto::PeerAuth {
+                                        node_id: me.clone(),
+                                        nonce,
+                                        proof,
+                                    },
+                                )]
+                            }
+                            Ok(PeerStep::Member(_)) => {
+                                vec![shardcache_proto::Frame::AuthOk(Default::default())]
+                            }
+                            Err(_) => Vec::new(),
+                        }
+                    }
+                    (_, other) => answer(other),
+                };
                 loop {
                     while let Ok(Some(req)) = codec.next_frame() {
-                        for frame in answer(req.frame) {
+                        for frame in handshake(req.frame) {
                             let out = encode(&Framed {
                                 request_id: req.request_id,
                                 frame,

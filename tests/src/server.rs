@@ -62,6 +62,24 @@ impl TestServerBuilder {
     }
 }
 
+/// A file holding [`crate::TEST_SECRET`], shared by the in-process servers of this test process
+/// (written once, atomically, so concurrent test processes never read half of it).
+pub fn test_secret() -> std::path::PathBuf {
+    static PATH: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    PATH.get_or_init(|| {
+        let dir = std::env::temp_dir();
+        let path = dir.join("shardcache-test-cluster-secret");
+        let tmp = dir.join(format!(
+            "shardcache-test-cluster-secret.{}",
+            std::process::id()
+        ));
+        std::fs::write(&tmp, crate::TEST_SECRET).expect("write the test secret");
+        std::fs::rename(&tmp, &path).expect("place the test secret");
+        path
+    })
+    .clone()
+}
+
 /// A running server; stopped on drop.
 pub struct TestServer {
     pub tcp: SocketAddr,
@@ -89,6 +107,8 @@ impl TestServer {
             origin_timeout: std::time::Duration::from_secs(5),
             origin_retries: 2,
             node_id: Some("test".into()),
+            // Members of in-process clusters prove one secret, as deployments must.
+            cluster_secret_file: Some(test_secret()),
             ..Config::default()
         };
         TestServerBuilder { config }

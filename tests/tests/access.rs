@@ -148,6 +148,23 @@ fn listening_off_loopback_without_authentication_is_refused_naming_the_flags() {
     assert!(e.contains("--quic-listen [::]:7071"), "{e}");
     let e = refused(&["--control-listen", "0.0.0.0:7072"]);
     assert!(e.contains("--control-token-file FILE"), "{e}");
+    // Peers without a way to prove membership.
+    let e = refused(&["--peers", "127.0.0.1:7999"]);
+    assert!(
+        e.contains("--cluster-secret-file FILE") && e.contains("--tls-ca"),
+        "{e}"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let short = dir.path().join("secret");
+    std::fs::write(&short, "tiny\n").unwrap();
+    let e = refused(&[
+        "--peers",
+        "127.0.0.1:7999",
+        "--cluster-secret-file",
+        short.to_str().unwrap(),
+    ]);
+    assert!(e.contains("shorter than 16 bytes"), "{e}");
+    assert!(!e.contains("tiny"), "the secret leaked: {e}");
     // A token file that cannot be used is named with its line.
     let dir = tempfile::tempdir().unwrap();
     let tokens = dir.path().join("tokens");

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use shardcache_client::control_proto::{WarmProgress, WarmRequest};
 use shardcache_client::{Client, ControlClient};
-use shardcache_testsuite::{S3Origin, TestCluster, crc32c, put_objects, scripted_server};
+use shardcache_testsuite::{S3Origin, TestCluster, crc32c, put_objects, scripted_member};
 
 const KIB: usize = 1 << 10;
 const BLOCK: usize = 256 * KIB;
@@ -215,7 +215,7 @@ async fn damaging_member(
 ) -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
     use shardcache_proto::{BlockState, DataChunk, ErrorCode, ErrorFrame, Frame, PeerMode, Pong};
     let seen = Mutex::new(HashSet::new());
-    scripted_server(move |frame| match frame {
+    scripted_member("damager", move |frame| match frame {
         Frame::Ping(_) => vec![Frame::Pong(Pong {
             node_id: "damager".into(),
             instance: 77,

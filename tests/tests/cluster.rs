@@ -6,7 +6,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use shardcache_client::Client;
-use shardcache_testsuite::{S3Origin, TestCluster, crc32c, put_objects, scripted_server, test_ca};
+use shardcache_testsuite::{
+    S3Origin, TestCluster, crc32c, put_objects, scripted_member, scripted_server, test_ca,
+};
 
 const KIB: usize = 1 << 10;
 const BLOCK: usize = 256 * KIB;
@@ -287,24 +289,40 @@ async fn peer_requests_from_a_stranger_are_refused() {
         TcpConn::from_halves(rd, wr, "node-0", BufPool::new(2))
     };
 
+    let refused = |frame: Frame, what: &str| match frame {
+        Frame::Error(e) => {
+            assert_eq!(e.code, ErrorCode::Forbidden, "{what}");
+            assert!(
+                e.message.contains("has not proved it is a member"),
+                "{what}: {}",
+                e.message
+            );
+        }
+        other => panic!("{what} got {other:?}"),
+    };
     // From 127.0.0.2, which is not a member's address: refused, and said so.
     let stranger = connect_from([127, 0, 0, 2]).await;
     for mode in [PeerMode::Probe, PeerMode::Fill] {
         let mut r = stranger.request(ask(mode)).await.unwrap();
-        match r.next().await.unwrap() {
-            Frame::Error(e) => {
-                assert_eq!(e.code, ErrorCode::Forbidden);
-                assert!(e.message.contains("not a cluster member"), "{}", e.message);
-            }
-            other => panic!("a stranger got {other:?}"),
-        }
+        refused(r.next().await.unwrap(), "a stranger");
     }
-    // Anyone may ping; the connection still serves ordinary reads.
+    // From a member's address, without the cluster secret: refused all the same (a hostNetwork
+    // pod or a same-pod sidecar shares the address).
+    let same_address = connect_from([127, 0, 0, 1]).await;
+    let mut r = same_address.request(ask(PeerMode::Fill)).await.unwrap();
+    refused(
+        r.next().await.unwrap(),
+        "a member's address without the secret",
+    );
+    // Anyone may ping, and learns only that the node is alive; the connection still serves
+    // ordinary reads.
     let mut r = stranger
         .request(Frame::Ping(shardcache_proto::Ping { from: "x".into() }))
         .await
         .unwrap();
-    assert!(matches!(r.next().await.unwrap(), Frame::Pong(p) if p.node_id == "node-0"));
+    assert!(
+        matches!(r.next().await.unwrap(), Frame::Pong(p) if p.node_id.is_empty() && p.weight == 0)
+    );
     assert!(
         cluster
             .metric(
@@ -312,11 +330,13 @@ async fn peer_requests_from_a_stranger_are_refused() {
                 "shardcache_rejected_requests_total{reason=\"not_a_member\"}"
             )
             .await
-            >= 2.0
+            >= 3.0
     );
 
-    // From a member's address the same request is served, checksummed.
-    let member = connect_from([127, 0, 0, 1]).await;
+    // Having proved the secret, a connection is a member's and the request is served,
+    // checksummed.
+    let member = connect_from([127, 0, 0, 2]).await;
+    prove_secret(&member, "node-9").await;
     let mut r = member.request(ask(PeerMode::Probe)).await.unwrap();
     match r.next().await.unwrap() {
         Frame::Data(chunk) => {
@@ -333,6 +353,38 @@ async fn peer_requests_from_a_stranger_are_refused() {
         }
         other => panic!("a member got {other:?}"),
     }
+    let mut r = member
+        .request(Frame::Ping(shardcache_proto::Ping {
+            from: "node-9".into(),
+        }))
+        .await
+        .unwrap();
+    assert!(matches!(r.next().await.unwrap(), Frame::Pong(p) if p.node_id == "node-0"));
+}
+
+/// The members' handshake with the test clusters' secret, as member `me`.
+async fn prove_secret(conn: &shardcache_client::raw::TcpConn, me: &str) {
+    use shardcache_proto::{Frame, PeerAuth};
+    use shardcache_server::access::ClusterSecret;
+    let secret = ClusterSecret::new(shardcache_testsuite::TEST_SECRET.as_bytes());
+    let mine = ClusterSecret::nonce();
+    let hello = Frame::PeerAuth(PeerAuth {
+        node_id: me.into(),
+        nonce: mine.to_vec(),
+        proof: Vec::new(),
+    });
+    let Frame::PeerChallenge(ch) = conn.request(hello).await.unwrap().next().await.unwrap() else {
+        panic!("a challenge");
+    };
+    let ids = [me, ch.node_id.as_str()];
+    assert!(secret.verify(true, [&mine, &ch.nonce], ids, &ch.proof));
+    let proof = Frame::PeerAuth(PeerAuth {
+        node_id: me.into(),
+        nonce: Vec::new(),
+        proof: secret.asker_proof(&mine, &ch.nonce, ids),
+    });
+    let answer = conn.request(proof).await.unwrap().next().await.unwrap();
+    assert!(matches!(answer, Frame::AuthOk(_)), "{answer:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -464,8 +516,7 @@ async fn members_authenticate_with_certificates_over_quic() {
         Frame::Error(e) => {
             assert_eq!(e.code, ErrorCode::Forbidden, "{}", e.message);
             assert!(
-                e.message
-                    .contains("no certificate signed by the cluster CA"),
+                e.message.contains("has not proved it is a member"),
                 "{}",
                 e.message
             );
@@ -500,8 +551,7 @@ async fn members_authenticate_with_certificates_over_quic() {
         Frame::Error(e) => {
             assert_eq!(e.code, ErrorCode::Forbidden, "{}", e.message);
             assert!(
-                e.message
-                    .contains("no certificate signed by the cluster CA"),
+                e.message.contains("has not proved it is a member"),
                 "{}",
                 e.message
             );
@@ -510,11 +560,11 @@ async fn members_authenticate_with_certificates_over_quic() {
     }
 }
 
-/// A member that answers pings claiming a huge weight (so it owns nearly every block) and
-/// answers every block request with damaged bytes.
+/// A member (it holds the cluster secret) that answers pings claiming a huge weight (so it owns
+/// nearly every block) and answers every block request with damaged bytes.
 async fn lying_member() -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
     use shardcache_proto::{DataChunk, Frame, Pong};
-    scripted_server(|frame| match frame {
+    scripted_member("liar", |frame| match frame {
         Frame::Ping(_) => vec![Frame::Pong(Pong {
             node_id: "liar".into(),
             instance: 7,
@@ -574,4 +624,88 @@ async fn a_member_sending_damaged_blocks_never_reaches_a_reader() {
         "every damaged block was caught: {snap:?}"
     );
     assert_eq!(origin.total().get_bytes, total_bytes(&objects));
+}
+
+/// A process at a member's address without the cluster secret, answering pings with a huge
+/// weight and block requests with wrong bytes under valid checksums (what a hostNetwork pod or
+/// a reused pod address could do): it is refused, never becomes an owner, and no byte of it is
+/// stored or served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_process_without_the_cluster_secret_never_becomes_a_member() {
+    use shardcache_proto::{DataChunk, Frame, Pong};
+    use shardcache_testsuite::TestServer;
+    let origin = S3Origin::start(&["bucket"]).await;
+    let objects = dataset(&origin, 6, 1 << 20).await;
+    let asked = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = asked.clone();
+    let (impostor, _task) = scripted_server(move |frame| match frame {
+        // It plays along with the handshake, but cannot make a proof.
+        Frame::PeerAuth(_) => vec![Frame::PeerChallenge(shardcache_proto::PeerAuth {
+            node_id: "impostor".into(),
+            nonce: vec![7; 32],
+            proof: vec![9; 32],
+        })],
+        Frame::Ping(_) => vec![Frame::Pong(Pong {
+            node_id: "impostor".into(),
+            instance: 9,
+            weight: u32::MAX,
+            ..Pong::default()
+        })],
+        Frame::PeerBlock(b) => {
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let start = b.index * u64::from(b.block_size);
+            let len = u64::from(b.block_size).min(b.size - start);
+            vec![Frame::Data(DataChunk::new(
+                start,
+                vec![0x5A; len as usize].into(),
+            ))]
+        }
+        _ => Vec::new(),
+    })
+    .await;
+    let mut d = origin.dataset("ds", "bucket", "train");
+    d.block_size = Some(BLOCK as u64);
+    let node = TestServer::builder()
+        .dataset(d)
+        .config(|c| {
+            c.node_id = Some("honest".into());
+            c.peers = vec![impostor.to_string()];
+            c.peer_probe_interval = Duration::from_millis(50);
+        })
+        .start()
+        .await;
+    // It is probed, found wanting (it cannot answer the handshake), and never comes up.
+    let peers = &node.stats.cluster.peers;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while peers.with_label_values(&["down"]).get() != 1 {
+        assert_eq!(
+            peers.with_label_values(&["up"]).get(),
+            0,
+            "the impostor came up"
+        );
+        assert!(Instant::now() < deadline, "the impostor was never probed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(peers.with_label_values(&["up"]).get(), 0);
+    let client = Client::connect(&node.tcp_endpoint()).await.unwrap();
+    for (i, want) in objects.iter().enumerate() {
+        let got = client.read(&format!("ds/obj-{i:03}"), ..).await.unwrap();
+        assert!(
+            got[..] == want[..],
+            "obj-{i:03}: the impostor's bytes reached a reader"
+        );
+    }
+    assert_eq!(
+        asked.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "never asked for a block"
+    );
+    assert_eq!(origin.total().get_bytes, total_bytes(&objects));
+    let members = node.admin_get("/members").await.1;
+    assert!(
+        members.contains("without the cluster secret")
+            || members.contains("handshake")
+            || members.contains("no answer"),
+        "{members}"
+    );
 }

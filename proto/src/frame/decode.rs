@@ -6,11 +6,12 @@ use bytes::{Buf, Bytes, BytesMut};
 use super::{
     Auth, AuthOk, BlockState, DATA_FIELDS_LEN, DataChunk, ErrorCode, ErrorFrame, Frame, Framed,
     HEADER_LEN, Hello, MAX_ADDR_LEN, MAX_AUTH_DATASETS, MAX_CHAIN_UPSTREAM, MAX_DATA_CHUNK,
-    MAX_PATH_LEN, MAX_PREFETCH_PATHS, MAX_STRING_LEN, MAX_TOKEN_LEN, ObjectInfo, PeerBlock,
-    PeerMode, Ping, Placed, Pong, Prefetch, Prefetched, ReadInto, ReadRequest, ReadStart, Register,
-    Registered, ServerInfo, StatRequest, T_AUTH, T_AUTH_OK, T_BLOCK_STATE, T_DATA, T_ERROR,
-    T_HELLO, T_PEER_BLOCK, T_PING, T_PLACED, T_PONG, T_PREFETCH, T_PREFETCHED, T_READ, T_READ_INTO,
-    T_READ_START, T_REGISTER, T_REGISTERED, T_SERVER_INFO, T_STAT, T_STAT_OK, VERSION,
+    MAX_PATH_LEN, MAX_PREFETCH_PATHS, MAX_STRING_LEN, MAX_TOKEN_LEN, ObjectInfo, PEER_AUTH_LEN,
+    PeerAuth, PeerBlock, PeerMode, Ping, Placed, Pong, Prefetch, Prefetched, ReadInto, ReadRequest,
+    ReadStart, Register, Registered, ServerInfo, StatRequest, T_AUTH, T_AUTH_OK, T_BLOCK_STATE,
+    T_DATA, T_ERROR, T_HELLO, T_PEER_AUTH, T_PEER_BLOCK, T_PEER_CHALLENGE, T_PING, T_PLACED,
+    T_PONG, T_PREFETCH, T_PREFETCHED, T_READ, T_READ_INTO, T_READ_START, T_REGISTER, T_REGISTERED,
+    T_SERVER_INFO, T_STAT, T_STAT_OK, VERSION,
 };
 
 /// Why a byte sequence could not be decoded into a frame.
@@ -162,6 +163,28 @@ fn decode_payload(kind: u8, payload: BytesMut) -> Result<Frame, DecodeError> {
         T_HELLO => Frame::Hello(Hello {
             client: r.string(MAX_STRING_LEN)?,
         }),
+        T_PEER_AUTH | T_PEER_CHALLENGE => {
+            let node_id = r.string(MAX_STRING_LEN)?;
+            let part = |r: &mut Reader| -> Result<Vec<u8>, DecodeError> {
+                let n = usize::from(r.u8()?);
+                if n != 0 && n != PEER_AUTH_LEN {
+                    return Err(r.malformed(format!("a nonce or proof of {n} bytes")));
+                }
+                r.bytes(n)
+            };
+            let nonce = part(&mut r)?;
+            let proof = part(&mut r)?;
+            let auth = PeerAuth {
+                node_id,
+                nonce,
+                proof,
+            };
+            if kind == T_PEER_AUTH {
+                Frame::PeerAuth(auth)
+            } else {
+                Frame::PeerChallenge(auth)
+            }
+        }
         T_AUTH => Frame::Auth(Auth {
             token: r.string(MAX_TOKEN_LEN)?,
         }),
@@ -256,6 +279,8 @@ fn kind_name(kind: u8) -> &'static str {
         T_HELLO => "hello",
         T_SERVER_INFO => "server-info",
         T_AUTH => "auth",
+        T_PEER_AUTH => "peer-auth",
+        T_PEER_CHALLENGE => "peer-challenge",
         T_AUTH_OK => "auth-ok",
         _ => "unknown",
     }
@@ -314,6 +339,11 @@ impl Reader {
         self.need(len, "string")?;
         let raw = self.buf.split_to(len);
         String::from_utf8(raw.to_vec()).map_err(|_| self.malformed("string is not utf-8".into()))
+    }
+
+    fn bytes(&mut self, n: usize) -> Result<Vec<u8>, DecodeError> {
+        self.need(n, "bytes")?;
+        Ok(self.buf.split_to(n).to_vec())
     }
 
     fn info(&mut self) -> Result<ObjectInfo, DecodeError> {
@@ -375,6 +405,8 @@ pub fn peek_header(buf: &[u8], max_payload: usize) -> Result<Header, DecodeError
             | T_SERVER_INFO
             | T_AUTH
             | T_AUTH_OK
+            | T_PEER_AUTH
+            | T_PEER_CHALLENGE
     ) {
         return Err(DecodeError::UnknownType { kind });
     }

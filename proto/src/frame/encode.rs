@@ -4,7 +4,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 
 use super::{
     Frame, Framed, HEADER_LEN, MAX_AUTH_DATASETS, MAX_CHAIN_UPSTREAM, MAX_PREFETCH_PATHS,
-    ObjectInfo, ReadRequest, VERSION,
+    ObjectInfo, PEER_AUTH_LEN, ReadRequest, VERSION,
 };
 
 /// An encoded frame as two buffers, so a data chunk leaves in one vectored write without being
@@ -79,6 +79,14 @@ pub fn encode(framed: &Framed) -> Encoded {
         Frame::Ping(p) => put_str(&mut fields, &p.from),
         Frame::Hello(h) => put_str(&mut fields, &h.client),
         Frame::Auth(a) => put_str(&mut fields, &a.token),
+        Frame::PeerAuth(a) | Frame::PeerChallenge(a) => {
+            put_str(&mut fields, &a.node_id);
+            for bytes in [&a.nonce, &a.proof] {
+                let n = bytes.len().min(PEER_AUTH_LEN);
+                fields.put_u8(n as u8);
+                fields.extend_from_slice(&bytes[..n]);
+            }
+        }
         Frame::AuthOk(a) => {
             let n = a.datasets.len().min(MAX_AUTH_DATASETS);
             fields.put_u16(n as u16);

@@ -78,6 +78,11 @@ const T_SERVER_INFO: u8 = 0x8A;
 // Data-plane authentication: a bearer token, once per connection.
 const T_AUTH: u8 = 0x09;
 const T_AUTH_OK: u8 = 0x8B;
+// Cluster: a member proving it holds the cluster secret (challenge–response).
+const T_PEER_AUTH: u8 = 0x0A;
+const T_PEER_CHALLENGE: u8 = 0x8C;
+/// Length of a peer-authentication nonce and of an HMAC-SHA256 proof.
+pub const PEER_AUTH_LEN: usize = 32;
 /// Longest bearer token.
 pub const MAX_TOKEN_LEN: usize = 1024;
 /// Most datasets an [`AuthOk`] names.
@@ -429,6 +434,24 @@ pub struct AuthOk {
     pub datasets: Vec<String>,
 }
 
+/// Cluster: one step of the members' challenge–response over the cluster secret
+/// (`--cluster-secret-file`), the first exchange on a connection between members.
+///
+/// 1. The asker sends `PeerAuth { node_id, nonce: its nonce, proof: empty }`.
+/// 2. The server answers [`Frame::PeerChallenge`] with its own node id, its nonce and a proof
+///    (HMAC-SHA256 under the secret over both nonces and both ids), which the asker checks: a
+///    process that does not hold the secret cannot pass for a member to the asker either.
+/// 3. The asker sends `PeerAuth { node_id, nonce: empty, proof: its proof }`; the server checks
+///    it and answers [`AuthOk`], or an `Unauthenticated` error and closes the connection.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct PeerAuth {
+    pub node_id: String,
+    /// [`PEER_AUTH_LEN`] bytes, or empty.
+    pub nonce: Vec<u8>,
+    /// [`PEER_AUTH_LEN`] bytes, or empty.
+    pub proof: Vec<u8>,
+}
+
 /// The answer to [`Ping`]: who answered.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Pong {
@@ -465,6 +488,8 @@ pub enum Frame {
     ServerInfo(ServerInfo),
     Auth(Auth),
     AuthOk(AuthOk),
+    PeerAuth(PeerAuth),
+    PeerChallenge(PeerAuth),
 }
 
 impl Frame {
@@ -490,6 +515,8 @@ impl Frame {
             Frame::ServerInfo(_) => T_SERVER_INFO,
             Frame::Auth(_) => T_AUTH,
             Frame::AuthOk(_) => T_AUTH_OK,
+            Frame::PeerAuth(_) => T_PEER_AUTH,
+            Frame::PeerChallenge(_) => T_PEER_CHALLENGE,
         }
     }
 
@@ -506,6 +533,7 @@ impl Frame {
                 | Frame::Ping(_)
                 | Frame::Hello(_)
                 | Frame::Auth(_)
+                | Frame::PeerAuth(_)
         )
     }
 }

@@ -94,6 +94,21 @@ fn arb_frame() -> impl Strategy<Value = Frame> {
         ".{0,40}".prop_map(|from| Frame::Ping(Ping { from })),
         ".{0,40}".prop_map(|client| Frame::Hello(Hello { client })),
         "[!-~]{0,80}".prop_map(|token| Frame::Auth(Auth { token })),
+        (".{0,20}", any::<bool>(), any::<bool>(), any::<[u8; 32]>()).prop_map(
+            |(node_id, nonce, proof, bytes)| {
+                let pick = |on: bool| if on { bytes.to_vec() } else { Vec::new() };
+                Frame::PeerAuth(PeerAuth {
+                    node_id,
+                    nonce: pick(nonce),
+                    proof: pick(proof),
+                })
+            }
+        ),
+        (".{0,20}", any::<[u8; 32]>()).prop_map(|(node_id, b)| Frame::PeerChallenge(PeerAuth {
+            node_id,
+            nonce: b.to_vec(),
+            proof: b.to_vec(),
+        })),
         proptest::collection::vec("[a-z*]{1,12}", 0..8)
             .prop_map(|datasets| Frame::AuthOk(AuthOk { datasets })),
         (".{0,40}", any::<u64>(), ".{0,20}", ".{0,60}").prop_map(
@@ -189,7 +204,7 @@ proptest! {
     }
 
     #[test]
-    fn random_payloads_behind_valid_headers_never_panic(kind in prop::sample::select(vec![T_READ, T_STAT, T_STAT_OK, T_READ_START, T_DATA, T_ERROR, T_REGISTER, T_REGISTERED, T_READ_INTO, T_PLACED, T_PREFETCH, T_PREFETCHED, T_PEER_BLOCK, T_PING, T_PONG, T_BLOCK_STATE, T_HELLO, T_SERVER_INFO, T_AUTH, T_AUTH_OK]), payload in proptest::collection::vec(any::<u8>(), 0..256)) {
+    fn random_payloads_behind_valid_headers_never_panic(kind in prop::sample::select(vec![T_READ, T_STAT, T_STAT_OK, T_READ_START, T_DATA, T_ERROR, T_REGISTER, T_REGISTERED, T_READ_INTO, T_PLACED, T_PREFETCH, T_PREFETCHED, T_PEER_BLOCK, T_PING, T_PONG, T_BLOCK_STATE, T_HELLO, T_SERVER_INFO, T_AUTH, T_AUTH_OK, T_PEER_AUTH, T_PEER_CHALLENGE]), payload in proptest::collection::vec(any::<u8>(), 0..256)) {
         let mut buf = BytesMut::new();
         buf.put_u8(VERSION);
         buf.put_u8(kind);

@@ -26,15 +26,20 @@ use std::time::Duration;
 
 use shardcache_client::raw::BufPool;
 
+use crate::access::ClusterSecret;
 use crate::cache::BlockKey;
 use crate::drain::Draining;
 use crate::stats::Registry;
 pub use link::{FrameStream, PeerFailure, PeerLink, declined, refusal, unavailable};
-pub use peer::{Peer, PeerState, PeerTransport};
+pub use peer::{Credential, Peer, PeerState, PeerTransport};
 use placement::Weighted;
 
 /// Longest wait between probes of a peer that is down.
 const MAX_PROBE_BACKOFF: Duration = Duration::from_secs(5);
+
+/// Largest weight a member may claim: a member answering with more is taken at this weight
+/// (so no member can take over most of the blocks by claiming a huge one).
+pub const MAX_WEIGHT: u32 = 1000;
 
 /// Receive buffers kept for peer block transfers.
 const PEER_BUFFERS: usize = 64;
@@ -64,6 +69,8 @@ pub struct ClusterSettings {
     /// Chunk size of chain distribution.
     pub chain_chunk: u32,
     pub transport: PeerTransport,
+    /// The secret this node proves to peers over TCP (and asks them to prove).
+    pub secret: Option<Arc<ClusterSecret>>,
 }
 
 impl std::fmt::Debug for PeerTransport {
@@ -433,9 +440,14 @@ impl Cluster {
                 if peers.contains_key(addr) {
                     continue;
                 }
+                let credential = self.settings.secret.clone().map(|secret| Credential {
+                    node_id: self.settings.node_id.clone(),
+                    secret,
+                });
                 let peer = Arc::new(Peer::new(
                     addr.clone(),
                     self.settings.transport.clone(),
+                    credential,
                     self.pool.clone(),
                 ));
                 if self.settings.own_addr.map(|a| a.to_string()).as_deref() == Some(addr) {
@@ -474,9 +486,18 @@ impl Cluster {
                             "a peer uses this node's node id; it is left out"
                         );
                     }
+                    if pong.weight > MAX_WEIGHT && !matches!(peer.state(), PeerState::Up { .. }) {
+                        tracing::warn!(
+                            peer = peer.addr(),
+                            node_id = pong.node_id,
+                            weight = pong.weight,
+                            max = MAX_WEIGHT,
+                            "a peer claims a weight above the maximum; it counts as the maximum"
+                        );
+                    }
                     let changed = peer.set_state(PeerState::Up {
                         node_id: pong.node_id.clone(),
-                        weight: pong.weight,
+                        weight: pong.weight.min(MAX_WEIGHT),
                         instance: pong.instance,
                     });
                     if changed {

@@ -12,10 +12,11 @@ use std::time::Duration;
 
 use shardcache_client::ClientOptions;
 use shardcache_client::raw::{BufPool, Conn, QuicConn, Responses, TcpConn};
-use shardcache_proto::{BlockState, Frame, PeerBlock, Ping, Pong};
+use shardcache_proto::{BlockState, Frame, PeerAuth, PeerBlock, Ping, Pong};
 use tokio::sync::{Mutex, Semaphore, watch};
 
 use super::link::{FrameStream, PeerFailure, PeerLink, declined, refusal, unavailable};
+use crate::access::ClusterSecret;
 use crate::cache::{Block, FillSource};
 
 /// Block requests in flight to one peer at once (below the default per-connection limit, so
@@ -65,12 +66,72 @@ pub enum PeerTransport {
     Quic(Arc<ClientOptions>),
 }
 
+/// The members' challenge–response on a new connection: this node's nonce, the peer's proof
+/// checked (a process without the secret is not believed), then this node's proof.
+async fn prove(conn: &Conn, credential: &Credential) -> Result<(), String> {
+    let me = credential.node_id.as_str();
+    let mine = ClusterSecret::nonce();
+    let hello = Frame::PeerAuth(PeerAuth {
+        node_id: me.to_string(),
+        nonce: mine.to_vec(),
+        proof: Vec::new(),
+    });
+    let mut answer = conn
+        .request(hello, IDLE_TIMEOUT)
+        .await
+        .map_err(|e| e.to_string())?;
+    let challenge = match answer.next().await.map_err(|e| e.to_string())? {
+        Frame::PeerChallenge(c) => c,
+        Frame::Error(e) => {
+            return Err(format!(
+                "refused the members' handshake ({:?}): {}",
+                e.code, e.message
+            ));
+        }
+        other => return Err(format!("answered the members' handshake with {other:?}")),
+    };
+    let ids = [me, challenge.node_id.as_str()];
+    let nonces: [&[u8]; 2] = [&mine, &challenge.nonce];
+    if !credential
+        .secret
+        .verify(true, nonces, ids, &challenge.proof)
+    {
+        return Err(
+            "answered without the cluster secret: not a member (is --cluster-secret-file the same on every node?)"
+                .into(),
+        );
+    }
+    let proof = credential.secret.asker_proof(&mine, &challenge.nonce, ids);
+    let step = Frame::PeerAuth(PeerAuth {
+        node_id: me.to_string(),
+        nonce: Vec::new(),
+        proof,
+    });
+    let mut answer = conn
+        .request(step, IDLE_TIMEOUT)
+        .await
+        .map_err(|e| e.to_string())?;
+    match answer.next().await.map_err(|e| e.to_string())? {
+        Frame::AuthOk(_) => Ok(()),
+        Frame::Error(e) => Err(format!("refused this node's proof: {}", e.message)),
+        other => Err(format!("answered this node's proof with {other:?}")),
+    }
+}
+
 /// Longest silence inside one peer response (requests have their own, shorter deadlines).
 const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// What this node proves to peers over TCP: its node id and the cluster secret.
+#[derive(Clone, Debug)]
+pub struct Credential {
+    pub node_id: String,
+    pub secret: Arc<ClusterSecret>,
+}
 
 pub struct Peer {
     addr: String,
     transport: PeerTransport,
+    credential: Option<Credential>,
     state: watch::Sender<PeerState>,
     /// The last answer to a probe (node id, weight, tier usage).
     last_pong: std::sync::Mutex<Option<Pong>>,
@@ -83,10 +144,16 @@ pub struct Peer {
 }
 
 impl Peer {
-    pub fn new(addr: String, transport: PeerTransport, pool: Arc<BufPool>) -> Peer {
+    pub fn new(
+        addr: String,
+        transport: PeerTransport,
+        credential: Option<Credential>,
+        pool: Arc<BufPool>,
+    ) -> Peer {
         Peer {
             addr,
             transport,
+            credential,
             state: watch::Sender::new(PeerState::Unknown),
             last_pong: std::sync::Mutex::new(None),
             data: Mutex::new(None),
@@ -174,9 +241,18 @@ impl Peer {
                 }
             }
         };
+        let connect = async {
+            let conn = connect.await.map_err(|e| e.to_string())?;
+            // Over TCP, both sides prove the cluster secret before anything else is asked or
+            // believed; QUIC members prove themselves with certificates.
+            if let (PeerTransport::Tcp, Some(credential)) = (&self.transport, &self.credential) {
+                prove(&conn, credential).await?;
+            }
+            Ok::<Conn, String>(conn)
+        };
         let conn = match tokio::time::timeout(timeout, connect).await {
             Ok(Ok(conn)) => Arc::new(conn),
-            Ok(Err(e)) => return Err(unavailable(e.to_string())),
+            Ok(Err(e)) => return Err(unavailable(e)),
             Err(_) => return Err(unavailable(format!("no connection within {timeout:?}"))),
         };
         *slot = Some(conn.clone());

@@ -313,6 +313,13 @@ impl Config {
                 self.chain_chunk
             )));
         }
+        if self.weight > crate::cluster::MAX_WEIGHT {
+            return Err(ConfigError::new(format!(
+                "weight {} is above the maximum, {}",
+                self.weight,
+                crate::cluster::MAX_WEIGHT
+            )));
+        }
         for d in &self.datasets {
             shardcache_proto::path::validate_dataset(&d.name)
                 .map_err(|e| ConfigError::new(format!("dataset {:?}: {e}", d.name)))?;

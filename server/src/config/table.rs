@@ -75,6 +75,8 @@ settings! {
     control_listen: opt_addr = "127.0.0.1:7072", "ADDR";
     /// A file holding the bearer token every control call must carry.
     control_token_file: opt_path = "none", "FILE";
+    /// A secret every member proves with a challenge–response on each connection to another (when no --tls-ca is given).
+    cluster_secret_file: opt_path = "none", "FILE";
     /// Data-plane bearer tokens: one `TOKEN DATASET[,DATASET…]` or `TOKEN *` a line. Without it the data plane serves anyone, on loopback and the local socket only.
     access_tokens: opt_path = "none", "FILE";
     /// Serve the data plane without tokens, and the control plane without a token, on addresses other than loopback.

@@ -205,7 +205,6 @@ const NOT_YET: &[(&str, &str)] = &[
     ("--s3-listen", "S3-compatible endpoint"),
     ("--s3-credentials", "S3-compatible endpoint"),
     ("--s3-anonymous", "S3-compatible endpoint"),
-    ("--cluster-secret-file", "peer authentication"),
     ("--rdma", "RDMA transport"),
     ("--rdma-device", "RDMA transport"),
 ];

@@ -50,8 +50,9 @@ pub struct PeerServer {
     pub(super) members: Arc<dyn Members>,
     pub(super) chains: Arc<Chains>,
     pub(super) metrics: Arc<PeerMetrics>,
-    /// Peer-only requests need a member certificate (a cluster CA is configured).
-    require_certificates: bool,
+    /// Peer-only requests need a proof (a cluster CA or a cluster secret is configured), not
+    /// only a member's address.
+    require_proof: bool,
 }
 
 impl PeerServer {
@@ -60,14 +61,14 @@ impl PeerServer {
         members: Arc<dyn Members>,
         chains: Arc<Chains>,
         metrics: Arc<PeerMetrics>,
-        require_certificates: bool,
+        require_proof: bool,
     ) -> PeerServer {
         PeerServer {
             service,
             members,
             chains,
             metrics,
-            require_certificates,
+            require_proof,
         }
     }
 
@@ -75,20 +76,25 @@ impl PeerServer {
         &self.service
     }
 
-    /// Whether a connection may send peer-only requests.
-    pub fn allowed(&self, caller: &Caller) -> Result<()> {
-        let allowed = if self.require_certificates {
+    /// Whether a connection is a member's: a member certificate or the cluster secret proved
+    /// on it, or, when neither is configured, a member's source address.
+    pub fn is_member(&self, caller: &Caller) -> bool {
+        if self.require_proof {
             caller.authenticated
         } else {
             caller.authenticated || caller.ip.is_some_and(|ip| self.members.is_member_ip(ip))
-        };
-        if allowed {
+        }
+    }
+
+    /// Whether a connection may send peer-only requests.
+    pub fn allowed(&self, caller: &Caller) -> Result<()> {
+        if self.is_member(caller) {
             return Ok(());
         }
         self.metrics.refused.inc();
-        let reason = if self.require_certificates {
+        let reason = if self.require_proof {
             format!(
-                "{} presented no certificate signed by the cluster CA; block requests between members need one (QUIC with --tls-cert/--tls-key signed by --tls-ca)",
+                "{} has not proved it is a member; block requests between members need the cluster secret (--cluster-secret-file) or a certificate signed by --tls-ca",
                 caller.name
             )
         } else {

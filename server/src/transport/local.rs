@@ -26,7 +26,6 @@ use tokio::task::JoinSet;
 
 use super::shm::Region;
 use super::{Draining, Serving, refuse, serve_connection};
-use crate::access::Access;
 use crate::peer::Caller;
 
 /// How long a new connection may take to register its region.
@@ -181,7 +180,7 @@ async fn serve_local(
         return;
     }
     let (rd, wr) = stream.into_split();
-    let access = Access::new(&serving.policy);
+    let access = serving.access();
     serve_connection(
         rd,
         wr,

@@ -49,7 +49,7 @@ impl TransportMetrics {
             ),
             auth_failures: r.counter(
                 "shardcache_auth_failures_total",
-                "Data-plane connections closed because their token is not an access token",
+                "Data-plane connections closed because their token is not an access token, or their member's proof does not match the cluster secret",
             ),
             denied_requests: r.counter(
                 "shardcache_denied_requests_total",

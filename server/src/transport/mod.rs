@@ -27,7 +27,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::task::JoinSet;
 
-use crate::access::{Access, Policy};
+use crate::access::{Access, ClusterSecret, PeerStep, Policy};
 use crate::error::Error;
 use crate::node::Node;
 use crate::peer::{Caller, PeerAnswer};
@@ -57,6 +57,15 @@ pub struct Serving {
     pub metrics: Arc<TransportMetrics>,
     /// Who may read: anyone, or holders of an access token.
     pub policy: Policy,
+    /// The secret members prove on their connections, when configured.
+    pub secret: Option<Arc<ClusterSecret>>,
+}
+
+impl Serving {
+    /// A new connection's access: nothing proved yet.
+    pub fn access(&self) -> Arc<Access> {
+        Access::new(&self.policy, self.secret.as_ref())
+    }
 }
 
 /// Serve one connection (or one QUIC stream) until the peer closes it or breaks the protocol.
@@ -105,6 +114,45 @@ pub async fn serve_connection<R, W>(
                     .await;
                 handlers.abort_all();
                 break 'conn;
+            }
+            if let Frame::PeerAuth(step) = &framed.frame {
+                let me = serving.node.cluster.node_id().to_string();
+                let answer = match access.peer_step(&me, &step.node_id, &step.nonce, &step.proof) {
+                    Ok(PeerStep::Challenge { nonce, proof }) => {
+                        Frame::PeerChallenge(shardcache_proto::PeerAuth {
+                            node_id: me,
+                            nonce,
+                            proof,
+                        })
+                    }
+                    Ok(PeerStep::Member(id)) => {
+                        tracing::debug!(%peer, member = id, "member proved the cluster secret");
+                        Frame::AuthOk(shardcache_proto::AuthOk::default())
+                    }
+                    Err(e) => {
+                        let closing = matches!(e, Error::Unauthenticated { .. });
+                        if closing {
+                            stats.auth_failures.inc();
+                            tracing::warn!(%peer, claimed = step.node_id, error = %e, "closing connection: not a member");
+                        }
+                        let _ = tx
+                            .send(error_frame(framed.request_id, e.code(), e.to_string()))
+                            .await;
+                        if closing {
+                            handlers.abort_all();
+                            break 'conn;
+                        }
+                        continue;
+                    }
+                };
+                let reply = encode(&Framed {
+                    request_id: framed.request_id,
+                    frame: answer,
+                });
+                if tx.send(reply).await.is_err() {
+                    break 'conn;
+                }
+                continue;
             }
             if let Frame::Auth(auth) = &framed.frame {
                 let answer = match access.authenticate(&auth.token) {
@@ -290,12 +338,17 @@ async fn handle(
             (String::new(), Ok(()))
         }
         Frame::Ping(_) => {
-            send(Frame::Pong(node.pong())).await;
+            // Liveness for anyone; who answers, its weight and usage for members only.
+            let pong = match node.peers.is_member(&member(&remote, &access)) {
+                true => node.pong(),
+                false => node.liveness(),
+            };
+            send(Frame::Pong(pong)).await;
             (String::new(), Ok(()))
         }
         Frame::PeerBlock(req) => {
             let path = req.path.clone();
-            let result = match node.peers.allowed(&remote) {
+            let result = match node.peers.allowed(&member(&remote, &access)) {
                 Ok(()) => match node.peers.peer_block(req).await {
                     Ok(PeerAnswer::Data(chunk)) => {
                         send(Frame::Data(chunk)).await;
@@ -364,6 +417,14 @@ async fn handle(
         .await;
     }
     duration.observe(started.elapsed().as_secs_f64());
+}
+
+/// The caller, marked authenticated once it proved the cluster secret on this connection.
+fn member(remote: &Caller, access: &Access) -> Caller {
+    Caller {
+        authenticated: remote.authenticated || access.member().is_some(),
+        ..remote.clone()
+    }
 }
 
 /// Whether the connection's grant covers the datasets a request names. Peer requests are

@@ -9,7 +9,6 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use super::{Draining, Serving, serve_connection};
-use crate::access::Access;
 use crate::peer::Caller;
 
 /// Flow-control windows sized for multi-MiB blocks on fast links.
@@ -64,7 +63,7 @@ pub async fn accept_loop(
                 authenticated: conn.peer_identity().is_some(),
             };
             // One authentication for the whole connection, whichever stream carries it.
-            let access = Access::new(&serving.policy);
+            let access = serving.access();
             let mut streams = JoinSet::new();
             loop {
                 let accepted = tokio::select! {

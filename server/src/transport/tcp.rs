@@ -11,7 +11,6 @@ use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 
 use super::{Draining, Serving, refuse, serve_connection};
-use crate::access::Access;
 use crate::peer::Caller;
 
 /// How long a TLS client may take to start and finish its handshake.
@@ -51,7 +50,7 @@ pub async fn accept_loop(
         let tls = tls.clone();
         conns.spawn(async move {
             stats.open_connections.inc();
-            let access = Access::new(&serving.policy);
+            let access = serving.access();
             match tls {
                 Some(tls) if starts_tls(&stream).await => match handshake(&tls, stream).await {
                     Ok(stream) => {

@@ -48,6 +48,7 @@ async fn node(stats: &Counters) -> Arc<Node> {
             read_neighbours: 2,
             chain_chunk: 64 * 1024,
             transport: PeerTransport::Tcp,
+            secret: None,
         },
         ClusterMetrics::new(&stats.registry),
     );
@@ -73,6 +74,14 @@ async fn connect(max_requests: usize) -> (Conn, Seen) {
 }
 
 async fn connect_with(max_requests: usize, policy: Policy) -> (Conn, Seen) {
+    connect_full(max_requests, policy, None).await
+}
+
+async fn connect_full(
+    max_requests: usize,
+    policy: Policy,
+    secret: Option<Arc<ClusterSecret>>,
+) -> (Conn, Seen) {
     let parts = Counters::new();
     let node = node(&parts).await;
     let transport = Arc::new(TransportMetrics::new(&parts.registry));
@@ -88,9 +97,10 @@ async fn connect_with(max_requests: usize, policy: Policy) -> (Conn, Seen) {
             limits: ConnLimits { max_requests },
             metrics: transport.clone(),
             policy: policy.clone(),
+            secret: secret.clone(),
         },
         caller,
-        Access::new(&policy),
+        Access::new(&policy, secret.as_ref()),
         draining,
         None,
     ));
@@ -170,14 +180,86 @@ async fn hello_and_ping_say_who_answers() {
     };
     assert_eq!(info.node_id, "node-a");
     assert_eq!(info.version, env!("CARGO_PKG_VERSION"));
+    // A stranger's ping learns that the node is alive, and nothing about it.
     c.send(2, Frame::Ping(Ping { from: "x".into() })).await;
     let answer = c.expect().await;
     assert_eq!(answer.request_id, 2);
     let Frame::Pong(pong) = answer.frame else {
         panic!("ping is answered with pong");
     };
+    assert_ne!(pong.instance, 0);
+    assert_eq!((pong.node_id.as_str(), pong.weight), ("", 0));
+    assert_eq!((pong.ram_used, pong.ram_capacity), (0, 0));
+}
+
+fn peer_auth(node_id: &str, nonce: &[u8], proof: &[u8]) -> Frame {
+    Frame::PeerAuth(shardcache_proto::PeerAuth {
+        node_id: node_id.into(),
+        nonce: nonce.to_vec(),
+        proof: proof.to_vec(),
+    })
+}
+
+#[tokio::test]
+async fn a_member_proves_the_cluster_secret_and_is_then_answered_as_one() {
+    let secret = Arc::new(ClusterSecret::new(b"test-cluster-secret-0123"));
+    let (mut c, _) = connect_full(8, Policy::Anonymous, Some(secret.clone())).await;
+    // Before the proof: block requests are refused.
+    let block = Frame::PeerBlock(shardcache_proto::PeerBlock {
+        path: "ds/shard".into(),
+        etag: "e".into(),
+        size: 3 * BS + 100,
+        last_modified_ms: 0,
+        block_size: BS as u32,
+        index: 0,
+        mode: PeerMode::Check,
+        chunk_size: 0,
+        offset: 0,
+        upstream: Vec::new(),
+    });
+    c.send(1, block.clone()).await;
+    assert_eq!(error_code(&c.expect().await), ErrorCode::Forbidden);
+    let mine = ClusterSecret::nonce();
+    c.send(2, peer_auth("node-b", &mine, &[])).await;
+    let Frame::PeerChallenge(ch) = c.expect().await.frame else {
+        panic!("a challenge");
+    };
+    assert_eq!(ch.node_id, "node-a");
+    let ids = ["node-b", "node-a"];
+    assert!(secret.verify(true, [&mine, &ch.nonce], ids, &ch.proof));
+    let proof = secret.asker_proof(&mine, &ch.nonce, ids);
+    c.send(3, peer_auth("node-b", &[], &proof)).await;
+    assert!(matches!(c.expect().await.frame, Frame::AuthOk(_)));
+    c.send(
+        4,
+        Frame::Ping(Ping {
+            from: "node-b".into(),
+        }),
+    )
+    .await;
+    let Frame::Pong(pong) = c.expect().await.frame else {
+        panic!("pong");
+    };
     assert_eq!((pong.node_id.as_str(), pong.weight), ("node-a", 1));
-    assert_eq!(pong.ram_capacity, 64 << 20);
+    c.send(5, block).await;
+    assert!(matches!(c.expect().await.frame, Frame::BlockState(_)));
+}
+
+#[tokio::test]
+async fn a_wrong_secret_closes_the_connection() {
+    let secret = Arc::new(ClusterSecret::new(b"test-cluster-secret-0123"));
+    let (mut c, stats) = connect_full(8, Policy::Anonymous, Some(secret)).await;
+    let mine = ClusterSecret::nonce();
+    c.send(1, peer_auth("node-b", &mine, &[])).await;
+    let Frame::PeerChallenge(ch) = c.expect().await.frame else {
+        panic!("a challenge");
+    };
+    let wrong = ClusterSecret::new(b"not-the-cluster-secret!!");
+    let proof = wrong.asker_proof(&mine, &ch.nonce, ["node-b", "node-a"]);
+    c.send(2, peer_auth("node-b", &[], &proof)).await;
+    assert_eq!(error_code(&c.expect().await), ErrorCode::Unauthenticated);
+    assert!(c.next().await.is_none(), "closed");
+    assert_eq!(stats.transport.auth_failures.get(), 1);
 }
 
 #[tokio::test]
