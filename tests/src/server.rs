@@ -39,6 +39,7 @@ impl TestServerBuilder {
         let disk_root = self.config.disk_cache.clone();
         let local_socket = self.config.local_socket.clone();
         let stats = server.metrics();
+        let service = server.service();
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
             server
@@ -56,6 +57,7 @@ impl TestServerBuilder {
             disk_root,
             local_socket,
             stats,
+            service,
             shutdown: Some(tx),
             task: Some(task),
         }
@@ -89,6 +91,8 @@ pub struct TestServer {
     pub disk_root: Option<std::path::PathBuf>,
     pub local_socket: Option<std::path::PathBuf>,
     pub stats: Arc<Metrics>,
+    /// The read path, for tests that reach into the tiers (e.g. to damage a held block).
+    pub service: Arc<shardcache_server::service::CacheService>,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
 }

@@ -99,6 +99,37 @@ async fn a_restart_keeps_the_cache() {
     assert!(s.disk_hits >= OBJECTS * BLOCKS_PER_OBJECT - 1, "{s:?}");
 }
 
+/// The block size is part of a block's identity: after a dataset's block size changes over a
+/// kept disk tier, the old blocks (cut at other boundaries) are never served as new ones, and
+/// every byte read is right.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_block_size_over_a_kept_disk_tier_serves_the_right_bytes() {
+    let origin = origin().await;
+    let dir = tempfile::tempdir().unwrap();
+    fill_then_stop(dataset(&origin, true), dir.path()).await;
+    let gets = origin.total().gets;
+    let mut bigger = dataset(&origin, true);
+    bigger.block_size = Some(2 * BLOCK);
+    let second = server(bigger, dir.path(), 1 << 30).await;
+    read_all(&second).await;
+    let client = Client::connect(&second.tcp_endpoint()).await.unwrap();
+    for i in 0..OBJECTS {
+        let at = BLOCK + 17;
+        let got = client
+            .read(&format!("ds/{i}"), at..at + BLOCK)
+            .await
+            .unwrap();
+        assert!(got[..] == bytes_for(i, SIZE)[at as usize..(at + BLOCK) as usize]);
+    }
+    // Every block of the new size (two per object) came from the origin once; none was
+    // mistaken for an old one.
+    assert!(
+        origin.total().gets >= gets + OBJECTS * 2,
+        "the blocks of the new size came from the origin"
+    );
+    assert_eq!(second.stats.read.damaged_blocks.get(), 0);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_immutable_dataset_is_served_with_the_origin_gone() {
     let origin = origin().await;

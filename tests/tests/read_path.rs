@@ -194,3 +194,38 @@ async fn blocking_client_reads_and_seeks() {
     .await
     .unwrap();
 }
+
+/// A bit flipped in the RAM copy of cached blocks is never delivered: a part of a block is
+/// checked against the block's stored CRC, found damaged, dropped and fetched again; a whole
+/// block goes with its stored CRC, so the client catches it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn damaged_ram_copies_are_caught_never_delivered() {
+    const BS: usize = 256 * 1024;
+    let origin = S3Origin::start(&["bucket"]).await;
+    let want = bytes_for(11, 4 * BS);
+    origin.put("bucket", "obj", want.clone()).await;
+    let mut d = origin.dataset("ds", "bucket", "");
+    d.block_size = Some(BS as u64);
+    let server = TestServer::builder().dataset(d).start().await;
+    let client = Client::connect(&server.tcp_endpoint()).await.unwrap();
+    assert!(client.read("ds/obj", ..).await.unwrap()[..] == want[..]);
+    let gets = origin.total().gets;
+    assert_eq!(server.service.ram().damage_all_for_tests().await, 4);
+
+    // Parts of blocks: caught on the server, fetched again, the right bytes served.
+    let got = client.read("ds/obj", 1000..BS as u64 + 5000).await.unwrap();
+    assert!(got[..] == want[1000..BS + 5000]);
+    assert!(server.stats.read.damaged_blocks.get() >= 2);
+    assert!(
+        origin.total().gets > gets,
+        "the damaged blocks were fetched again"
+    );
+
+    // A whole damaged block (block 3, untouched so far): the client's check catches it, and no
+    // wrong byte is returned.
+    let e = client
+        .read("ds/obj", 3 * BS as u64..4 * BS as u64)
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("checksum mismatch"), "{e}");
+}

@@ -12,7 +12,7 @@ mod ram;
 mod versions;
 
 pub use disk::{DiskConfig, DiskTier};
-pub use key::{Block, BlockKey, FillSource, ObjectId};
+pub use key::{Block, BlockKey, Damaged, FillSource, ObjectId};
 pub use metrics::TierMetrics;
 pub use ram::{Filled, RamTier};
 pub use versions::VersionCache;

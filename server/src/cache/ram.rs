@@ -1,14 +1,19 @@
 //! The RAM tier: a byte-weighted moka cache with a hard budget, and single-flight fills.
 //!
-//! Concurrent misses of one block coalesce on moka's entry API: one fill future runs, every other
-//! reader of that block waits for its result, success or error. moka applies evictions in
-//! batches, so usage can run ahead of the budget by the blocks inserted since the last batch;
-//! `run_pending_tasks` is called after each fill to keep that window small.
+//! Concurrent misses of one block coalesce: the first starts the fill in a task of its own,
+//! which stores the block and ends on its own; every reader of the block (the first included)
+//! waits for that task's result, success or error. So no reader's connection carries a fill: a
+//! reader that stops reading, or goes away, delays nobody else's copy of the block and holds no
+//! origin or peer permit. moka applies evictions in batches, so usage can run ahead of the
+//! budget by the blocks inserted since the last batch; `run_pending_tasks` is called after each
+//! fill to keep that window small.
 
+use std::collections::HashMap;
 use std::future::Future;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
+use futures::FutureExt;
+use futures::future::{BoxFuture, Shared};
 use moka::future::Cache;
 use moka::notification::RemovalCause;
 use prometheus::IntCounter;
@@ -27,10 +32,14 @@ pub enum Filled {
     Waited,
 }
 
+/// A fill in its own task, awaited by every reader of the block.
+type InFlight = Shared<BoxFuture<'static, Result<Block, Error>>>;
+
 #[derive(Clone)]
 pub struct RamTier {
     cache: Cache<BlockKey, Block>,
     capacity: u64,
+    fills: Arc<Mutex<HashMap<BlockKey, InFlight>>>,
 }
 
 impl RamTier {
@@ -45,7 +54,11 @@ impl RamTier {
                 }
             })
             .build();
-        RamTier { cache, capacity }
+        RamTier {
+            cache,
+            capacity,
+            fills: Arc::new(Mutex::new(HashMap::new())),
+        }
     }
 
     pub fn capacity(&self) -> u64 {
@@ -61,34 +74,63 @@ impl RamTier {
         self.cache.get(key).await
     }
 
-    /// The block, from RAM or from `fill`, with concurrent misses sharing one fill.
+    /// The block, from RAM or from `fill`, with concurrent misses sharing one fill. The fill
+    /// runs in a task of its own and stores the block itself, so it finishes whether or not
+    /// this caller (or any other) keeps waiting for it.
     pub async fn get_or_fill<F>(&self, key: BlockKey, fill: F) -> Result<(Block, Filled), Error>
     where
-        F: Future<Output = Result<Block, Error>>,
+        F: Future<Output = Result<Block, Error>> + Send + 'static,
     {
         if let Some(block) = self.cache.get(&key).await {
             return Ok((block, Filled::Hit));
         }
-        let ran = AtomicBool::new(false);
-        let init = async {
-            ran.store(true, Ordering::Relaxed);
-            fill.await
-        };
-        let result = self.cache.entry(key).or_try_insert_with(init).await;
-        let how = if ran.load(Ordering::Relaxed) {
-            Filled::Filled
-        } else {
-            Filled::Waited
-        };
-        match result {
-            Ok(entry) => {
-                if how == Filled::Filled {
-                    self.cache.run_pending_tasks().await;
+        let (waiting, how) = {
+            let mut fills = self.fills.lock().expect("lock");
+            match fills.get(&key) {
+                Some(f) => (Some(f.clone()), Filled::Waited),
+                // Stored between the lookup above and now: its fill has ended.
+                None if self.cache.contains_key(&key) => (None, Filled::Hit),
+                None => {
+                    let (cache, table) = (self.cache.clone(), self.fills.clone());
+                    let task = tokio::spawn(async move {
+                        let result = fill.await;
+                        if let Ok(block) = &result {
+                            cache.insert(key, block.clone()).await;
+                            cache.run_pending_tasks().await;
+                        }
+                        // Stored before it leaves the table: a later miss finds one or the other.
+                        table.lock().expect("lock").remove(&key);
+                        result
+                    });
+                    let shared = async move {
+                        task.await.unwrap_or_else(|e| {
+                            Err(Error::Internal {
+                                reason: format!("block fill task failed: {e}"),
+                            })
+                        })
+                    }
+                    .boxed()
+                    .shared();
+                    fills.insert(key, shared.clone());
+                    (Some(shared), Filled::Filled)
                 }
-                Ok((entry.into_value(), how))
             }
-            Err(e) => Err(Arc::unwrap_or_clone(e)),
+        };
+        match waiting {
+            Some(fill) => fill.await.map(|block| (block, how)),
+            None => match self.cache.get(&key).await {
+                Some(block) => Ok((block, Filled::Hit)),
+                // Evicted between the two lookups: rare, and retryable.
+                None => Err(Error::Busy {
+                    what: "a block evicted as soon as it was filled",
+                }),
+            },
         }
+    }
+
+    /// Fills running now (for tests and the memory bound: each holds up to one block).
+    pub fn fills_in_flight(&self) -> usize {
+        self.fills.lock().expect("lock").len()
     }
 
     /// Store a block filled outside the single flight (a chain fill).
@@ -105,6 +147,22 @@ impl RamTier {
     pub async fn invalidate(&self, key: &BlockKey) {
         self.cache.invalidate(key).await;
     }
+
+    /// Flip a bit in every held block, keeping their CRCs: memory damage, for tests of the
+    /// checks that must catch it. Returns how many blocks were damaged.
+    #[doc(hidden)]
+    pub async fn damage_all_for_tests(&self) -> usize {
+        let held: Vec<(BlockKey, Block)> = self
+            .cache
+            .iter()
+            .map(|(k, b)| (*k, b.damaged_copy()))
+            .collect();
+        for (key, block) in &held {
+            self.cache.insert(*key, block.clone()).await;
+        }
+        self.cache.run_pending_tasks().await;
+        held.len()
+    }
 }
 
 #[cfg(test)]
@@ -112,7 +170,7 @@ mod tests {
     use super::*;
     use crate::cache::ObjectId;
     use bytes::Bytes;
-    use std::sync::atomic::AtomicU32;
+    use std::sync::atomic::{AtomicU32, Ordering};
 
     fn key(i: u64) -> BlockKey {
         BlockKey {
@@ -147,6 +205,58 @@ mod tests {
         }
         assert_eq!(fills.load(Ordering::SeqCst), 1);
         assert_eq!(filled, 1);
+    }
+
+    #[tokio::test]
+    async fn a_caller_that_stops_waiting_holds_up_no_one() {
+        let tier = RamTier::new(1 << 20, IntCounter::new("t", "t").unwrap());
+        let (release, gate) = tokio::sync::oneshot::channel::<()>();
+        // The first caller starts the fill, then is never polled again (a reader that stopped
+        // reading: its connection handler is stuck on a full socket).
+        let first = tier.get_or_fill(key(3), async move {
+            let _ = gate.await;
+            Ok(Block::new(Bytes::from_static(b"shared")))
+        });
+        let mut first = Box::pin(first);
+        assert!(futures::poll!(first.as_mut()).is_pending());
+        assert_eq!(tier.fills_in_flight(), 1);
+        // Another reader of the same block gets it as soon as the fill ends.
+        let tier2 = tier.clone();
+        let second = tokio::spawn(async move {
+            tier2
+                .get_or_fill(key(3), async { panic!("the fill in flight is shared") })
+                .await
+        });
+        release.send(()).unwrap();
+        let (block, how) = tokio::time::timeout(std::time::Duration::from_secs(5), second)
+            .await
+            .expect("not held up by the stalled caller")
+            .unwrap()
+            .unwrap();
+        assert_eq!(&block.data[..], b"shared");
+        assert_ne!(how, Filled::Filled, "it did not fill the block again");
+        // The fill stored the block and left by itself.
+        assert_eq!(tier.fills_in_flight(), 0);
+        assert!(tier.contains(&key(3)));
+        drop(first);
+        // Dropping the caller cancels nothing either: a fill runs to its end.
+        let (release, gate) = tokio::sync::oneshot::channel::<()>();
+        let gone = tier.get_or_fill(key(4), async move {
+            let _ = gate.await;
+            Ok(Block::new(Bytes::from_static(b"kept")))
+        });
+        let mut gone = Box::pin(gone);
+        assert!(futures::poll!(gone.as_mut()).is_pending());
+        drop(gone);
+        release.send(()).unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while !tier.contains(&key(4)) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the fill was cancelled"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
     }
 
     #[tokio::test]

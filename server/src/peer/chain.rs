@@ -136,6 +136,7 @@ impl PeerServer {
         let start = ctx.start;
         let chunk = req.chunk_size as usize;
         let offset = req.offset;
+        let key = ctx.block_key(ctx.index());
         Ok(
             match self
                 .chain_hold(ctx, req.upstream.clone(), req.chunk_size)
@@ -143,14 +144,35 @@ impl PeerServer {
             {
                 Held::Filling(g) => g.read_from(offset),
                 Held::Whole(block) => {
-                    // Held already: chunks of the stored block, checksummed as they go.
-                    let data = block.data;
-                    futures::stream::iter((offset..len).step_by(chunk))
-                        .map(move |at| {
-                            let end = (at as usize + chunk).min(data.len());
-                            Ok(DataChunk::new(start + at, data.slice(at as usize..end)))
+                    // Held already: chunks of the stored block, their CRCs checked together
+                    // against the block's before the first is sent (a damaged copy here is
+                    // dropped, and the node behind cuts over to another source).
+                    let from = offset as usize;
+                    let to = block.len();
+                    let cut = tokio::task::spawn_blocking(move || {
+                        block.verified_chunks(from.min(to), to, chunk)
+                    })
+                    .await
+                    .map_err(|e| Error::Internal {
+                        reason: format!("checksum task failed: {e}"),
+                    })?;
+                    let chunks = match cut {
+                        Ok(chunks) => chunks,
+                        Err(damage) => {
+                            self.service.ram().invalidate(&key).await;
+                            return Err(Error::Internal {
+                                reason: format!("the held block is damaged: {damage}"),
+                            });
+                        }
+                    };
+                    futures::stream::iter(chunks.into_iter().map(move |(at, data, crc32c)| {
+                        Ok(DataChunk {
+                            offset: start + at as u64,
+                            crc32c,
+                            data,
                         })
-                        .boxed()
+                    }))
+                    .boxed()
                 }
             },
         )

@@ -231,10 +231,25 @@ impl Growing {
                     data: c.data.clone(),
                 }));
             }
-            c.data.slice((pos - c.at) as usize..)
+            (c.data.clone(), (pos - c.at) as usize, c.crc32c)
         };
-        // A reader resuming inside a chunk: the rest of it, checksummed outside the lock.
-        Some(Ok(DataChunk::new(offset, part)))
+        // A reader resuming inside a chunk: the rest of it, checksummed outside the lock and
+        // checked against the chunk's own CRC (head and rest combined), so memory damaged since
+        // the chunk arrived is an error here, not a fresh valid checksum.
+        let (whole, cut, crc) = part;
+        let rest = whole.slice(cut..);
+        let head_crc = crc32c::crc32c(&whole[..cut]);
+        let rest_crc = crc32c::crc32c(&rest);
+        if crc32c::crc32c_combine(head_crc, rest_crc, rest.len()) != crc {
+            return Some(Err(Error::Internal {
+                reason: "a chunk held for a chain no longer matches its CRC32C".into(),
+            }));
+        }
+        Some(Ok(DataChunk {
+            offset,
+            crc32c: rest_crc,
+            data: rest,
+        }))
     }
 
     /// The block from `offset` (inside the block) to its end, as chunks while they arrive.

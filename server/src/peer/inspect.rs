@@ -32,7 +32,13 @@ impl Operations {
         let (key_ref, version_ref) = (&key, &version);
         let cached = stream::iter(0..blocks)
             .map(|index| async move {
-                let bkey = ObjectId::new(origin.dataset(), key_ref, version_ref).block(index);
+                let bkey = ObjectId::new(
+                    origin.dataset(),
+                    key_ref,
+                    version_ref,
+                    origin.settings().block_size,
+                )
+                .block(index);
                 // The owner and its first neighbour: where a block lives.
                 let targets = self.cluster.candidates(&bkey, 2);
                 self.on_targets(
@@ -75,7 +81,9 @@ impl Operations {
         let everyone = &everyone;
         stream::iter(0..blocks(origin, version.size))
             .map(|index| async move {
-                let bkey = ObjectId::new(origin.dataset(), key, version).block(index);
+                let bkey =
+                    ObjectId::new(origin.dataset(), key, version, origin.settings().block_size)
+                        .block(index);
                 let owner = match self.cluster.candidates(&bkey, 1).first() {
                     Some(Candidate::Peer(p)) => p.name(),
                     _ => self.cluster.node_id().to_string(),

@@ -91,7 +91,13 @@ impl Setup {
 }
 
 fn key(ctx: &BlockCtx) -> crate::cache::BlockKey {
-    ObjectId::new(ctx.origin.dataset(), &ctx.key, &ctx.version).block(ctx.index())
+    ObjectId::new(
+        ctx.origin.dataset(),
+        &ctx.key,
+        &ctx.version,
+        ctx.origin.settings().block_size,
+    )
+    .block(ctx.index())
 }
 
 // ---- blocks from other members ----

@@ -298,7 +298,13 @@ impl Operations {
                 if state.lock().expect("lock").stopping {
                     return None;
                 }
-                let bkey = ObjectId::new(origin.dataset(), key, version_ref).block(index);
+                let bkey = ObjectId::new(
+                    origin.dataset(),
+                    key,
+                    version_ref,
+                    origin.settings().block_size,
+                )
+                .block(index);
                 let targets = self.cluster.chain(&bkey, replicas);
                 if targets.len() > 1 {
                     // Several copies: one chain, the origin read once at its head.

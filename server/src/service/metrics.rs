@@ -20,6 +20,8 @@ pub struct ReadMetrics {
     pub prefetch_done: IntCounter,
     pub prefetch_failed: IntCounter,
     pub prefetch_declined: IntCounter,
+    /// Held blocks found not to match their CRC (memory or disk damage, a wrong length).
+    pub damaged_blocks: IntCounter,
 }
 
 impl ReadMetrics {
@@ -48,6 +50,7 @@ impl ReadMetrics {
             served_chunks_disk: chunks.with_label_values(&["disk"]),
             served_chunks_origin: chunks.with_label_values(&["origin"]),
             served_chunks_peer: chunks.with_label_values(&["peer"]),
+            damaged_blocks: stats::checksum_failures(r),
             ram_hits: stats::tier_hits(r).with_label_values(&["ram"]),
             ram_misses: stats::tier_misses(r).with_label_values(&["ram"]),
             single_flight_waits: r.counter(

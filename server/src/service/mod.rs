@@ -112,7 +112,12 @@ impl BlockCtx {
             });
         }
         Ok(BlockCtx {
-            object: ObjectId::new(origin.dataset(), key, &version),
+            object: ObjectId::new(
+                origin.dataset(),
+                key,
+                &version,
+                origin.settings().block_size,
+            ),
             key: key.to_string(),
             end: (start + bs).min(version.size),
             start,
@@ -307,7 +312,12 @@ impl CacheService {
                 });
             }
             let ctx = Arc::new(BlockCtx {
-                object: ObjectId::new(path.dataset(), path.key(), &version),
+                object: ObjectId::new(
+                    path.dataset(),
+                    path.key(),
+                    &version,
+                    origin.settings().block_size,
+                ),
                 origin: origin.clone(),
                 key: path.key().to_string(),
                 version,
@@ -341,9 +351,38 @@ impl CacheService {
         }
     }
 
-    /// The part of block `index` that falls in the read's range.
+    /// The part of block `index` that falls in the read's range. A whole block goes with the
+    /// CRC it was stored with (the client checks it); a part's CRC is computed and checked
+    /// against the block's (see [`Block::verified_range`]). A held copy found damaged is dropped
+    /// and the block fetched again, once.
     async fn chunk(&self, ctx: &BlockCtx, index: u64) -> Result<DataChunk> {
-        let (block, how) = self.block(ctx, index).await?;
+        let mut again = true;
+        loop {
+            let (block, how) = self.block(ctx, index).await?;
+            match self.cut(ctx, index, block, how).await {
+                Ok(chunk) => return Ok(chunk),
+                Err(damage) if again => {
+                    again = false;
+                    self.metrics.damaged_blocks.inc();
+                    tracing::warn!(dataset = ctx.origin.dataset(), key = ctx.key, index, error = %damage, "a held block is damaged; dropped and fetched again");
+                    self.ram.invalidate(&ctx.block_key(index)).await;
+                }
+                Err(damage) => {
+                    return Err(Error::Internal {
+                        reason: format!("block {index} of {} is damaged: {damage}", ctx.key),
+                    });
+                }
+            }
+        }
+    }
+
+    async fn cut(
+        &self,
+        ctx: &BlockCtx,
+        index: u64,
+        block: Block,
+        how: Filled,
+    ) -> std::result::Result<DataChunk, crate::cache::Damaged> {
         let bs = ctx.origin.settings().block_size;
         let block_start = index * bs;
         let from = ctx.start.max(block_start) - block_start;
@@ -367,24 +406,25 @@ impl CacheService {
                 &self.metrics.served_chunks_peer,
             ),
         };
-        bytes.inc_by(to - from);
+        let (from, to) = (from as usize, to as usize);
+        let (data, crc32c) = if from == 0 && to == block.len() {
+            (block.data, block.crc32c)
+        } else if block.len() <= INLINE_CRC_LIMIT {
+            block.verified_range(from, to)?
+        } else {
+            tokio::task::spawn_blocking(move || block.verified_range(from, to))
+                .await
+                .map_err(|e| crate::cache::Damaged {
+                    reason: format!("checksum task failed: {e}"),
+                })??
+        };
+        bytes.inc_by(data.len() as u64);
         chunks.inc();
-        if from == 0 && to == block.len() as u64 {
-            return Ok(DataChunk {
-                offset,
-                crc32c: block.crc32c,
-                data: block.data,
-            });
-        }
-        let data = block.data.slice(from as usize..to as usize);
-        if data.len() <= INLINE_CRC_LIMIT {
-            return Ok(DataChunk::new(offset, data));
-        }
-        tokio::task::spawn_blocking(move || DataChunk::new(offset, data))
-            .await
-            .map_err(|e| Error::Internal {
-                reason: format!("checksum task failed: {e}"),
-            })
+        Ok(DataChunk {
+            offset,
+            crc32c,
+            data,
+        })
     }
 
     /// Block `index` of the context's object version, from the first source that has it (see
@@ -393,21 +433,43 @@ impl CacheService {
         let key = ctx.block_key(index);
         let bs = ctx.origin.settings().block_size;
         let range = index * bs..((index + 1) * bs).min(ctx.version.size);
-        let fill = async {
-            if let Some(disk) = &self.disk
+        // The fill owns what it needs: it runs in a task of its own (see the RAM tier).
+        let (disk, remote, metrics, ctx_owned) = (
+            self.disk.clone(),
+            self.remote.clone(),
+            self.metrics.clone(),
+            ctx.clone(),
+        );
+        let fill = async move {
+            let ctx = &ctx_owned;
+            if let Some(disk) = &disk
                 && let Some(block) = disk.get(&key).await
             {
-                return Ok(block);
+                let want = range.end - range.start;
+                if block.len() as u64 == want {
+                    return Ok(block);
+                }
+                // Checked against its CRC on read, but not the length this block must have.
+                metrics.damaged_blocks.inc();
+                tracing::warn!(
+                    dataset = ctx.origin.dataset(),
+                    key = ctx.key,
+                    index,
+                    len = block.len(),
+                    want,
+                    "a disk block has the wrong length; dropped"
+                );
+                disk.remove(&key).await;
             }
             // A chain is bringing the block here: wait for it rather than fetch it twice.
-            if let Some(block) = self.remote.in_flight(&key).await {
+            if let Some(block) = remote.in_flight(&key).await {
                 return Ok(block);
             }
-            if let Some(block) = self.remote.fetch(ctx, &key).await? {
+            if let Some(block) = remote.fetch(ctx, &key).await? {
                 // Taken from a neighbour, the block is now this node's to hold; a copy from its
                 // owner stays in RAM only.
                 if block.source == FillSource::Neighbour
-                    && let Some(disk) = &self.disk
+                    && let Some(disk) = &disk
                 {
                     disk.admit(key, block.clone());
                 }
@@ -415,7 +477,7 @@ impl CacheService {
             }
             let data = ctx.origin.get_range(&ctx.key, &ctx.version, range).await?;
             let block = to_block(data).await?;
-            if let Some(disk) = &self.disk {
+            if let Some(disk) = &disk {
                 disk.admit(key, block.clone());
             }
             Ok(block)

@@ -188,7 +188,7 @@ async fn disk_holds(f: &Fixture, key: &BlockKey) {
 async fn first_block(f: &Fixture) -> BlockKey {
     let origin = f.service.origin("ds").unwrap();
     let version = f.service.version(&origin, "shard").await.unwrap();
-    ObjectId::new("ds", "shard", &version).block(0)
+    ObjectId::new("ds", "shard", &version, origin.settings().block_size).block(0)
 }
 
 #[test]
