@@ -38,6 +38,13 @@ pub struct Admin {
     ready: Mutex<Option<(Instant, Result<(), String>)>>,
 }
 
+/// Admin connections open at once.
+pub const MAX_CONNECTIONS: usize = 64;
+/// Longest wait for a request's headers.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest an admin connection stays open (scrapers reconnect).
+const CONNECTION_LIFETIME: Duration = Duration::from_secs(300);
+
 impl Admin {
     pub fn new(node: Arc<Node>, metrics: Arc<Metrics>) -> Admin {
         Admin {
@@ -47,9 +54,12 @@ impl Admin {
         }
     }
 
-    /// Serve until `draining` turns true.
+    /// Serve until `draining` turns true: at most [`MAX_CONNECTIONS`] connections (more are
+    /// closed at once), each with [`REQUEST_TIMEOUT`] to send its request headers and to be
+    /// answered.
     pub async fn serve(self: Arc<Self>, listener: TcpListener, mut draining: Draining) {
         let mut conns = JoinSet::new();
+        let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
         loop {
             while conns.try_join_next().is_some() {}
             let accepted = tokio::select! {
@@ -60,15 +70,22 @@ impl Admin {
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             };
+            let Ok(slot) = slots.clone().try_acquire_owned() else {
+                drop(stream);
+                continue;
+            };
             let admin = self.clone();
             conns.spawn(async move {
                 let service = hyper::service::service_fn(move |req| {
                     let admin = admin.clone();
                     async move { Ok::<_, Infallible>(admin.route(req).await) }
                 });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
+                let served = hyper::server::conn::http1::Builder::new()
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .header_read_timeout(REQUEST_TIMEOUT)
+                    .serve_connection(TokioIo::new(stream), service);
+                let _ = tokio::time::timeout(CONNECTION_LIFETIME, served).await;
+                drop(slot);
             });
         }
         conns.abort_all();

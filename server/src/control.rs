@@ -304,7 +304,12 @@ pub async fn serve(
         control,
         move |req| check.check(req),
     );
-    let mut builder = tonic::transport::Server::builder();
+    // Bounded: calls in flight per connection, and how long one may take to send its request.
+    let mut builder = tonic::transport::Server::builder()
+        .concurrency_limit_per_connection(32)
+        .max_concurrent_streams(64)
+        .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(std::time::Duration::from_secs(20)));
     if let Some(tls) = tls {
         builder = builder.tls_config(tls)?;
     }

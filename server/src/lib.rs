@@ -317,7 +317,10 @@ impl Server {
             _ => None,
         };
         let quic = match (&config.quic_listen, &tls) {
-            (Some(_), Some(tls)) => Some(quic_config(tls.clone())?),
+            (Some(_), Some(tls)) => Some(quic_config(
+                tls.clone(),
+                u32::try_from(config.max_requests_per_connection).unwrap_or(u32::MAX),
+            )?),
             _ => None,
         };
         let tcp_tls = tls.map(|t| tokio_rustls::TlsAcceptor::from(Arc::new(t)));
@@ -397,6 +400,9 @@ impl Server {
             node: self.node.clone(),
             limits: ConnLimits {
                 max_requests: self.config.max_requests_per_connection,
+                write_timeout: self.config.write_timeout,
+                idle_timeout: self.config.idle_timeout,
+                buffer: self.config.connection_buffer,
             },
             metrics: self.metrics.transport.clone(),
             policy: self.policy.clone(),

@@ -161,4 +161,10 @@ settings! {
     max_connections: count = "4096", "N";
     /// Requests in flight on one connection; more get Busy.
     max_requests_per_connection: count = "256", "N";
+    /// Longest a connection may take to take one frame's bytes; a client that stops reading is closed after it.
+    write_timeout: duration = "30s", "DURATION";
+    /// A connection with nothing in flight that sends nothing for this long is closed.
+    idle_timeout: duration = "120s", "DURATION";
+    /// Response bytes queued on one connection before its requests wait for the client.
+    connection_buffer: size = "8MiB", "SIZE";
 }

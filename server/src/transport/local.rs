@@ -180,7 +180,7 @@ async fn serve_local(
         return;
     }
     let (rd, wr) = stream.into_split();
-    let access = serving.access();
+    let shared = serving.connection();
     serve_connection(
         rd,
         wr,
@@ -190,7 +190,7 @@ async fn serve_local(
             ip: None,
             authenticated: false,
         },
-        access,
+        shared,
         draining,
         Some(Arc::new(region)),
     )

@@ -13,6 +13,10 @@ pub struct TransportMetrics {
     pub rejected_requests: IntCounter,
     pub rejected_connections: IntCounter,
     pub open_connections: IntGauge,
+    /// Connections closed because the client did not take its data within write_timeout.
+    pub write_timeouts: IntCounter,
+    /// Connections closed after idle_timeout with nothing in flight.
+    pub idle_closed: IntCounter,
     /// Bytes of local clients' registered regions.
     pub local_region_bytes: IntGauge,
     /// Connections closed for an unknown token.
@@ -42,6 +46,14 @@ impl TransportMetrics {
             open_connections: r.gauge(
                 "shardcache_open_connections",
                 "Open data-plane connections (TCP connections and QUIC connections)",
+            ),
+            write_timeouts: r.counter(
+                "shardcache_write_timeouts_total",
+                "Data-plane connections closed because the client did not take its data within write_timeout",
+            ),
+            idle_closed: r.counter(
+                "shardcache_idle_connections_closed_total",
+                "Data-plane connections closed after idle_timeout with nothing in flight",
             ),
             local_region_bytes: r.gauge(
                 "shardcache_local_region_bytes",

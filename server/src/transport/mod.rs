@@ -37,14 +37,36 @@ use shm::Region;
 /// Copies into a client region larger than this run on the blocking pool.
 const COPY_INLINE_LIMIT: usize = 256 * 1024;
 
-/// Response frames queued per connection before request handlers wait for the writer.
-const WRITE_QUEUE: usize = 16;
+/// Response frames queued per connection before request handlers wait for the writer (the
+/// bytes they hold are bounded by [`ConnLimits::buffer`]).
+const WRITE_QUEUE: usize = 64;
 
 /// Limits applied to each connection.
 #[derive(Debug, Clone, Copy)]
 pub struct ConnLimits {
     pub max_requests: usize,
+    /// Longest one frame may take to be written; then the connection is closed.
+    pub write_timeout: std::time::Duration,
+    /// With nothing in flight, longest silence from the client; then the connection is closed.
+    pub idle_timeout: std::time::Duration,
+    /// Response bytes queued at most (a larger frame waits for the queue to empty).
+    pub buffer: u64,
 }
+
+impl ConnLimits {
+    /// Limits for tests and tools: generous, with the given requests in flight.
+    pub fn with_requests(max_requests: usize) -> ConnLimits {
+        ConnLimits {
+            max_requests,
+            write_timeout: std::time::Duration::from_secs(30),
+            idle_timeout: std::time::Duration::from_secs(120),
+            buffer: 8 << 20,
+        }
+    }
+}
+
+/// A frame on its way to the writer, with the share of the connection's buffer it holds.
+type Queued = (Encoded, Option<OwnedSemaphorePermit>);
 
 pub use crate::drain::Draining;
 pub use metrics::TransportMetrics;
@@ -62,10 +84,21 @@ pub struct Serving {
 }
 
 impl Serving {
-    /// A new connection's access: nothing proved yet.
-    pub fn access(&self) -> Arc<Access> {
-        Access::new(&self.policy, self.secret.as_ref())
+    /// A new connection's state: nothing proved yet, no request in flight.
+    pub fn connection(&self) -> PerConnection {
+        PerConnection {
+            access: Access::new(&self.policy, self.secret.as_ref()),
+            inflight: Arc::new(Semaphore::new(self.limits.max_requests)),
+        }
     }
+}
+
+/// What one connection holds, shared by the streams of a QUIC connection: what it proved, and
+/// its budget of requests in flight.
+#[derive(Clone)]
+pub struct PerConnection {
+    pub access: Arc<Access>,
+    pub inflight: Arc<Semaphore>,
 }
 
 /// Serve one connection (or one QUIC stream) until the peer closes it or breaks the protocol.
@@ -76,17 +109,34 @@ pub async fn serve_connection<R, W>(
     wr: W,
     serving: Serving,
     remote: Caller,
-    access: Arc<Access>,
+    shared: PerConnection,
     mut draining: Draining,
     region: Option<Arc<Region>>,
 ) where
     R: AsyncRead + Unpin + Send,
     W: AsyncWrite + Unpin + Send + 'static,
 {
-    let (tx, rx) = mpsc::channel::<Encoded>(WRITE_QUEUE);
-    let writer = tokio::spawn(write_frames(wr, rx));
+    let PerConnection { access, inflight } = shared;
     let limits = serving.limits;
-    let inflight = Arc::new(Semaphore::new(limits.max_requests));
+    let (tx, rx) = mpsc::channel::<Queued>(WRITE_QUEUE);
+    let peer_name = remote.name.clone();
+    let written = serving.metrics.clone();
+    let writer = tokio::spawn(async move {
+        if let Err(e) = write_frames(wr, rx, limits.write_timeout).await {
+            written.write_timeouts.inc();
+            tracing::info!(peer = %peer_name, error = %e, "closing connection: the client does not take its data");
+        }
+    });
+    let buffer = Arc::new(Semaphore::new(
+        usize::try_from(limits.buffer.max(1))
+            .unwrap_or(usize::MAX)
+            .min(Semaphore::MAX_PERMITS),
+    ));
+    let tx = Sender {
+        tx,
+        buffer: buffer.clone(),
+        cap: limits.buffer.max(1),
+    };
     let mut handlers = JoinSet::new();
     let mut codec = FrameCodec::new(MAX_REQUEST_PAYLOAD);
     let stats = serving.metrics.clone();
@@ -216,9 +266,20 @@ pub async fn serve_connection<R, W>(
             }
         }
         while handlers.try_join_next().is_some() {}
+        // Nothing in flight: the client has `idle_timeout` to send its next request.
+        let idle = handlers.is_empty();
         let read = tokio::select! {
             read = rd.read_buf(codec.buffer_mut()) => read,
+            // A request finished: look again (the connection may now be idle).
+            Some(_) = handlers.join_next(), if !idle => continue 'conn,
             _ = draining.wait_for(|d| *d) => Ok(0),
+            // The writer gave up on the client: nothing more can reach it.
+            _ = tx.tx.closed() => Ok(0),
+            _ = tokio::time::sleep(limits.idle_timeout), if idle => {
+                stats.idle_closed.inc();
+                tracing::debug!(%peer, "closing an idle connection");
+                Ok(0)
+            }
         };
         match read {
             Ok(0) => {
@@ -278,7 +339,7 @@ fn error_frame(request_id: u32, code: ErrorCode, message: String) -> Encoded {
 async fn handle(
     framed: Framed,
     serving: Serving,
-    tx: mpsc::Sender<Encoded>,
+    tx: Sender,
     _permit: OwnedSemaphorePermit,
     region: Option<Arc<Region>>,
     remote: Arc<Caller>,
@@ -534,18 +595,59 @@ fn log_failure(path: &str, e: &Error) {
     }
 }
 
-/// Write queued frames, header and payload in one vectored write each, flushing when idle.
-async fn write_frames<W: AsyncWrite + Unpin>(mut wr: W, mut rx: mpsc::Receiver<Encoded>) {
-    while let Some(frame) = rx.recv().await {
+/// The connection's side of its write queue: frames wait for their share of the buffer.
+#[derive(Clone)]
+struct Sender {
+    tx: mpsc::Sender<Queued>,
+    buffer: Arc<Semaphore>,
+    cap: u64,
+}
+
+impl Sender {
+    /// Queue a frame once the buffer has room for it (a frame larger than the whole buffer
+    /// waits for all of it). `Err` once the writer is gone.
+    async fn send(&self, frame: Encoded) -> Result<(), ()> {
+        let want = (frame.len() as u64).clamp(1, self.cap);
+        let permit = self
+            .buffer
+            .clone()
+            .acquire_many_owned(u32::try_from(want).unwrap_or(u32::MAX))
+            .await
+            .map_err(|_| ())?;
+        self.tx.send((frame, Some(permit))).await.map_err(|_| ())
+    }
+}
+
+/// Write queued frames, header and payload in one vectored write each, flushing when idle. A
+/// frame not taken by the client within `timeout` ends the connection.
+async fn write_frames<W: AsyncWrite + Unpin>(
+    mut wr: W,
+    mut rx: mpsc::Receiver<Queued>,
+    timeout: std::time::Duration,
+) -> Result<(), String> {
+    while let Some((frame, _permit)) = rx.recv().await {
+        let len = frame.len();
         let mut buf = frame.head.chain(frame.body);
-        if wr.write_all_buf(&mut buf).await.is_err() {
-            return;
+        match tokio::time::timeout(timeout, wr.write_all_buf(&mut buf)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return Ok(()),
+            Err(_) => {
+                return Err(format!(
+                    "{len} bytes not taken within {}s (write_timeout)",
+                    timeout.as_secs()
+                ));
+            }
         }
-        if rx.is_empty() && wr.flush().await.is_err() {
-            return;
+        if rx.is_empty() {
+            match tokio::time::timeout(timeout, wr.flush()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return Ok(()),
+                Err(_) => return Err("a flush timed out (write_timeout)".into()),
+            }
         }
     }
-    let _ = wr.shutdown().await;
+    let _ = tokio::time::timeout(timeout, wr.shutdown()).await;
+    Ok(())
 }
 
 #[cfg(test)]

@@ -11,10 +11,12 @@ use tokio::task::JoinSet;
 use super::{Draining, Serving, serve_connection};
 use crate::peer::Caller;
 
-/// Flow-control windows sized for multi-MiB blocks on fast links.
-pub fn transport_config() -> quinn::TransportConfig {
+/// Flow-control windows sized for multi-MiB blocks on fast links; at most `max_streams`
+/// requests (streams) open on one connection.
+pub fn transport_config(max_streams: u32) -> quinn::TransportConfig {
     let mut t = quinn::TransportConfig::default();
-    t.max_concurrent_bidi_streams(1024u32.into())
+    t.max_concurrent_bidi_streams(max_streams.into())
+        .max_concurrent_uni_streams(0u32.into())
         .stream_receive_window((16u32 << 20).into())
         .receive_window((256u32 << 20).into())
         .send_window(256 << 20)
@@ -27,7 +29,9 @@ pub fn transport_config() -> quinn::TransportConfig {
     t
 }
 
-/// Accept QUIC connections until the task is dropped.
+/// Accept QUIC connections until the task is dropped. A client whose address is not validated
+/// yet is sent a Retry first (so a spoofed source costs the server one small packet); the
+/// connection permit is taken once the handshake is done, so half-open handshakes hold none.
 pub async fn accept_loop(
     endpoint: quinn::Endpoint,
     serving: Serving,
@@ -37,23 +41,38 @@ pub async fn accept_loop(
 ) {
     while let Some(incoming) = endpoint.accept().await {
         while conns.try_join_next().is_some() {}
+        if !incoming.remote_address_validated() {
+            let _ = incoming.retry();
+            continue;
+        }
         let stats = serving.metrics.clone();
-        let Ok(permit) = max_connections.clone().try_acquire_owned() else {
+        if max_connections.available_permits() == 0 {
             stats.rejected_connections.inc();
             tracing::warn!(peer = %incoming.remote_address(), "quic connection refused: max_connections reached");
             incoming.refuse();
             continue;
-        };
+        }
         let serving = serving.clone();
         let mut draining = draining.clone();
+        let max_connections = max_connections.clone();
         conns.spawn(async move {
             let peer = incoming.remote_address().to_string();
-            let conn = match incoming.await {
-                Ok(conn) => conn,
-                Err(e) => {
+            let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, incoming);
+            let conn = match handshake.await {
+                Ok(Ok(conn)) => conn,
+                Ok(Err(e)) => {
                     tracing::debug!(%peer, error = %e, "quic handshake failed");
                     return;
                 }
+                Err(_) => {
+                    tracing::debug!(%peer, "quic handshake timed out");
+                    return;
+                }
+            };
+            let Ok(permit) = max_connections.try_acquire_owned() else {
+                stats.rejected_connections.inc();
+                conn.close(0u32.into(), b"server at max_connections; retry later");
+                return;
             };
             stats.open_connections.inc();
             // A client certificate is only accepted when it chains to the cluster CA.
@@ -62,8 +81,9 @@ pub async fn accept_loop(
                 ip: Some(conn.remote_address().ip()),
                 authenticated: conn.peer_identity().is_some(),
             };
-            // One authentication for the whole connection, whichever stream carries it.
-            let access = serving.access();
+            // One authentication and one budget of requests for the whole connection,
+            // whichever streams carry them.
+            let shared = serving.connection();
             let mut streams = JoinSet::new();
             loop {
                 let accepted = tokio::select! {
@@ -77,7 +97,7 @@ pub async fn accept_loop(
                             send,
                             serving.clone(),
                             remote.clone(),
-                            access.clone(),
+                            shared.clone(),
                             draining.clone(),
                             None,
                         ));
@@ -96,3 +116,6 @@ pub async fn accept_loop(
         });
     }
 }
+
+/// How long a QUIC handshake may take.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);

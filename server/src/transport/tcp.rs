@@ -50,7 +50,7 @@ pub async fn accept_loop(
         let tls = tls.clone();
         conns.spawn(async move {
             stats.open_connections.inc();
-            let access = serving.access();
+            let shared = serving.connection();
             match tls {
                 Some(tls) if starts_tls(&stream).await => match handshake(&tls, stream).await {
                     Ok(stream) => {
@@ -62,14 +62,14 @@ pub async fn accept_loop(
                             ..Caller::addr(addr)
                         };
                         let (rd, wr) = tokio::io::split(stream);
-                        serve_connection(rd, wr, serving, caller, access, draining, None).await;
+                        serve_connection(rd, wr, serving, caller, shared, draining, None).await;
                     }
                     Err(e) => tracing::debug!(peer = %addr, error = %e, "tls handshake failed"),
                 },
                 _ => {
                     let (rd, wr) = stream.into_split();
                     let caller = Caller::addr(addr);
-                    serve_connection(rd, wr, serving, caller, access, draining, None).await;
+                    serve_connection(rd, wr, serving, caller, shared, draining, None).await;
                 }
             }
             stats.open_connections.dec();

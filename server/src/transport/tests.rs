@@ -94,13 +94,16 @@ async fn connect_full(
         swr,
         Serving {
             node,
-            limits: ConnLimits { max_requests },
+            limits: ConnLimits::with_requests(max_requests),
             metrics: transport.clone(),
             policy: policy.clone(),
             secret: secret.clone(),
         },
         caller,
-        Access::new(&policy, secret.as_ref()),
+        PerConnection {
+            access: Access::new(&policy, secret.as_ref()),
+            inflight: Arc::new(Semaphore::new(max_requests)),
+        },
         draining,
         None,
     ));

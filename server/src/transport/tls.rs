@@ -137,14 +137,18 @@ pub fn quic_server_config(
     id: Identity,
     client_ca: Option<&Path>,
 ) -> Result<quinn::ServerConfig, TlsError> {
-    quic_config(server_tls(id, client_ca)?)
+    quic_config(server_tls(id, client_ca)?, 256)
 }
 
-/// The QUIC server configuration over a TLS configuration.
-pub fn quic_config(tls: rustls::ServerConfig) -> Result<quinn::ServerConfig, TlsError> {
+/// The QUIC server configuration over a TLS configuration, with at most `max_streams` requests
+/// open per connection.
+pub fn quic_config(
+    tls: rustls::ServerConfig,
+    max_streams: u32,
+) -> Result<quinn::ServerConfig, TlsError> {
     let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
         .map_err(|e| tls_err(e.to_string()).because(e))?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-    config.transport_config(Arc::new(super::quic::transport_config()));
+    config.transport_config(Arc::new(super::quic::transport_config(max_streams)));
     Ok(config)
 }
