@@ -72,7 +72,7 @@ impl TokenCheck {
             .ok()
             .and_then(|v| v.strip_prefix("Bearer "))
             .unwrap_or("");
-        if constant_time_eq(given.as_bytes(), token.as_bytes()) {
+        if crate::access::same_bytes(given.as_bytes(), token.as_bytes()) {
             Ok(req)
         } else {
             Err(Status::unauthenticated(
@@ -80,13 +80,6 @@ impl TokenCheck {
             ))
         }
     }
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// A server error as a gRPC status, with its message.

@@ -408,7 +408,8 @@ impl Server {
             policy: self.policy.clone(),
             secret: self.secret.clone(),
         };
-        let max_conns = Arc::new(Semaphore::new(self.config.max_connections));
+        let max_conns =
+            transport::Slots::new(self.config.max_connections, self.config.member_connections);
         let (drain_tx, draining) = tokio::sync::watch::channel(false);
         let mut tcp_conns = JoinSet::new();
         let mut quic_conns = JoinSet::new();

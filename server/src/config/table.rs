@@ -159,6 +159,8 @@ settings! {
     readahead_blocks: count = "8", "N";
     /// Open data-plane connections; more are refused with a retryable error.
     max_connections: count = "4096", "N";
+    /// Connections kept for cluster members beyond max_connections (a connection on one must prove it is a member within 10s).
+    member_connections: count = "64", "N";
     /// Requests in flight on one connection; more get Busy.
     max_requests_per_connection: count = "256", "N";
     /// Longest a connection may take to take one frame's bytes; a client that stops reading is closed after it.

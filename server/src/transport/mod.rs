@@ -12,10 +12,10 @@ pub mod quic;
 pub mod shm;
 pub mod tcp;
 pub mod tls;
+mod write;
 
 use std::sync::Arc;
 
-use bytes::Buf;
 use futures::StreamExt;
 use shardcache_proto::frame::{Encoded, MAX_REQUEST_PAYLOAD, encode};
 use shardcache_proto::{
@@ -33,6 +33,7 @@ use crate::node::Node;
 use crate::peer::{Caller, PeerAnswer};
 use crate::service::CacheService;
 use shm::Region;
+use write::{Queued, Sender, write_frames};
 
 /// Copies into a client region larger than this run on the blocking pool.
 const COPY_INLINE_LIMIT: usize = 256 * 1024;
@@ -65,9 +66,6 @@ impl ConnLimits {
     }
 }
 
-/// A frame on its way to the writer, with the share of the connection's buffer it holds.
-type Queued = (Encoded, Option<OwnedSemaphorePermit>);
-
 pub use crate::drain::Draining;
 pub use metrics::TransportMetrics;
 
@@ -89,7 +87,40 @@ impl Serving {
         PerConnection {
             access: Access::new(&self.policy, self.secret.as_ref()),
             inflight: Arc::new(Semaphore::new(self.limits.max_requests)),
+            members_only: false,
         }
+    }
+}
+
+/// How long a connection admitted on a member's slot has to prove it is one.
+const MEMBER_PROOF_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Connection slots: `clients` for everyone, and a few kept for members, so connections of
+/// clients (idle ones included) never lock members out of each other.
+#[derive(Clone)]
+pub struct Slots {
+    pub clients: Arc<Semaphore>,
+    pub members: Arc<Semaphore>,
+}
+
+impl Slots {
+    pub fn new(clients: usize, members: usize) -> Slots {
+        Slots {
+            clients: Arc::new(Semaphore::new(clients)),
+            members: Arc::new(Semaphore::new(members)),
+        }
+    }
+
+    /// A slot for a new connection: a client slot, else a member's (`true`: members only).
+    pub fn admit(&self) -> Option<(OwnedSemaphorePermit, bool)> {
+        if let Ok(p) = self.clients.clone().try_acquire_owned() {
+            return Some((p, false));
+        }
+        self.members
+            .clone()
+            .try_acquire_owned()
+            .ok()
+            .map(|p| (p, true))
     }
 }
 
@@ -99,6 +130,10 @@ impl Serving {
 pub struct PerConnection {
     pub access: Arc<Access>,
     pub inflight: Arc<Semaphore>,
+    /// Admitted on a slot kept for members (every client slot was taken): only the members'
+    /// handshake, `Hello` and `Ping` are served until it proves it is one, and it is closed if
+    /// it has not within [`MEMBER_PROOF_TIMEOUT`].
+    pub members_only: bool,
 }
 
 /// Serve one connection (or one QUIC stream) until the peer closes it or breaks the protocol.
@@ -116,7 +151,12 @@ pub async fn serve_connection<R, W>(
     R: AsyncRead + Unpin + Send,
     W: AsyncWrite + Unpin + Send + 'static,
 {
-    let PerConnection { access, inflight } = shared;
+    let PerConnection {
+        access,
+        inflight,
+        members_only,
+    } = shared;
+    let proof_deadline = tokio::time::Instant::now() + MEMBER_PROOF_TIMEOUT;
     let limits = serving.limits;
     let (tx, rx) = mpsc::channel::<Queued>(WRITE_QUEUE);
     let peer_name = remote.name.clone();
@@ -161,6 +201,19 @@ pub async fn serve_connection<R, W>(
                 let msg = "clients may only send request frames".to_string();
                 let _ = tx
                     .send(error_frame(framed.request_id, ErrorCode::BadRequest, msg))
+                    .await;
+                handlers.abort_all();
+                break 'conn;
+            }
+            let member_frame = matches!(
+                framed.frame,
+                Frame::PeerAuth(_) | Frame::Hello(_) | Frame::Ping(_)
+            );
+            if members_only && !member_frame && access.member().is_none() {
+                stats.rejected_connections.inc();
+                let msg = "server at max_connections for clients; retry later".to_string();
+                let _ = tx
+                    .send(error_frame(framed.request_id, ErrorCode::Busy, msg))
                     .await;
                 handlers.abort_all();
                 break 'conn;
@@ -275,6 +328,11 @@ pub async fn serve_connection<R, W>(
             _ = draining.wait_for(|d| *d) => Ok(0),
             // The writer gave up on the client: nothing more can reach it.
             _ = tx.tx.closed() => Ok(0),
+            // On a member's slot without having proved it is one.
+            _ = tokio::time::sleep_until(proof_deadline), if members_only && access.member().is_none() => {
+                tracing::info!(%peer, "closing a connection on a member's slot: no proof in time");
+                Ok(0)
+            }
             _ = tokio::time::sleep(limits.idle_timeout), if idle => {
                 stats.idle_closed.inc();
                 tracing::debug!(%peer, "closing an idle connection");
@@ -593,61 +651,6 @@ fn log_failure(path: &str, e: &Error) {
         }
         _ => tracing::info!(dataset, key, code = ?e.code(), error = %e, "request failed"),
     }
-}
-
-/// The connection's side of its write queue: frames wait for their share of the buffer.
-#[derive(Clone)]
-struct Sender {
-    tx: mpsc::Sender<Queued>,
-    buffer: Arc<Semaphore>,
-    cap: u64,
-}
-
-impl Sender {
-    /// Queue a frame once the buffer has room for it (a frame larger than the whole buffer
-    /// waits for all of it). `Err` once the writer is gone.
-    async fn send(&self, frame: Encoded) -> Result<(), ()> {
-        let want = (frame.len() as u64).clamp(1, self.cap);
-        let permit = self
-            .buffer
-            .clone()
-            .acquire_many_owned(u32::try_from(want).unwrap_or(u32::MAX))
-            .await
-            .map_err(|_| ())?;
-        self.tx.send((frame, Some(permit))).await.map_err(|_| ())
-    }
-}
-
-/// Write queued frames, header and payload in one vectored write each, flushing when idle. A
-/// frame not taken by the client within `timeout` ends the connection.
-async fn write_frames<W: AsyncWrite + Unpin>(
-    mut wr: W,
-    mut rx: mpsc::Receiver<Queued>,
-    timeout: std::time::Duration,
-) -> Result<(), String> {
-    while let Some((frame, _permit)) = rx.recv().await {
-        let len = frame.len();
-        let mut buf = frame.head.chain(frame.body);
-        match tokio::time::timeout(timeout, wr.write_all_buf(&mut buf)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(_)) => return Ok(()),
-            Err(_) => {
-                return Err(format!(
-                    "{len} bytes not taken within {}s (write_timeout)",
-                    timeout.as_secs()
-                ));
-            }
-        }
-        if rx.is_empty() {
-            match tokio::time::timeout(timeout, wr.flush()).await {
-                Ok(Ok(())) => {}
-                Ok(Err(_)) => return Ok(()),
-                Err(_) => return Err("a flush timed out (write_timeout)".into()),
-            }
-        }
-    }
-    let _ = tokio::time::timeout(timeout, wr.shutdown()).await;
-    Ok(())
 }
 
 #[cfg(test)]

@@ -2,13 +2,11 @@
 //! never holds up another (no head-of-line blocking across requests). Each stream carries the same
 //! frames as a TCP connection and is served by the same code.
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
-use super::{Draining, Serving, serve_connection};
+use super::{Draining, Serving, Slots, serve_connection};
 use crate::peer::Caller;
 
 /// Flow-control windows sized for multi-MiB blocks on fast links; at most `max_streams`
@@ -35,7 +33,7 @@ pub fn transport_config(max_streams: u32) -> quinn::TransportConfig {
 pub async fn accept_loop(
     endpoint: quinn::Endpoint,
     serving: Serving,
-    max_connections: Arc<Semaphore>,
+    slots: Slots,
     draining: Draining,
     conns: &mut JoinSet<()>,
 ) {
@@ -46,7 +44,7 @@ pub async fn accept_loop(
             continue;
         }
         let stats = serving.metrics.clone();
-        if max_connections.available_permits() == 0 {
+        if slots.clients.available_permits() == 0 && slots.members.available_permits() == 0 {
             stats.rejected_connections.inc();
             tracing::warn!(peer = %incoming.remote_address(), "quic connection refused: max_connections reached");
             incoming.refuse();
@@ -54,7 +52,7 @@ pub async fn accept_loop(
         }
         let serving = serving.clone();
         let mut draining = draining.clone();
-        let max_connections = max_connections.clone();
+        let slots = slots.clone();
         conns.spawn(async move {
             let peer = incoming.remote_address().to_string();
             let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, incoming);
@@ -69,10 +67,15 @@ pub async fn accept_loop(
                     return;
                 }
             };
-            let Ok(permit) = max_connections.try_acquire_owned() else {
-                stats.rejected_connections.inc();
-                conn.close(0u32.into(), b"server at max_connections; retry later");
-                return;
+            // Over QUIC a member is known from its certificate, before any request.
+            let member = conn.peer_identity().is_some();
+            let permit = match slots.admit() {
+                Some((permit, members_only)) if member || !members_only => permit,
+                _ => {
+                    stats.rejected_connections.inc();
+                    conn.close(0u32.into(), b"server at max_connections; retry later");
+                    return;
+                }
             };
             stats.open_connections.inc();
             // A client certificate is only accepted when it chains to the cluster CA.

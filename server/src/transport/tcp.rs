@@ -2,15 +2,12 @@
 //! connection whose first byte starts a TLS handshake (0x16; a frame starts with the protocol
 //! version, 1) is served over TLS on the same port: `tls://` clients, plain ones alike.
 
-use std::sync::Arc;
-
 use shardcache_proto::ErrorCode;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 
-use super::{Draining, Serving, refuse, serve_connection};
+use super::{Draining, PerConnection, Serving, Slots, refuse, serve_connection};
 use crate::peer::Caller;
 
 /// How long a TLS client may take to start and finish its handshake.
@@ -21,7 +18,7 @@ pub async fn accept_loop(
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
     serving: Serving,
-    max_connections: Arc<Semaphore>,
+    slots: Slots,
     draining: Draining,
     conns: &mut JoinSet<()>,
 ) {
@@ -38,7 +35,7 @@ pub async fn accept_loop(
         };
         let _ = stream.set_nodelay(true);
         let stats = serving.metrics.clone();
-        let Ok(permit) = max_connections.clone().try_acquire_owned() else {
+        let Some((permit, members_only)) = slots.admit() else {
             stats.rejected_connections.inc();
             tracing::warn!(peer = %addr, "connection refused: max_connections reached");
             let msg = "server at max_connections; retry later".to_string();
@@ -50,7 +47,10 @@ pub async fn accept_loop(
         let tls = tls.clone();
         conns.spawn(async move {
             stats.open_connections.inc();
-            let shared = serving.connection();
+            let shared = PerConnection {
+                members_only,
+                ..serving.connection()
+            };
             match tls {
                 Some(tls) if starts_tls(&stream).await => match handshake(&tls, stream).await {
                     Ok(stream) => {

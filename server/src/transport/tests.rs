@@ -82,6 +82,15 @@ async fn connect_full(
     policy: Policy,
     secret: Option<Arc<ClusterSecret>>,
 ) -> (Conn, Seen) {
+    connect_slot(max_requests, policy, secret, false).await
+}
+
+async fn connect_slot(
+    max_requests: usize,
+    policy: Policy,
+    secret: Option<Arc<ClusterSecret>>,
+    members_only: bool,
+) -> (Conn, Seen) {
     let parts = Counters::new();
     let node = node(&parts).await;
     let transport = Arc::new(TransportMetrics::new(&parts.registry));
@@ -103,6 +112,7 @@ async fn connect_full(
         PerConnection {
             access: Access::new(&policy, secret.as_ref()),
             inflight: Arc::new(Semaphore::new(max_requests)),
+            members_only,
         },
         draining,
         None,
@@ -560,6 +570,36 @@ async fn a_server_without_tokens_takes_any_token() {
     );
     c.send(
         2,
+        Frame::Stat(StatRequest {
+            path: "ds/shard".into(),
+        }),
+    )
+    .await;
+    assert!(matches!(c.expect().await.frame, Frame::StatOk(_)));
+}
+
+#[tokio::test]
+async fn a_members_slot_serves_members_only() {
+    let secret = Arc::new(ClusterSecret::new(b"test-cluster-secret-0123"));
+    // A client on a member's slot: who the server is, then refused and closed.
+    let (mut c, _) = connect_slot(8, Policy::Anonymous, Some(secret.clone()), true).await;
+    c.send(1, Frame::Hello(Hello::default())).await;
+    assert!(matches!(c.expect().await.frame, Frame::ServerInfo(_)));
+    c.send(2, read("ds/shard", 0, Some(10))).await;
+    assert_eq!(error_code(&c.expect().await), ErrorCode::Busy);
+    assert!(c.next().await.is_none(), "closed");
+    // A member proves itself and is served.
+    let (mut c, _) = connect_slot(8, Policy::Anonymous, Some(secret.clone()), true).await;
+    let mine = ClusterSecret::nonce();
+    c.send(1, peer_auth("node-b", &mine, &[])).await;
+    let Frame::PeerChallenge(ch) = c.expect().await.frame else {
+        panic!("a challenge");
+    };
+    let proof = secret.asker_proof(&mine, &ch.nonce, ["node-b", "node-a"]);
+    c.send(2, peer_auth("node-b", &[], &proof)).await;
+    assert!(matches!(c.expect().await.frame, Frame::AuthOk(_)));
+    c.send(
+        3,
         Frame::Stat(StatRequest {
             path: "ds/shard".into(),
         }),

@@ -1,0 +1,106 @@
+//! The cluster secret members prove to each other (`--cluster-secret-file`).
+
+use std::path::Path;
+
+/// Shortest cluster secret accepted.
+pub const MIN_SECRET_LEN: usize = 16;
+
+/// The secret members prove they hold (`--cluster-secret-file`): HMAC-SHA256 over both sides'
+/// fresh nonces and node ids, with a different label for each direction, so a proof is good for
+/// one connection, one direction and one pair of nodes.
+pub struct ClusterSecret {
+    key: ring::hmac::Key,
+}
+
+impl std::fmt::Debug for ClusterSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ClusterSecret(<redacted>)")
+    }
+}
+
+/// A cluster secret file that cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[error("--cluster-secret-file {file}: {reason}")]
+pub struct SecretError {
+    pub file: String,
+    pub reason: String,
+}
+
+/// A proof's length (HMAC-SHA256), also the nonces'.
+pub const PROOF_LEN: usize = 32;
+
+impl ClusterSecret {
+    /// Read a secret file (surrounding whitespace ignored).
+    pub fn load(path: &Path) -> Result<ClusterSecret, SecretError> {
+        let err = |reason: String| SecretError {
+            file: path.display().to_string(),
+            reason,
+        };
+        let text = std::fs::read(path).map_err(|e| err(format!("cannot read it: {e}")))?;
+        let secret = text.trim_ascii();
+        if secret.len() < MIN_SECRET_LEN {
+            return Err(err(format!(
+                "the secret is shorter than {MIN_SECRET_LEN} bytes (e.g. `openssl rand -hex 32`)"
+            )));
+        }
+        Ok(ClusterSecret::new(secret))
+    }
+
+    pub fn new(secret: &[u8]) -> ClusterSecret {
+        ClusterSecret {
+            key: ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret),
+        }
+    }
+
+    /// A fresh random nonce.
+    pub fn nonce() -> [u8; PROOF_LEN] {
+        let mut n = [0u8; PROOF_LEN];
+        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut n)
+            .expect("the system's random source works");
+        n
+    }
+
+    fn message(label: &str, asker: &[u8], answerer: &[u8], ids: [&str; 2]) -> Vec<u8> {
+        let mut m = Vec::with_capacity(128);
+        for part in [
+            label.as_bytes(),
+            asker,
+            answerer,
+            ids[0].as_bytes(),
+            ids[1].as_bytes(),
+        ] {
+            m.extend_from_slice(&(part.len() as u32).to_be_bytes());
+            m.extend_from_slice(part);
+        }
+        m
+    }
+
+    /// The answering member's proof: `asker`/`answerer` are the two nonces.
+    pub fn answerer_proof(&self, asker: &[u8], answerer: &[u8], ids: [&str; 2]) -> Vec<u8> {
+        let m = ClusterSecret::message("shardcache answerer", asker, answerer, ids);
+        ring::hmac::sign(&self.key, &m).as_ref().to_vec()
+    }
+
+    /// The asking member's proof.
+    pub fn asker_proof(&self, asker: &[u8], answerer: &[u8], ids: [&str; 2]) -> Vec<u8> {
+        let m = ClusterSecret::message("shardcache asker", asker, answerer, ids);
+        ring::hmac::sign(&self.key, &m).as_ref().to_vec()
+    }
+
+    /// Check a proof in constant time. `ids` is `[asker, answerer]` for both proofs.
+    pub fn verify(
+        &self,
+        answerer_side: bool,
+        nonces: [&[u8]; 2],
+        ids: [&str; 2],
+        proof: &[u8],
+    ) -> bool {
+        let label = if answerer_side {
+            "shardcache answerer"
+        } else {
+            "shardcache asker"
+        };
+        let m = ClusterSecret::message(label, nonces[0], nonces[1], ids);
+        ring::hmac::verify(&self.key, &m, proof).is_ok()
+    }
+}
