@@ -172,4 +172,28 @@ mod tests {
         let long = format!("ds/{}", "k".repeat(MAX_KEY_LEN + 1));
         assert!(ObjectPath::parse(&long).is_err());
     }
+
+    proptest::proptest! {
+        /// Arbitrary input never panics; whatever is accepted keeps every rule, so no accepted
+        /// path can climb out of its dataset or name another file.
+        #[test]
+        fn accepted_paths_keep_the_rules(path in "(\\PC|[/.\\\\\u{0}\n]){0,40}") {
+            if let Ok(p) = ObjectPath::parse(&path) {
+                proptest::prop_assert!(validate_dataset(p.dataset()).is_ok());
+                let key = p.key();
+                proptest::prop_assert!(!key.is_empty() && key.len() <= MAX_KEY_LEN);
+                proptest::prop_assert!(!key.contains('\\') && !key.chars().any(|c| c.is_control()));
+                for segment in key.split('/') {
+                    proptest::prop_assert!(!matches!(segment, "" | "." | ".."), "{key:?}");
+                }
+                proptest::prop_assert_eq!(p.to_string(), path);
+            }
+        }
+
+        #[test]
+        fn keys_of_plain_segments_are_accepted(segments in proptest::collection::vec("[a-zA-Z0-9_-][a-zA-Z0-9._-]{0,12}", 1..6)) {
+            let key = segments.join("/");
+            proptest::prop_assert!(ObjectPath::new("ds", &key).is_ok(), "{key:?}");
+        }
+    }
 }
