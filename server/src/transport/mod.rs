@@ -6,6 +6,7 @@
 //! one writer task, so frames of concurrent requests interleave whole. A malformed or oversized
 //! frame closes that connection and nothing else.
 
+mod handshake;
 pub mod local;
 pub mod metrics;
 pub mod quic;
@@ -27,7 +28,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::task::JoinSet;
 
-use crate::access::{Access, ClusterSecret, PeerStep, Policy};
+use crate::access::{Access, ClusterSecret, Policy};
 use crate::error::Error;
 use crate::node::Node;
 use crate::peer::{Caller, PeerAnswer};
@@ -218,74 +219,23 @@ pub async fn serve_connection<R, W>(
                 handlers.abort_all();
                 break 'conn;
             }
-            if let Frame::PeerAuth(step) = &framed.frame {
-                let me = serving.node.cluster.node_id().to_string();
-                let answer = match access.peer_step(&me, &step.node_id, &step.nonce, &step.proof) {
-                    Ok(PeerStep::Challenge { nonce, proof }) => {
-                        Frame::PeerChallenge(shardcache_proto::PeerAuth {
-                            node_id: me,
-                            nonce,
-                            proof,
-                        })
-                    }
-                    Ok(PeerStep::Member(id)) => {
-                        tracing::debug!(%peer, member = id, "member proved the cluster secret");
-                        Frame::AuthOk(shardcache_proto::AuthOk::default())
-                    }
-                    Err(e) => {
-                        let closing = matches!(e, Error::Unauthenticated { .. });
-                        if closing {
-                            stats.auth_failures.inc();
-                            tracing::warn!(%peer, claimed = step.node_id, error = %e, "closing connection: not a member");
-                        }
-                        let _ = tx
-                            .send(error_frame(framed.request_id, e.code(), e.to_string()))
-                            .await;
-                        if closing {
-                            handlers.abort_all();
-                            break 'conn;
-                        }
-                        continue;
-                    }
+            // Authentication is answered in order, before any later request is looked at.
+            if let Some(answer) = handshake::answer(&framed.frame, &access, &serving, &peer) {
+                let (reply, closing) = match answer {
+                    Ok(frame) => (
+                        encode(&Framed {
+                            request_id: framed.request_id,
+                            frame,
+                        }),
+                        false,
+                    ),
+                    Err((e, closing)) => (
+                        error_frame(framed.request_id, e.code(), e.to_string()),
+                        closing,
+                    ),
                 };
-                let reply = encode(&Framed {
-                    request_id: framed.request_id,
-                    frame: answer,
-                });
-                if tx.send(reply).await.is_err() {
-                    break 'conn;
-                }
-                continue;
-            }
-            if let Frame::Auth(auth) = &framed.frame {
-                let answer = match access.authenticate(&auth.token) {
-                    Ok(grant) => {
-                        tracing::debug!(%peer, token = %grant.label, "authenticated");
-                        Frame::AuthOk(shardcache_proto::AuthOk {
-                            datasets: grant.names(),
-                        })
-                    }
-                    Err(e) => {
-                        let closing = matches!(e, Error::Unauthenticated { .. });
-                        if closing {
-                            stats.auth_failures.inc();
-                            tracing::warn!(%peer, "closing connection: unknown access token");
-                        }
-                        let _ = tx
-                            .send(error_frame(framed.request_id, e.code(), e.to_string()))
-                            .await;
-                        if closing {
-                            handlers.abort_all();
-                            break 'conn;
-                        }
-                        continue;
-                    }
-                };
-                let reply = encode(&Framed {
-                    request_id: framed.request_id,
-                    frame: answer,
-                });
-                if tx.send(reply).await.is_err() {
+                if tx.send(reply).await.is_err() || closing {
+                    handlers.abort_all();
                     break 'conn;
                 }
                 continue;
