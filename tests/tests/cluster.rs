@@ -560,6 +560,24 @@ async fn members_authenticate_with_certificates_over_quic() {
     }
 }
 
+/// One in-process node, "honest", whose only peer is `peer`, probed every 50 ms.
+async fn honest_node(
+    origin: &S3Origin,
+    peer: std::net::SocketAddr,
+) -> shardcache_testsuite::TestServer {
+    let mut d = origin.dataset("ds", "bucket", "train");
+    d.block_size = Some(BLOCK as u64);
+    shardcache_testsuite::TestServer::builder()
+        .dataset(d)
+        .config(|c| {
+            c.node_id = Some("honest".into());
+            c.peers = vec![peer.to_string()];
+            c.peer_probe_interval = Duration::from_millis(50);
+        })
+        .start()
+        .await
+}
+
 /// A member (it holds the cluster secret) that answers pings claiming a huge weight (so it owns
 /// nearly every block) and answers every block request with damaged bytes.
 async fn lying_member() -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
@@ -588,21 +606,10 @@ async fn lying_member() -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_member_sending_damaged_blocks_never_reaches_a_reader() {
-    use shardcache_testsuite::TestServer;
     let origin = S3Origin::start(&["bucket"]).await;
     let objects = dataset(&origin, 4, 1 << 20).await;
     let (liar, _task) = lying_member().await;
-    let mut d = origin.dataset("ds", "bucket", "train");
-    d.block_size = Some(BLOCK as u64);
-    let node = TestServer::builder()
-        .dataset(d)
-        .config(|c| {
-            c.node_id = Some("honest".into());
-            c.peers = vec![liar.to_string()];
-            c.peer_probe_interval = Duration::from_millis(50);
-        })
-        .start()
-        .await;
+    let node = honest_node(&origin, liar).await;
     let deadline = Instant::now() + Duration::from_secs(20);
     while node.stats.cluster.peers.with_label_values(&["up"]).get() != 1 {
         assert!(Instant::now() < deadline, "the liar never came up");
@@ -633,7 +640,6 @@ async fn a_member_sending_damaged_blocks_never_reaches_a_reader() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_process_without_the_cluster_secret_never_becomes_a_member() {
     use shardcache_proto::{DataChunk, Frame, Pong};
-    use shardcache_testsuite::TestServer;
     let origin = S3Origin::start(&["bucket"]).await;
     let objects = dataset(&origin, 6, 1 << 20).await;
     let asked = Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -663,17 +669,7 @@ async fn a_process_without_the_cluster_secret_never_becomes_a_member() {
         _ => Vec::new(),
     })
     .await;
-    let mut d = origin.dataset("ds", "bucket", "train");
-    d.block_size = Some(BLOCK as u64);
-    let node = TestServer::builder()
-        .dataset(d)
-        .config(|c| {
-            c.node_id = Some("honest".into());
-            c.peers = vec![impostor.to_string()];
-            c.peer_probe_interval = Duration::from_millis(50);
-        })
-        .start()
-        .await;
+    let node = honest_node(&origin, impostor).await;
     // It is probed, found wanting (it cannot answer the handshake), and never comes up.
     let peers = &node.stats.cluster.peers;
     let deadline = Instant::now() + Duration::from_secs(10);
