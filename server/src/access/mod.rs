@@ -59,6 +59,8 @@ pub struct Access {
     grant: OnceLock<Arc<Grant>>,
     secret: Option<Arc<ClusterSecret>>,
     peer: std::sync::Mutex<PeerHandshake>,
+    /// A wrong token or proof was sent: the whole connection (every QUIC stream) is closed.
+    failed: std::sync::atomic::AtomicBool,
 }
 
 impl Access {
@@ -68,6 +70,7 @@ impl Access {
             grant: OnceLock::new(),
             secret: secret.cloned(),
             peer: std::sync::Mutex::new(PeerHandshake::None),
+            failed: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -89,6 +92,13 @@ impl Access {
         let refused = |reason: &str| Error::Unauthenticated {
             reason: reason.to_string(),
         };
+        if asker == me {
+            // This node's own name: a proof this node made, reflected back at it.
+            *self.peer.lock().expect("lock") = PeerHandshake::Failed;
+            self.failed
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+            return Err(refused("the asker claims this node's own node id"));
+        }
         let mut state = self.peer.lock().expect("lock");
         let current = std::mem::replace(&mut *state, PeerHandshake::Failed);
         match current {
@@ -112,6 +122,8 @@ impl Access {
                     *state = PeerHandshake::Member(asker.to_string());
                     Ok(PeerStep::Member(asker.to_string()))
                 } else {
+                    self.failed
+                        .store(true, std::sync::atomic::Ordering::Relaxed);
                     Err(refused(
                         "the proof does not match the cluster secret (--cluster-secret-file differs between members?)",
                     ))
@@ -123,8 +135,25 @@ impl Access {
                     reason: "this connection is already a member's".into(),
                 })
             }
-            _ => Err(refused("the members' handshake was not followed")),
+            _ => {
+                self.failed
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
+                Err(refused("the members' handshake was not followed"))
+            }
         }
+    }
+
+    /// Whether a wrong token or proof was sent on this connection.
+    pub fn failed(&self) -> bool {
+        self.failed.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Whether this connection must still authenticate (tokens are required, and it has
+    /// neither a grant nor a member's proof).
+    pub fn unauthenticated(&self) -> bool {
+        matches!(self.policy, Policy::Tokens(_))
+            && self.grant.get().is_none()
+            && self.member().is_none()
     }
 
     /// The member's node id, once it proved the cluster secret on this connection.
@@ -148,13 +177,21 @@ impl Access {
                 label: "anonymous".into(),
                 datasets: Datasets::All,
             }),
-            Policy::Tokens(tokens) => {
-                tokens.check(token).ok_or_else(|| Error::Unauthenticated {
+            Policy::Tokens(tokens) => tokens.check(token).ok_or_else(|| {
+                self.failed
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
+                Error::Unauthenticated {
                     reason: "the token is not one of the server's --access-tokens".into(),
-                })?
-            }
+                }
+            })?,
         };
-        Ok(self.grant.get_or_init(|| grant).clone())
+        // Two streams of one QUIC connection may race: the first token wins, the other is told.
+        self.grant
+            .set(grant.clone())
+            .map_err(|_| Error::BadRequest {
+                reason: "this connection is already authenticated".into(),
+            })?;
+        Ok(grant)
     }
 
     /// Has this connection the right to send requests at all?

@@ -132,3 +132,14 @@ fn secrets_compare_by_digest() {
     assert!(!same_bytes(b"control-token-1", b"control-token-1-longer"));
     assert!(!same_bytes(b"", b"x"));
 }
+
+#[test]
+fn a_nodes_own_proof_reflected_back_is_refused() {
+    let secret = Arc::new(ClusterSecret::new(b"0123456789abcdef-cluster"));
+    let server = Access::new(&Policy::Anonymous, Some(&secret));
+    let e = server
+        .peer_step("node-a", "node-a", &ClusterSecret::nonce(), &[])
+        .unwrap_err();
+    assert!(e.to_string().contains("own node id"), "{e}");
+    assert!(server.failed() && server.member().is_none());
+}

@@ -35,6 +35,20 @@ pub enum Filled {
 /// A fill in its own task, awaited by every reader of the block.
 type InFlight = Shared<BoxFuture<'static, Result<Block, Error>>>;
 
+/// Takes a fill out of the in-flight table when its task ends.
+struct Leave {
+    table: Arc<Mutex<HashMap<BlockKey, InFlight>>>,
+    key: BlockKey,
+}
+
+impl Drop for Leave {
+    fn drop(&mut self) {
+        if let Ok(mut table) = self.table.lock() {
+            table.remove(&self.key);
+        }
+    }
+}
+
 #[derive(Clone)]
 pub struct RamTier {
     cache: Cache<BlockKey, Block>,
@@ -93,13 +107,14 @@ impl RamTier {
                 None => {
                     let (cache, table) = (self.cache.clone(), self.fills.clone());
                     let task = tokio::spawn(async move {
+                        // Leaves the table however the fill ends, a panic included, after the
+                        // block is stored: a later miss finds one or the other.
+                        let _leave = Leave { table, key };
                         let result = fill.await;
                         if let Ok(block) = &result {
                             cache.insert(key, block.clone()).await;
                             cache.run_pending_tasks().await;
                         }
-                        // Stored before it leaves the table: a later miss finds one or the other.
-                        table.lock().expect("lock").remove(&key);
                         result
                     });
                     let shared = async move {
@@ -257,6 +272,22 @@ mod tests {
             );
             tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         }
+    }
+
+    #[tokio::test]
+    async fn a_fill_that_panics_is_forgotten() {
+        let tier = RamTier::new(1 << 20, IntCounter::new("t", "t").unwrap());
+        let e = tier
+            .get_or_fill(key(5), async { panic!("a bug in a fill") })
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("fill task failed"), "{e}");
+        assert_eq!(tier.fills_in_flight(), 0);
+        let (_, how) = tier
+            .get_or_fill(key(5), async { Ok(Block::new(Bytes::from_static(b"y"))) })
+            .await
+            .unwrap();
+        assert_eq!(how, Filled::Filled);
     }
 
     #[tokio::test]

@@ -68,7 +68,11 @@ pub enum PeerTransport {
 
 /// The members' challenge–response on a new connection: this node's nonce, the peer's proof
 /// checked (a process without the secret is not believed), then this node's proof.
-async fn prove(conn: &Conn, credential: &Credential) -> Result<(), String> {
+async fn prove(
+    conn: &Conn,
+    credential: &Credential,
+    expected: Option<String>,
+) -> Result<(), String> {
     let me = credential.node_id.as_str();
     let mine = ClusterSecret::nonce();
     let hello = Frame::PeerAuth(PeerAuth {
@@ -90,6 +94,19 @@ async fn prove(conn: &Conn, credential: &Credential) -> Result<(), String> {
         }
         other => return Err(format!("answered the members' handshake with {other:?}")),
     };
+    // This node's own proof reflected back, or another node's name where a known one answered
+    // before: not the member this address belongs to.
+    if challenge.node_id == me {
+        return Err("answered the members' handshake with this node's own node id".into());
+    }
+    if let Some(known) = expected
+        && known != challenge.node_id
+    {
+        return Err(format!(
+            "answered the members' handshake as {:?}, but this address is member {known:?}",
+            challenge.node_id
+        ));
+    }
     let ids = [me, challenge.node_id.as_str()];
     let nonces: [&[u8]; 2] = [&mine, &challenge.nonce];
     if !credential
@@ -246,7 +263,7 @@ impl Peer {
             // Over TCP, both sides prove the cluster secret before anything else is asked or
             // believed; QUIC members prove themselves with certificates.
             if let (PeerTransport::Tcp, Some(credential)) = (&self.transport, &self.credential) {
-                prove(&conn, credential).await?;
+                prove(&conn, credential, self.node_id()).await?;
             }
             Ok::<Conn, String>(conn)
         };

@@ -124,14 +124,12 @@ async fn serve_local(
     draining: Draining,
 ) {
     // Who connected, from the kernel (SO_PEERCRED): logged, and checked when uids are listed.
-    let (peer, uid) = match rustix::net::sockopt::socket_peercred(&stream) {
+    // (A client in another PID namespace is reported with no pid.)
+    let (peer, uid) = match stream.peer_cred() {
         Ok(cred) => {
-            let uid = cred.uid.as_raw();
-            let name = format!(
-                "local pid {} uid {uid} gid {}",
-                cred.pid.as_raw_nonzero(),
-                cred.gid.as_raw()
-            );
+            let uid = cred.uid();
+            let pid = cred.pid().map_or("?".to_string(), |p| p.to_string());
+            let name = format!("local pid {pid} uid {uid} gid {}", cred.gid());
             (name, Some(uid))
         }
         Err(e) => (format!("local (no peer credentials: {e})"), None),
@@ -251,6 +249,13 @@ async fn register(
         return Err(format!(
             "region of {size} bytes: must be 1 byte to {} bytes (local_max_region)",
             local.max_region
+        )
+        .into());
+    }
+    if size > local.regions_budget {
+        return Err(format!(
+            "region of {size} bytes is larger than all local regions may be together ({} bytes, local_regions_budget): register a smaller buffer",
+            local.regions_budget
         )
         .into());
     }

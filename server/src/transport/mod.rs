@@ -88,6 +88,11 @@ impl Serving {
         PerConnection {
             access: Access::new(&self.policy, self.secret.as_ref()),
             inflight: Arc::new(Semaphore::new(self.limits.max_requests)),
+            buffer: Arc::new(Semaphore::new(
+                usize::try_from(self.limits.buffer.max(1))
+                    .unwrap_or(usize::MAX)
+                    .min(Semaphore::MAX_PERMITS),
+            )),
             members_only: false,
         }
     }
@@ -131,6 +136,8 @@ impl Slots {
 pub struct PerConnection {
     pub access: Arc<Access>,
     pub inflight: Arc<Semaphore>,
+    /// Response bytes queued, at most [`ConnLimits::buffer`] (all streams of a QUIC connection).
+    pub buffer: Arc<Semaphore>,
     /// Admitted on a slot kept for members (every client slot was taken): only the members'
     /// handshake, `Hello` and `Ping` are served until it proves it is one, and it is closed if
     /// it has not within [`MEMBER_PROOF_TIMEOUT`].
@@ -155,9 +162,14 @@ pub async fn serve_connection<R, W>(
     let PerConnection {
         access,
         inflight,
+        buffer,
         members_only,
     } = shared;
     let proof_deadline = tokio::time::Instant::now() + MEMBER_PROOF_TIMEOUT;
+    let mut idle_deadline = tokio::time::Instant::now() + serving.limits.idle_timeout;
+    let mut was_idle = true;
+    // Members known by address (no secret, no CA) never send a token.
+    let must_authenticate = !serving.node.peers.is_member(&remote);
     let limits = serving.limits;
     let (tx, rx) = mpsc::channel::<Queued>(WRITE_QUEUE);
     let peer_name = remote.name.clone();
@@ -168,11 +180,6 @@ pub async fn serve_connection<R, W>(
             tracing::info!(peer = %peer_name, error = %e, "closing connection: the client does not take its data");
         }
     });
-    let buffer = Arc::new(Semaphore::new(
-        usize::try_from(limits.buffer.max(1))
-            .unwrap_or(usize::MAX)
-            .min(Semaphore::MAX_PERMITS),
-    ));
     let tx = Sender {
         tx,
         buffer: buffer.clone(),
@@ -197,6 +204,7 @@ pub async fn serve_connection<R, W>(
                     break 'conn;
                 }
             };
+            idle_deadline = tokio::time::Instant::now() + limits.idle_timeout;
             if !framed.frame.is_request() {
                 tracing::warn!(%peer, "closing connection: response frame sent by a client");
                 let msg = "clients may only send request frames".to_string();
@@ -210,7 +218,7 @@ pub async fn serve_connection<R, W>(
                 framed.frame,
                 Frame::PeerAuth(_) | Frame::Hello(_) | Frame::Ping(_)
             );
-            if members_only && !member_frame && access.member().is_none() {
+            if members_only && !member_frame && !proved(&remote, &access) {
                 stats.rejected_connections.inc();
                 let msg = "server at max_connections for clients; retry later".to_string();
                 let _ = tx
@@ -269,8 +277,13 @@ pub async fn serve_connection<R, W>(
             }
         }
         while handlers.try_join_next().is_some() {}
-        // Nothing in flight: the client has `idle_timeout` to send its next request.
+        // Nothing in flight: the client has until `idle_deadline` (moved by each request and by
+        // the end of the last one, not by stray bytes) to send its next request.
         let idle = handlers.is_empty();
+        if idle && !was_idle {
+            idle_deadline = tokio::time::Instant::now() + limits.idle_timeout;
+        }
+        was_idle = idle;
         let read = tokio::select! {
             read = rd.read_buf(codec.buffer_mut()) => read,
             // A request finished: look again (the connection may now be idle).
@@ -279,11 +292,18 @@ pub async fn serve_connection<R, W>(
             // The writer gave up on the client: nothing more can reach it.
             _ = tx.tx.closed() => Ok(0),
             // On a member's slot without having proved it is one.
-            _ = tokio::time::sleep_until(proof_deadline), if members_only && access.member().is_none() => {
+            _ = tokio::time::sleep_until(proof_deadline), if members_only && !proved(&remote, &access) => {
                 tracing::info!(%peer, "closing a connection on a member's slot: no proof in time");
                 Ok(0)
             }
-            _ = tokio::time::sleep(limits.idle_timeout), if idle => {
+            // Tokens are required: a connection that shows none (nor a member's proof) in time
+            // is closed, so tokenless sockets cannot sit on client slots.
+            _ = tokio::time::sleep_until(proof_deadline), if must_authenticate && access.unauthenticated() => {
+                stats.idle_closed.inc();
+                tracing::info!(%peer, "closing a connection that sent no access token in time");
+                Ok(0)
+            }
+            _ = tokio::time::sleep_until(idle_deadline), if idle => {
                 stats.idle_closed.inc();
                 tracing::debug!(%peer, "closing an idle connection");
                 Ok(0)
@@ -486,6 +506,11 @@ async fn handle(
         .await;
     }
     duration.observe(started.elapsed().as_secs_f64());
+}
+
+/// Whether the connection is a member's: a member certificate, or the secret proved on it.
+fn proved(remote: &Caller, access: &Access) -> bool {
+    remote.authenticated || access.member().is_some()
 }
 
 /// The caller, marked authenticated once it proved the cluster secret on this connection.

@@ -88,10 +88,25 @@ pub async fn accept_loop(
             // whichever streams carry them.
             let shared = serving.connection();
             let mut streams = JoinSet::new();
+            let idle_timeout = serving.limits.idle_timeout;
             loop {
+                // A wrong token or proof on any stream ends the whole connection.
+                if shared.access.failed() {
+                    conn.close(0u32.into(), b"authentication failed");
+                    break;
+                }
+                // With no stream open, the connection has idle_timeout to open one (QUIC
+                // keep-alives alone do not keep it).
+                let idle = streams.is_empty();
                 let accepted = tokio::select! {
                     accepted = conn.accept_bi() => accepted,
+                    Some(_) = streams.join_next(), if !idle => continue,
                     _ = draining.wait_for(|d| *d) => break,
+                    _ = tokio::time::sleep(idle_timeout), if idle => {
+                        stats.idle_closed.inc();
+                        conn.close(0u32.into(), b"idle");
+                        break;
+                    }
                 };
                 match accepted {
                     Ok((send, recv)) => {

@@ -112,6 +112,7 @@ async fn connect_slot(
         PerConnection {
             access: Access::new(&policy, secret.as_ref()),
             inflight: Arc::new(Semaphore::new(max_requests)),
+            buffer: Arc::new(Semaphore::new(8 << 20)),
             members_only,
         },
         draining,
@@ -606,4 +607,15 @@ async fn a_members_slot_serves_members_only() {
     )
     .await;
     assert!(matches!(c.expect().await.frame, Frame::StatOk(_)));
+}
+
+#[tokio::test(start_paused = true)]
+async fn with_tokens_a_connection_that_never_authenticates_is_closed() {
+    let (mut c, stats) = connect_with(8, tokens()).await;
+    // Who the server is may be asked; then nothing, for longer than the proof deadline.
+    c.send(1, Frame::Hello(Hello::default())).await;
+    assert!(matches!(c.expect().await.frame, Frame::ServerInfo(_)));
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    assert!(c.next().await.is_none(), "closed without a token");
+    assert_eq!(stats.transport.idle_closed.get(), 1);
 }
