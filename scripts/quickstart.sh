@@ -29,12 +29,15 @@ export SHARDCACHE_LISTEN="127.0.0.1:$data" SHARDCACHE_CONTROL_LISTEN="127.0.0.1:
 export SHARDCACHE_ADMIN_LISTEN="127.0.0.1:$admin" SHARDCACHE_DATA="127.0.0.1:$data"
 unset SHARDCACHE_CONTROL SHARDCACHE_TOKEN_FILE
 
-# Whatever the commands left running stops with the run.
+# Whatever the commands left running stops with the run, and the scratch directory (its virtual
+# environment with PyTorch takes gigabytes) goes with it.
 cleanup() {
   pkill -P $$ >/dev/null 2>&1 || true
   for pat in "moto_server -H 127.0.0.1 -p $S3_PORT" "shardcache serve --dataset imagenet"; do
     pkill -f "$pat" >/dev/null 2>&1 || true
   done
+  sleep 0.2
+  rm -rf "$work"
 }
 trap cleanup EXIT
 
