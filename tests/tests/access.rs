@@ -246,3 +246,56 @@ async fn the_tcp_port_speaks_tls_to_tls_clients_and_plain_to_the_others() {
         .unwrap();
     assert!(plain.read("ds/obj-000", ..).await.unwrap()[..] == objects[0][..]);
 }
+
+/// Tokens and the cluster secret configured every way the README documents them (flag,
+/// environment variable, TOML key), on the binary as deployments start it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_and_the_cluster_secret_work_from_flags_environment_and_file() {
+    use shardcache_testsuite::process::Shardcache;
+    for way in ["flag", "env", "toml"] {
+        let s = Shardcache::new();
+        let data = s.dir().join("data");
+        std::fs::create_dir_all(&data).unwrap();
+        std::fs::write(data.join("a.bin"), b"guarded").unwrap();
+        let tokens = s.dir().join("tokens");
+        std::fs::write(&tokens, format!("{READER} ds\n")).unwrap();
+        let secret = s.dir().join("secret");
+        std::fs::write(&secret, "cluster-secret-0123456789\n").unwrap();
+        let (tokens, secret) = (tokens.display().to_string(), secret.display().to_string());
+        let dataset = format!("ds=file://{}", data.display());
+        // A peer nobody answers at: the secret is what lets the node start with peers.
+        let peer = format!("127.0.0.1:{}", free_port());
+        let s = match way {
+            "flag" => s
+                .arg("--dataset")
+                .arg(dataset)
+                .arg("--peers")
+                .arg(peer)
+                .arg("--access-tokens")
+                .arg(tokens)
+                .arg("--cluster-secret-file")
+                .arg(secret),
+            "env" => s
+                .env("SHARDCACHE_DATASET", dataset)
+                .env("SHARDCACHE_PEERS", peer)
+                .env("SHARDCACHE_ACCESS_TOKENS", tokens)
+                .env("SHARDCACHE_CLUSTER_SECRET_FILE", secret),
+            _ => s.arg("--dataset").arg(dataset).config(format!(
+                "peers = [{peer:?}]\naccess_tokens = {tokens:?}\ncluster_secret_file = {secret:?}\n"
+            )),
+        };
+        let p = s.serve().await;
+        let addr = p.data.to_string();
+        let anonymous = Client::connect_with(&addr, options(None)).await.unwrap();
+        let e = anonymous.read("ds/a.bin", ..).await.unwrap_err();
+        assert_eq!(e.code(), Some(ErrorCode::Unauthenticated), "{way}: {e}");
+        let c = Client::connect_with(&addr, options(Some(READER)))
+            .await
+            .unwrap();
+        assert_eq!(
+            &c.read("ds/a.bin", ..).await.unwrap()[..],
+            b"guarded",
+            "{way}"
+        );
+    }
+}

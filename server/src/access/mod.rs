@@ -156,6 +156,11 @@ impl Access {
             && self.member().is_none()
     }
 
+    /// Whether a member proved the cluster secret on this connection (no copy of its id).
+    pub fn is_member(&self) -> bool {
+        matches!(&*self.peer.lock().expect("lock"), PeerHandshake::Member(_))
+    }
+
     /// The member's node id, once it proved the cluster secret on this connection.
     pub fn member(&self) -> Option<String> {
         match &*self.peer.lock().expect("lock") {

@@ -80,38 +80,16 @@ kind!(
     |v| text(&as_text(v)?)
 );
 
-kind!(
-    count,
-    usize,
-    false,
-    |s| s
-        .trim()
+/// A whole number of the type `T` (its range checked by the parse).
+fn whole<T: std::str::FromStr>(s: &str) -> Result<T, String> {
+    s.trim()
         .parse()
-        .map_err(|_| format!("{s:?} is not a whole number")),
-    |v| text(&as_text(v)?)
-);
+        .map_err(|_| format!("{s:?} is not a whole number"))
+}
 
-kind!(
-    count64,
-    u64,
-    false,
-    |s| s
-        .trim()
-        .parse()
-        .map_err(|_| format!("{s:?} is not a whole number")),
-    |v| text(&as_text(v)?)
-);
-
-kind!(
-    count32,
-    u32,
-    false,
-    |s| s
-        .trim()
-        .parse()
-        .map_err(|_| format!("{s:?} is not a whole number")),
-    |v| text(&as_text(v)?)
-);
+kind!(count, usize, false, |s| whole(s), |v| text(&as_text(v)?));
+kind!(count64, u64, false, |s| whole(s), |v| text(&as_text(v)?));
+kind!(count32, u32, false, |s| whole(s), |v| text(&as_text(v)?));
 
 kind!(size, u64, false, |s| crate::units::parse_size(s), |v| text(
     &as_text(v)?

@@ -34,23 +34,12 @@ impl Origin {
             reason: "origin limiter closed".into(),
         })?;
         let fetch = || async {
-            let result = self
-                .first_byte(
-                    self.store
-                        .get_opts(&path, self.range_options(version, &range)),
-                )
-                .await?;
-            if let Some(found) = changed(version, &result.meta) {
-                return Ok(Got::Changed(found));
-            }
-            if result.range != range {
-                return Err(Fail::Broken(format!(
-                    "answered bytes {:?} for the range {range:?}",
-                    result.range
-                )));
-            }
-            let bytes = self.read_body(result.into_stream(), expected_len).await?;
-            Ok(Got::Data(bytes))
+            Ok(match self.open_attempt(&path, version, &range).await? {
+                Got::Data(result) => {
+                    Got::Data(self.read_body(result.into_stream(), expected_len).await?)
+                }
+                Got::Changed(found) => Got::Changed(found),
+            })
         };
         let got = self.with_retry(key, Op::Get, fetch).await;
         let bytes = match got {
@@ -85,24 +74,7 @@ impl Origin {
             .map_err(|_| Error::Internal {
                 reason: "origin limiter closed".into(),
             })?;
-        let open = || async {
-            let result = self
-                .first_byte(
-                    self.store
-                        .get_opts(&path, self.range_options(version, &range)),
-                )
-                .await?;
-            if let Some(found) = changed(version, &result.meta) {
-                return Ok(Got::Changed(found));
-            }
-            if result.range != range {
-                return Err(Fail::Broken(format!(
-                    "answered bytes {:?} for the range {range:?}",
-                    result.range
-                )));
-            }
-            Ok(Got::Data(result))
-        };
+        let open = || self.open_attempt(&path, version, &range);
         let result = match self.with_retry(key, Op::Get, open).await {
             Ok(Got::Data(result)) => result,
             Ok(Got::Changed(found)) => return Err(self.version_changed(key, version, found)),
@@ -192,6 +164,32 @@ impl Origin {
             Some((item, st))
         })
         .boxed())
+    }
+
+    /// One attempt at opening `range` at `version`: the answer, unless the origin holds another
+    /// version or answered another range.
+    async fn open_attempt(
+        &self,
+        path: &object_store::path::Path,
+        version: &Version,
+        range: &Range<u64>,
+    ) -> Result<Got<object_store::GetResult>, Fail> {
+        let result = self
+            .first_byte(
+                self.store
+                    .get_opts(path, self.range_options(version, range)),
+            )
+            .await?;
+        if let Some(found) = changed(version, &result.meta) {
+            return Ok(Got::Changed(found));
+        }
+        if result.range != *range {
+            return Err(Fail::Broken(format!(
+                "answered bytes {:?} for the range {range:?}",
+                result.range
+            )));
+        }
+        Ok(Got::Data(result))
     }
 
     fn range_options(&self, version: &Version, range: &Range<u64>) -> GetOptions {

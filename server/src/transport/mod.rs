@@ -510,13 +510,13 @@ async fn handle(
 
 /// Whether the connection is a member's: a member certificate, or the secret proved on it.
 fn proved(remote: &Caller, access: &Access) -> bool {
-    remote.authenticated || access.member().is_some()
+    remote.authenticated || access.is_member()
 }
 
 /// The caller, marked authenticated once it proved the cluster secret on this connection.
 fn member(remote: &Caller, access: &Access) -> Caller {
     Caller {
-        authenticated: remote.authenticated || access.member().is_some(),
+        authenticated: remote.authenticated || access.is_member(),
         ..remote.clone()
     }
 }
@@ -524,19 +524,20 @@ fn member(remote: &Caller, access: &Access) -> Caller {
 /// Whether the connection's grant covers the datasets a request names. Peer requests are
 /// authorized as a member's (by the peer path); `Hello` and `Ping` need nothing.
 fn allowed(frame: &Frame, access: &Access) -> Result<(), Error> {
-    let dataset = |path: &str| path.split('/').next().unwrap_or_default().to_string();
-    let datasets = match frame {
-        Frame::Read(r) => vec![dataset(&r.path)],
-        Frame::Stat(r) => vec![dataset(&r.path)],
-        Frame::ReadInto(r) => vec![dataset(&r.read.path)],
-        Frame::Prefetch(p) => p.paths.iter().map(|p| dataset(p)).collect(),
+    fn dataset(path: &str) -> &str {
+        path.split('/').next().unwrap_or_default()
+    }
+    let one = match frame {
+        Frame::Read(r) => &r.path,
+        Frame::Stat(r) => &r.path,
+        Frame::ReadInto(r) => &r.read.path,
+        Frame::Prefetch(p) => {
+            access.require()?;
+            return p.paths.iter().try_for_each(|p| access.check(dataset(p)));
+        }
         _ => return Ok(()),
     };
-    access.require()?;
-    for d in &datasets {
-        access.check(d)?;
-    }
-    Ok(())
+    access.check(dataset(one))
 }
 
 /// Send a read's `ReadStart`, then one frame per chunk as `place` makes it.
