@@ -63,12 +63,39 @@ pub fn server_binary() -> PathBuf {
     .clone()
 }
 
-/// A loopback port free at the time of the call.
+/// A loopback port free at the time of the call, for a process the test starts later.
+///
+/// Taken below the kernel's ephemeral range, from a counter shared by the whole test
+/// process: a port picked with `bind(:0)` and released is in the range the kernel hands to
+/// every outgoing connection and every other `bind(:0)`, so under parallel tests it is often
+/// taken again before the child process binds it.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let (low, high) = fixed_port_range();
+    let span = u32::from(high - low);
+    let start = std::process::id().wrapping_mul(7919) % span;
+    for _ in 0..span {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = low + ((start + n) % span) as u16;
+        let tcp = std::net::TcpListener::bind(("127.0.0.1", port));
+        let udp = std::net::UdpSocket::bind(("127.0.0.1", port));
+        if tcp.is_ok() && udp.is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port in {low}..{high}");
+}
+
+/// Ports below the ephemeral range (`net.ipv4.ip_local_port_range`), at most 12,000 of them.
+fn fixed_port_range() -> (u16, u16) {
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let high = ephemeral_low.max(2048);
+    let low = high.saturating_sub(12_000).max(1024);
+    (low, high)
 }
 
 /// One node: its process and addresses.

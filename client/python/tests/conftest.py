@@ -35,10 +35,35 @@ def server_binary() -> str:
 BIN = server_binary()
 
 
+_NEXT_PORT = [0]
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A loopback port free now, below the kernel's ephemeral range.
+
+    A port from bind(0) is in the range the kernel hands to every outgoing
+    connection, so it can be taken again before the server binds it.
+    """
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            high = int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        high = 32768
+    high = max(high, 2048)
+    low = max(high - 12000, 1024)
+    span = high - low
+    start = (os.getpid() * 7919) % span
+    for _attempt in range(span):
+        port = low + (start + _NEXT_PORT[0]) % span
+        _NEXT_PORT[0] += 1
+        try:
+            with socket.socket() as t, socket.socket(type=socket.SOCK_DGRAM) as u:
+                t.bind(("127.0.0.1", port))
+                u.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        return port
+    raise RuntimeError("no free loopback port")
 
 
 def shard_bytes(i: int, size: int) -> bytes:
