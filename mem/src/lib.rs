@@ -18,6 +18,8 @@
 //! - [`cuda`] (feature `cuda`): registering a [`PinnedMemfd`] with the CUDA driver
 //!   (`cuMemHostRegister`, unregistered before the memory is unmapped), and [`cuda::DeviceBuffer`],
 //!   a device allocation with bounds-checked synchronous copies. libcuda is loaded at run time;
+//! - [`malloc`]: fixing glibc's threshold for buffers mapped on their own, so freed blocks go
+//!   back to the system and RSS follows the bytes in use;
 //! - [`ctypes`] (feature `python`): the memory of a live Python `ctypes` array as a `&mut [u8]`,
 //!   its address and size taken from ctypes itself, never from an integer a caller passes.
 //!
@@ -39,6 +41,8 @@
 
 // `unsafe` is denied crate-wide (Cargo.toml) and allowed only in these modules, each of which
 // says in its `// SAFETY:` comments why its blocks hold.
+#[allow(unsafe_code)] // glibc's mallopt
+pub mod malloc;
 #[allow(unsafe_code)] // mmap, munmap and raw copies
 mod map;
 pub mod memfd;

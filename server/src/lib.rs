@@ -288,7 +288,10 @@ impl Server {
         let service = Arc::new(CacheService::new(
             origins,
             Tiers {
-                ram: RamTier::new(config.ram_cache, metrics.tiers.ram_evictions.clone()),
+                // Blocks read ahead that the RAM tier did not keep wait for their readers in
+                // a share of the RAM and response budgets.
+                ram: RamTier::new(config.ram_cache, metrics.tiers.ram_evictions.clone())
+                    .parking((config.ram_cache / 16).max(config.response_buffer / 8)),
                 disk: disk.clone(),
                 versions: VersionCache::new(config.metadata_cache_entries, disk),
             },
@@ -407,6 +410,7 @@ impl Server {
             metrics: self.metrics.transport.clone(),
             policy: self.policy.clone(),
             secret: self.secret.clone(),
+            responses: transport::ResponseBudget::new(self.config.response_buffer),
         };
         let max_conns =
             transport::Slots::new(self.config.max_connections, self.config.member_connections);

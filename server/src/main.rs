@@ -41,6 +41,8 @@ struct CheckArgs {
 type ServeArgs = Overrides;
 
 fn main() -> std::process::ExitCode {
+    // Blocks freed by the tiers go back to the system, so RSS stays within the budgets.
+    shardcache_mem::malloc::return_large_buffers();
     let cli = Cli::parse();
     let result = match cli.command {
         Some(Command::Serve(args)) => run_serve(args),

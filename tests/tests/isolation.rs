@@ -17,6 +17,11 @@ use tokio::io::AsyncWriteExt;
 const MIB: usize = 1 << 20;
 const BLOCK: usize = 256 * 1024;
 const RAM: usize = 96 * MIB;
+/// Response bytes queued per connection: one block.
+const CONNECTION_BUFFER: usize = BLOCK;
+/// Response bytes queued on all connections together.
+const RESPONSES: usize = 64 * MIB;
+const ORIGIN_CONCURRENCY: usize = 16;
 
 struct Scale {
     stalled: usize,
@@ -24,6 +29,9 @@ struct Scale {
     readers: usize,
     /// Objects each normal reader reads per run.
     reads: usize,
+    /// The server's write and idle timeouts: longer than the attackers need to settle and the
+    /// normal readers to finish, so the attackers are there throughout.
+    timeouts: Duration,
 }
 
 /// Objects of one run: `readers * reads` of 2 MiB, cold.
@@ -116,23 +124,47 @@ async fn stalled_reader(addr: std::net::SocketAddr, paths: &[String]) -> tokio::
     stream
 }
 
+/// Wait until the server's origin reads stop (no GET for half a second), at most 30 s.
+async fn settle(cluster: &TestCluster) {
+    let started = Instant::now();
+    let gets = "shardcache_origin_requests_total{op=\"get\"}";
+    let mut last = cluster.metric(0, gets).await;
+    let mut still = Instant::now();
+    while still.elapsed() < Duration::from_millis(500)
+        && started.elapsed() < Duration::from_secs(30)
+    {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let now = cluster.metric(0, gets).await;
+        if now != last {
+            (last, still) = (now, Instant::now());
+        }
+    }
+}
+
 async fn scenario(s: Scale) {
     let origin = S3Origin::start(&["bucket"]).await;
     let n = s.readers * s.reads;
     let quiet = objects(&origin, "quiet", n, 1000).await;
     let loud = objects(&origin, "loud", n, 2000).await;
     let bait = objects(&origin, "bait", s.stalled, 3000).await;
+    let rush = objects(&origin, "rush", n, 4000).await;
     let cluster = TestCluster::over(&origin, BLOCK)
         .nodes(1)
         .arg("--ram-cache", &format!("{}MiB", RAM / MIB))
-        .arg("--write-timeout", "3s")
-        .arg("--idle-timeout", "4s")
-        .arg("--origin-concurrency", "16")
+        .arg("--write-timeout", &format!("{}s", s.timeouts.as_secs()))
+        .arg("--idle-timeout", &format!("{}s", s.timeouts.as_secs()))
+        .arg("--origin-concurrency", &ORIGIN_CONCURRENCY.to_string())
+        .arg(
+            "--connection-buffer",
+            &format!("{}KiB", CONNECTION_BUFFER >> 10),
+        )
+        .arg("--response-buffer", &format!("{}MiB", RESPONSES / MIB))
         .start()
         .await;
     let endpoint = cluster.endpoint(0);
     let addr = cluster.nodes[0].data;
     let pid = cluster.nodes[0].pid();
+    let idle_rss = rss_bytes(pid);
 
     // Baseline: the normal readers alone, on cold objects.
     let alone = read_run(&endpoint, "quiet", &quiet, &s).await;
@@ -150,30 +182,50 @@ async fn scenario(s: Scale) {
     for _ in 0..s.idle {
         attackers.push(tokio::net::TcpStream::connect(addr).await.unwrap());
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let came = Instant::now();
+    // Normal readers at once, while the server still fetches what the attackers asked for.
+    let rushed = p99(&read_run(&endpoint, "rush", &rush, &s).await);
+    // The attackers' requests are load like any other until they stall: their first blocks
+    // (and what was read ahead of them) are fetched. What is measured from then on is whether
+    // a stalled connection holds anything the others need.
+    settle(&cluster).await;
+    let settled = came.elapsed();
     let mut peak = rss_bytes(pid);
     let with = read_run(&endpoint, "loud", &loud, &s).await;
     peak = peak.max(rss_bytes(pid));
+    // Every attacker was still connected: the server had not closed them yet.
+    let open = cluster.metric(0, "shardcache_open_connections").await;
+    assert!(
+        open >= (s.stalled + s.idle) as f64,
+        "only {open} connections open during the run, of {} attackers",
+        s.stalled + s.idle
+    );
 
     let (base, attacked) = (p99(&alone), p99(&with));
     println!(
-        "isolation: {} stalled + {} idle; {} readers x {} cold reads of 2 MiB: p99 alone {:?}, with attackers {:?}; server RSS peak {} MiB (RAM tier {} MiB)",
+        "isolation: {} stalled + {} idle; {} readers x {} cold reads of 2 MiB: p99 alone {:?}, with the attackers stalled {:?} ({:.2}x; {rushed:?} while their first requests were still being served, settled {settled:?} after they came); server RSS {} MiB idle, peak {} MiB (budgets: RAM tier {} MiB, responses {} MiB, fills {} MiB)",
         s.stalled,
         s.idle,
         s.readers,
         s.reads,
         base,
         attacked,
+        attacked.as_secs_f64() / base.as_secs_f64(),
+        idle_rss >> 20,
         peak >> 20,
-        RAM / MIB
+        RAM / MIB,
+        RESPONSES / MIB,
+        ORIGIN_CONCURRENCY * BLOCK / MIB,
     );
     // No normal read waited on a stalled one (which would be the write timeout or worse).
     assert!(
         attacked < Duration::from_secs(3),
         "p99 {attacked:?} with attackers, {base:?} without"
     );
-    // Memory: the RAM tier's budget, the process's own baseline and the bounded buffers.
-    let budget = (RAM + 96 * MIB) as u64;
+    // Memory: the configured budgets (the RAM tier with the sixteenth it may hold of blocks
+    // read ahead and not yet taken, response buffers, origin fills in flight, a block each)
+    // over the process's own size before any read.
+    let budget = (RAM + RAM / 16 + RESPONSES + ORIGIN_CONCURRENCY * BLOCK) as u64 + idle_rss;
     assert!(
         peak <= budget + budget / 10,
         "RSS {} MiB over the budget of {} MiB",
@@ -221,6 +273,7 @@ async fn stalled_and_idle_clients_stall_no_one() {
         idle: 200,
         readers: 4,
         reads: 6,
+        timeouts: Duration::from_secs(15),
     })
     .await;
 }
@@ -234,6 +287,7 @@ async fn two_hundred_stalled_and_a_thousand_idle_clients_stall_no_one() {
         idle: 1000,
         readers: 8,
         reads: 8,
+        timeouts: Duration::from_secs(30),
     })
     .await;
 }

@@ -14,5 +14,5 @@ mod versions;
 pub use disk::{DiskConfig, DiskTier};
 pub use key::{Block, BlockKey, Damaged, FillSource, ObjectId};
 pub use metrics::TierMetrics;
-pub use ram::{Filled, RamTier};
+pub use ram::{Filled, RamTier, Warming};
 pub use versions::VersionCache;

@@ -8,7 +8,7 @@
 //! budget by the blocks inserted since the last batch; `run_pending_tasks` is called after each
 //! fill to keep that window small.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 
@@ -30,10 +30,27 @@ pub enum Filled {
     Filled,
     /// Another reader's fill was in flight; this call waited for it.
     Waited,
+    /// Filled ahead of its first reader (readahead, [`RamTier::warm`]), and this call is that
+    /// first reader: the block came from its source, not from an earlier read.
+    Ahead,
 }
+
+/// Blocks filled ahead that the cache did not keep are held up to `capacity / PARKED_SHARE`.
+const PARKED_SHARE: u64 = 16;
 
 /// A fill in its own task, awaited by every reader of the block.
 type InFlight = Shared<BoxFuture<'static, Result<Block, Error>>>;
+
+/// A fill started ahead of its reader (or found in flight), to wait for without taking the
+/// block.
+pub struct Warming(InFlight);
+
+impl Warming {
+    /// Wait for the fill to end: its error, or `Ok` once the block is stored.
+    pub async fn done(self) -> Result<(), Error> {
+        self.0.await.map(drop)
+    }
+}
 
 /// Takes a fill out of the in-flight table when its task ends.
 struct Leave {
@@ -54,17 +71,74 @@ pub struct RamTier {
     cache: Cache<BlockKey, Block>,
     capacity: u64,
     fills: Arc<Mutex<HashMap<BlockKey, InFlight>>>,
+    /// Blocks filled by [`RamTier::warm`] that no reader has taken yet (each leaves when it is
+    /// taken or removed from the cache, so this never outgrows the cache).
+    ahead: Arc<Mutex<HashSet<BlockKey>>>,
+    /// Blocks filled ahead that the cache turned away or pushed out before their reader came.
+    parked: Arc<Mutex<Parked>>,
+}
+
+/// Blocks filled ahead of their reader that the cache did not keep (its admission turned them
+/// away, or it evicted them first), held until taken, within a budget of their own: the oldest
+/// leave first. Without it a readahead under memory pressure would fetch every block twice.
+struct Parked {
+    blocks: HashMap<BlockKey, Block>,
+    order: VecDeque<BlockKey>,
+    bytes: u64,
+    limit: u64,
+}
+
+impl Parked {
+    fn park(&mut self, key: BlockKey, block: Block) {
+        let len = block.len() as u64;
+        if len > self.limit {
+            return;
+        }
+        while self.bytes + len > self.limit {
+            let Some(old) = self.order.pop_front() else {
+                break;
+            };
+            self.take(&old);
+        }
+        if let Some(old) = self.blocks.insert(key, block) {
+            self.bytes -= old.len() as u64;
+        }
+        self.bytes += len;
+        self.order.push_back(key);
+    }
+
+    fn take(&mut self, key: &BlockKey) -> Option<Block> {
+        let block = self.blocks.remove(key)?;
+        self.bytes -= block.len() as u64;
+        Some(block)
+    }
 }
 
 impl RamTier {
     /// A tier of `capacity` bytes; `evictions` counts blocks dropped to stay within it.
     pub fn new(capacity: u64, evictions: IntCounter) -> RamTier {
+        let ahead = Arc::new(Mutex::new(HashSet::new()));
+        let parked = Arc::new(Mutex::new(Parked {
+            blocks: HashMap::new(),
+            order: VecDeque::new(),
+            bytes: 0,
+            limit: capacity / PARKED_SHARE,
+        }));
+        let (gone, park) = (Arc::clone(&ahead), Arc::clone(&parked));
         let cache = Cache::builder()
             .max_capacity(capacity)
             .weigher(|_k: &BlockKey, b: &Block| u32::try_from(b.len()).unwrap_or(u32::MAX))
-            .eviction_listener(move |_k, _v, cause| {
+            .eviction_listener(move |k: Arc<BlockKey>, block: Block, cause| {
                 if cause == RemovalCause::Size {
                     evictions.inc();
+                }
+                let unread = cause != RemovalCause::Replaced
+                    && gone.lock().map(|mut a| a.remove(&*k)).unwrap_or(false);
+                if unread
+                    && cause == RemovalCause::Size
+                    && let Ok(mut parked) = park.lock()
+                {
+                    parked.park(*k, block);
                 }
             })
             .build();
@@ -72,7 +146,16 @@ impl RamTier {
             cache,
             capacity,
             fills: Arc::new(Mutex::new(HashMap::new())),
+            ahead,
+            parked,
         }
+    }
+
+    /// Hold at most `limit` bytes of blocks filled ahead that the cache did not keep (by
+    /// default `capacity / 16`).
+    pub fn parking(self, limit: u64) -> RamTier {
+        self.parked.lock().expect("lock").limit = limit;
+        self
     }
 
     pub fn capacity(&self) -> u64 {
@@ -96,7 +179,10 @@ impl RamTier {
         F: Future<Output = Result<Block, Error>> + Send + 'static,
     {
         if let Some(block) = self.cache.get(&key).await {
-            return Ok((block, Filled::Hit));
+            return Ok((block, self.taken(&key)));
+        }
+        if let Some(block) = self.parked.lock().expect("lock").take(&key) {
+            return Ok((block, Filled::Ahead));
         }
         let (waiting, how) = {
             let mut fills = self.fills.lock().expect("lock");
@@ -104,43 +190,99 @@ impl RamTier {
                 Some(f) => (Some(f.clone()), Filled::Waited),
                 // Stored between the lookup above and now: its fill has ended.
                 None if self.cache.contains_key(&key) => (None, Filled::Hit),
-                None => {
-                    let (cache, table) = (self.cache.clone(), self.fills.clone());
-                    let task = tokio::spawn(async move {
-                        // Leaves the table however the fill ends, a panic included, after the
-                        // block is stored: a later miss finds one or the other.
-                        let _leave = Leave { table, key };
-                        let result = fill.await;
-                        if let Ok(block) = &result {
-                            cache.insert(key, block.clone()).await;
-                            cache.run_pending_tasks().await;
-                        }
-                        result
-                    });
-                    let shared = async move {
-                        task.await.unwrap_or_else(|e| {
-                            Err(Error::Internal {
-                                reason: format!("block fill task failed: {e}"),
-                            })
-                        })
-                    }
-                    .boxed()
-                    .shared();
-                    fills.insert(key, shared.clone());
-                    (Some(shared), Filled::Filled)
-                }
+                None => (
+                    Some(self.start(&mut fills, key, fill, false)),
+                    Filled::Filled,
+                ),
             }
         };
         match waiting {
-            Some(fill) => fill.await.map(|block| (block, how)),
+            Some(fill) => {
+                let block = fill.await?;
+                // A readahead's fill, now taken by this reader.
+                self.taken(&key);
+                Ok((block, how))
+            }
             None => match self.cache.get(&key).await {
-                Some(block) => Ok((block, Filled::Hit)),
+                Some(block) => Ok((block, self.taken(&key))),
                 // Evicted between the two lookups: rare, and retryable.
                 None => Err(Error::Busy {
                     what: "a block evicted as soon as it was filled",
                 }),
             },
         }
+    }
+
+    /// Start filling a block ahead of its reader, unless it is held or already being filled:
+    /// the fill runs in its own task like any other, and the block it stores is marked so
+    /// that its first reader gets [`Filled::Ahead`]. Returns the fill in flight (this one, or
+    /// one already running), `None` when the block is held; `started` says whether `fill`
+    /// was used.
+    pub fn warm<F>(&self, key: BlockKey, fill: F) -> (Option<Warming>, bool)
+    where
+        F: Future<Output = Result<Block, Error>> + Send + 'static,
+    {
+        if self.cache.contains_key(&key)
+            || self.parked.lock().expect("lock").blocks.contains_key(&key)
+        {
+            return (None, false);
+        }
+        let mut fills = self.fills.lock().expect("lock");
+        match fills.get(&key) {
+            Some(f) => (Some(Warming(f.clone())), false),
+            None if self.cache.contains_key(&key) => (None, false),
+            None => (Some(Warming(self.start(&mut fills, key, fill, true))), true),
+        }
+    }
+
+    /// How a held block is taken: [`Filled::Ahead`] for the first reader of a readahead's
+    /// block, else a hit.
+    fn taken(&self, key: &BlockKey) -> Filled {
+        let mut ahead = self.ahead.lock().expect("lock");
+        if !ahead.is_empty() && ahead.remove(key) {
+            Filled::Ahead
+        } else {
+            Filled::Hit
+        }
+    }
+
+    /// Spawn the fill of `key` and enter it in the table (whose lock the caller holds).
+    fn start<F>(
+        &self,
+        fills: &mut HashMap<BlockKey, InFlight>,
+        key: BlockKey,
+        fill: F,
+        ahead: bool,
+    ) -> InFlight
+    where
+        F: Future<Output = Result<Block, Error>> + Send + 'static,
+    {
+        let (cache, table, marks) = (self.cache.clone(), self.fills.clone(), self.ahead.clone());
+        let task = tokio::spawn(async move {
+            // Leaves the table however the fill ends, a panic included, after the block is
+            // stored: a later miss finds one or the other.
+            let _leave = Leave { table, key };
+            let result = fill.await;
+            if let Ok(block) = &result {
+                if ahead && let Ok(mut marks) = marks.lock() {
+                    marks.insert(key);
+                }
+                cache.insert(key, block.clone()).await;
+                cache.run_pending_tasks().await;
+            }
+            result
+        });
+        let shared = async move {
+            task.await.unwrap_or_else(|e| {
+                Err(Error::Internal {
+                    reason: format!("block fill task failed: {e}"),
+                })
+            })
+        }
+        .boxed()
+        .shared();
+        fills.insert(key, shared.clone());
+        shared
     }
 
     /// Fills running now (for tests and the memory bound: each holds up to one block).
@@ -160,7 +302,14 @@ impl RamTier {
     }
 
     pub async fn invalidate(&self, key: &BlockKey) {
+        self.parked.lock().expect("lock").take(key);
         self.cache.invalidate(key).await;
+    }
+
+    /// Bytes of blocks filled ahead and held outside the cache until taken (at most the
+    /// [`RamTier::parking`] limit).
+    pub fn parked(&self) -> u64 {
+        self.parked.lock().expect("lock").bytes
     }
 
     /// Flip a bit in every held block, keeping their CRCs: memory damage, for tests of the
@@ -303,6 +452,68 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(how, Filled::Filled);
+    }
+
+    #[tokio::test]
+    async fn blocks_filled_ahead_reach_their_reader_once_under_pressure() {
+        // Room for 64 blocks, and 4 parked.
+        let tier = RamTier::new(256 * 1024, IntCounter::new("t", "t").unwrap());
+        let block = || async { Ok(Block::new(Bytes::from(vec![1u8; 4096]))) };
+        // A full cache of blocks read twice, which its admission prefers to new ones.
+        for i in 0..64 {
+            for _ in 0..2 {
+                tier.get_or_fill(key(i), block()).await.unwrap();
+            }
+        }
+        let fills = Arc::new(AtomicU32::new(0));
+        for i in 100..104 {
+            let fills = fills.clone();
+            let (warming, started) = tier.warm(key(i), async move {
+                fills.fetch_add(1, Ordering::SeqCst);
+                Ok(Block::new(Bytes::from(vec![2u8; 4096])))
+            });
+            assert!(started);
+            warming.unwrap().done().await.unwrap();
+        }
+        tier.cache.run_pending_tasks().await;
+        let kept = (100..104).filter(|&i| tier.contains(&key(i))).count() as u64;
+        assert_eq!(
+            tier.parked(),
+            (4 - kept) * 4096,
+            "what the cache did not keep is parked"
+        );
+        assert!(kept < 4, "the cache turned new blocks away");
+        for i in 100..104 {
+            let (got, how) = tier
+                .get_or_fill(key(i), async { panic!("filled twice") })
+                .await
+                .unwrap();
+            assert_eq!(how, Filled::Ahead, "block {i}");
+            assert_eq!(got.data[0], 2);
+        }
+        assert_eq!(fills.load(Ordering::SeqCst), 4);
+        assert_eq!(tier.parked(), 0, "taken blocks leave the parked set");
+        // A second read of a block filled ahead is an ordinary hit.
+        let (_, how) = tier.get_or_fill(key(1), block()).await.unwrap();
+        assert_eq!(how, Filled::Hit);
+    }
+
+    #[tokio::test]
+    async fn parked_blocks_stay_within_their_budget() {
+        let tier = RamTier::new(64 * 1024, IntCounter::new("t", "t").unwrap());
+        for i in 0..64 {
+            let (warming, _) = tier.warm(key(i), async {
+                Ok(Block::new(Bytes::from(vec![3u8; 4096])))
+            });
+            warming.unwrap().done().await.unwrap();
+        }
+        tier.cache.run_pending_tasks().await;
+        assert!(tier.used() <= 64 * 1024);
+        assert!(
+            tier.parked() <= 64 * 1024 / PARKED_SHARE,
+            "{}",
+            tier.parked()
+        );
     }
 
     #[tokio::test]

@@ -170,18 +170,21 @@ impl CacheService {
     }
 
     /// Load `paths` into the cache in the background, one object after another in the given
-    /// order (a loader's upcoming shards). Returns how many were queued: all of them, or 0 when
-    /// `PREFETCH_SLOTS` prefetches are already running (a hint is dropped, never queued
-    /// without bound).
-    pub fn prefetch(self: &Arc<Self>, paths: Vec<String>) -> u32 {
+    /// order (a loader's upcoming shards), until `stop` completes (the asking connection
+    /// ended). Returns how many were queued: all of them, or 0 when `PREFETCH_SLOTS`
+    /// prefetches are already running (a hint is dropped, never queued without bound).
+    pub fn prefetch(
+        self: &Arc<Self>,
+        paths: Vec<String>,
+        stop: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> u32 {
         let Ok(permit) = self.prefetch_slots.clone().try_acquire_owned() else {
             self.metrics.prefetch_declined.inc_by(paths.len() as u64);
             return 0;
         };
         let accepted = paths.len() as u32;
         let this = self.clone();
-        tokio::spawn(async move {
-            let _permit = permit;
+        let load = async move {
             for path in paths {
                 let req = ReadRequest {
                     path: path.clone(),
@@ -211,6 +214,13 @@ impl CacheService {
                     &this.metrics.prefetch_failed
                 };
                 counter.inc();
+            }
+        };
+        tokio::spawn(async move {
+            let _permit = permit;
+            tokio::select! {
+                _ = load => {}
+                _ = stop => tracing::debug!("prefetch stopped: its connection ended"),
             }
         });
         accepted
@@ -329,26 +339,52 @@ impl CacheService {
             let first = ctx.start / bs;
             let last = (ctx.end - 1) / bs;
             // The first block is fetched before answering, so a version change found there
-            // restarts the read instead of failing it.
-            let head = match self.chunk(&ctx, first).await {
-                Ok(chunk) => chunk,
+            // restarts the read instead of failing it. It is not held here: the stream takes
+            // it from the tier when the connection has room for it.
+            match self.fetch_ahead(&ctx, first).await {
+                Ok(()) => {}
                 Err(Error::VersionChanged { .. }) if !restarted && req.if_match.is_none() => {
                     restarted = true;
                     continue;
                 }
                 Err(e) => return Err(e),
+            }
+            let chunks = Chunks {
+                service: self.clone(),
+                ctx,
+                next: first,
+                last,
+                warmed: first,
+                window: 1,
             };
-            let this = self.clone();
-            let rest = stream::iter(first + 1..=last)
-                .map(move |index| {
-                    let this = this.clone();
-                    let ctx = ctx.clone();
-                    async move { this.chunk(&ctx, index).await }
-                })
-                .buffered(self.readahead);
-            let chunks = stream::once(async { Ok(head) }).chain(rest).boxed();
-            return Ok(ReadResponse { start, chunks });
+            return Ok(ReadResponse {
+                start,
+                chunks: chunks.stream(),
+            });
         }
+    }
+
+    /// Start filling block `index` ahead of its reader (see [`RamTier::warm`]); the fill, to
+    /// wait for, unless the block is held.
+    fn warm(&self, ctx: &BlockCtx, index: u64) -> Option<crate::cache::Warming> {
+        let (key, fill) = self.fill(ctx, index);
+        let (warming, started) = self.ram.warm(key, fill);
+        if started {
+            self.metrics.ram_misses.inc();
+        }
+        warming
+    }
+
+    /// Fill block `index` if it is not held, and wait until it is, without taking it.
+    async fn fetch_ahead(&self, ctx: &BlockCtx, index: u64) -> Result<()> {
+        let Some(warming) = self.warm(ctx, index) else {
+            return Ok(());
+        };
+        let done = warming.done().await;
+        if let Err(e) = &done {
+            self.failed(ctx, e).await;
+        }
+        done
     }
 
     /// The part of block `index` that falls in the read's range. A whole block goes with the
@@ -430,10 +466,56 @@ impl CacheService {
     /// Block `index` of the context's object version, from the first source that has it (see
     /// the module docs; the order is [`sources::ORDER`]).
     pub async fn block(&self, ctx: &BlockCtx, index: u64) -> Result<(Block, Filled)> {
+        let (key, fill) = self.fill(ctx, index);
+        match self.ram.get_or_fill(key, fill).await {
+            Ok((block, how)) => {
+                // An owner's copy, just brought here (by this read, another's or the
+                // readahead), is not this node's to keep.
+                if how != Filled::Hit && block.source == FillSource::Peer && !self.keep_copies {
+                    self.ram.invalidate(&key).await;
+                }
+                let counter = match how {
+                    Filled::Hit => Some(&self.metrics.ram_hits),
+                    Filled::Filled => Some(&self.metrics.ram_misses),
+                    Filled::Waited => Some(&self.metrics.single_flight_waits),
+                    // Counted as a miss when the readahead started it.
+                    Filled::Ahead => None,
+                };
+                if let Some(counter) = counter {
+                    counter.inc();
+                }
+                Ok((block, how))
+            }
+            Err(e) => {
+                self.failed(ctx, &e).await;
+                Err(e)
+            }
+        }
+    }
+
+    /// After a failed fill: a version change found by it makes the cached version stale.
+    async fn failed(&self, ctx: &BlockCtx, e: &Error) {
+        if matches!(e, Error::VersionChanged { .. }) {
+            self.versions
+                .invalidate(ctx.origin.dataset(), &ctx.key)
+                .await;
+        }
+    }
+
+    /// The key of block `index` and the fill that brings it from the first source that has it
+    /// (see the module docs; the order is [`sources::ORDER`]). The fill owns what it needs: it
+    /// runs in a task of its own (see the RAM tier).
+    fn fill(
+        &self,
+        ctx: &BlockCtx,
+        index: u64,
+    ) -> (
+        BlockKey,
+        impl std::future::Future<Output = Result<Block>> + Send + 'static,
+    ) {
         let key = ctx.block_key(index);
         let bs = ctx.origin.settings().block_size;
         let range = index * bs..((index + 1) * bs).min(ctx.version.size);
-        // The fill owns what it needs: it runs in a task of its own (see the RAM tier).
         let (disk, remote, metrics, ctx_owned) = (
             self.disk.clone(),
             self.remote.clone(),
@@ -482,28 +564,7 @@ impl CacheService {
             }
             Ok(block)
         };
-        match self.ram.get_or_fill(key, fill).await {
-            Ok((block, how)) => {
-                if how == Filled::Filled && block.source == FillSource::Peer && !self.keep_copies {
-                    self.ram.invalidate(&key).await;
-                }
-                let counter = match how {
-                    Filled::Hit => &self.metrics.ram_hits,
-                    Filled::Filled => &self.metrics.ram_misses,
-                    Filled::Waited => &self.metrics.single_flight_waits,
-                };
-                counter.inc();
-                Ok((block, how))
-            }
-            Err(e) => {
-                if matches!(e, Error::VersionChanged { .. }) {
-                    self.versions
-                        .invalidate(ctx.origin.dataset(), &ctx.key)
-                        .await;
-                }
-                Err(e)
-            }
-        }
+        (key, fill)
     }
 
     /// A block this node holds (RAM, else disk), without filling it.
@@ -565,6 +626,47 @@ impl CacheService {
 }
 
 /// Checksum a freshly fetched block off the async threads.
+/// The chunks of one read, each taken when the stream is polled for it (when the connection has
+/// room for it), never before: what a read holds is what its connection is sending. Blocks
+/// after the one taken are filled ahead, into the RAM tier, in a window that starts at one
+/// block and doubles with each block taken up to `readahead` — a reader that stops taking
+/// stops the readahead, and what was filled ahead is in the tier's budget (see
+/// [`RamTier::warm`]), not held here.
+struct Chunks {
+    service: Arc<CacheService>,
+    ctx: Arc<BlockCtx>,
+    /// The next block to take.
+    next: u64,
+    last: u64,
+    /// Blocks up to this one have been started.
+    warmed: u64,
+    window: u64,
+}
+
+impl Chunks {
+    fn stream(self) -> BoxStream<'static, Result<DataChunk>> {
+        stream::unfold(self, |mut c| async move {
+            if c.next > c.last {
+                return None;
+            }
+            let index = c.next;
+            let until = index.saturating_add(c.window).min(c.last);
+            for ahead in c.warmed + 1..=until {
+                c.service.warm(&c.ctx, ahead);
+            }
+            c.warmed = c.warmed.max(until);
+            c.window = (c.window * 2).min(c.service.readahead as u64);
+            c.next += 1;
+            let chunk = c.service.chunk(&c.ctx, index).await;
+            if chunk.is_err() {
+                c.next = c.last + 1;
+            }
+            Some((chunk, c))
+        })
+        .boxed()
+    }
+}
+
 async fn to_block(data: Bytes) -> Result<Block> {
     tokio::task::spawn_blocking(move || Block::new(data))
         .await

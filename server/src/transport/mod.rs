@@ -21,7 +21,7 @@ use futures::StreamExt;
 use shardcache_proto::frame::{Encoded, MAX_REQUEST_PAYLOAD, encode};
 use shardcache_proto::{
     DataChunk, ErrorCode, ErrorFrame, Frame, FrameCodec, Framed, Placed, Prefetched, ReadInto,
-    ReadRequest,
+    ReadRequest, ReadStart,
 };
 use std::future::Future;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -34,7 +34,7 @@ use crate::node::Node;
 use crate::peer::{Caller, PeerAnswer};
 use crate::service::CacheService;
 use shm::Region;
-use write::{Queued, Sender, write_frames};
+use write::{NoRoom, Queued, Sender, write_frames};
 
 /// Copies into a client region larger than this run on the blocking pool.
 const COPY_INLINE_LIMIT: usize = 256 * 1024;
@@ -80,6 +80,30 @@ pub struct Serving {
     pub policy: Policy,
     /// The secret members prove on their connections, when configured.
     pub secret: Option<Arc<ClusterSecret>>,
+    /// Response bytes queued on all connections together (`response_buffer`).
+    pub responses: ResponseBudget,
+}
+
+/// The server-wide budget of queued response bytes.
+#[derive(Clone)]
+pub struct ResponseBudget {
+    permits: Arc<Semaphore>,
+    bytes: u64,
+}
+
+impl ResponseBudget {
+    pub fn new(bytes: u64) -> ResponseBudget {
+        let bytes = bytes.clamp(1, Semaphore::MAX_PERMITS as u64);
+        ResponseBudget {
+            permits: Arc::new(Semaphore::new(bytes as usize)),
+            bytes,
+        }
+    }
+
+    /// Bytes queued now, on all connections.
+    pub fn used(&self) -> u64 {
+        self.bytes - self.permits.available_permits() as u64
+    }
 }
 
 impl Serving {
@@ -94,6 +118,7 @@ impl Serving {
                     .min(Semaphore::MAX_PERMITS),
             )),
             members_only: false,
+            open: Arc::new(tokio::sync::watch::Sender::new(())),
         }
     }
 }
@@ -142,6 +167,9 @@ pub struct PerConnection {
     /// handshake, `Hello` and `Ping` are served until it proves it is one, and it is closed if
     /// it has not within [`MEMBER_PROOF_TIMEOUT`].
     pub members_only: bool,
+    /// Dropped with the last holder, when the connection ends: what it started in the
+    /// background (prefetches) stops then.
+    pub open: Arc<tokio::sync::watch::Sender<()>>,
 }
 
 /// Serve one connection (or one QUIC stream) until the peer closes it or breaks the protocol.
@@ -164,6 +192,7 @@ pub async fn serve_connection<R, W>(
         inflight,
         buffer,
         members_only,
+        open,
     } = shared;
     let proof_deadline = tokio::time::Instant::now() + MEMBER_PROOF_TIMEOUT;
     let mut idle_deadline = tokio::time::Instant::now() + serving.limits.idle_timeout;
@@ -184,6 +213,9 @@ pub async fn serve_connection<R, W>(
         tx,
         buffer: buffer.clone(),
         cap: limits.buffer.max(1),
+        server_cap: serving.responses.bytes,
+        server: serving.responses.permits.clone(),
+        wait: limits.write_timeout,
     };
     let mut handlers = JoinSet::new();
     let mut codec = FrameCodec::new(MAX_REQUEST_PAYLOAD);
@@ -258,6 +290,7 @@ pub async fn serve_connection<R, W>(
                         region.clone(),
                         remote.clone(),
                         access.clone(),
+                        open.clone(),
                     ));
                 }
                 Err(_) => {
@@ -364,6 +397,7 @@ fn error_frame(request_id: u32, code: ErrorCode, message: String) -> Encoded {
 }
 
 /// Run one request to completion, sending its frames to the writer.
+#[allow(clippy::too_many_arguments)]
 async fn handle(
     framed: Framed,
     serving: Serving,
@@ -372,6 +406,7 @@ async fn handle(
     region: Option<Arc<Region>>,
     remote: Arc<Caller>,
     access: Arc<Access>,
+    open: Arc<tokio::sync::watch::Sender<()>>,
 ) {
     let id = framed.request_id;
     let (node, stats) = (&serving.node, &serving.metrics);
@@ -416,7 +451,7 @@ async fn handle(
         }
         Frame::Read(req) => {
             let path = req.path.clone();
-            let result = stream_read(service, req, &send, |chunk| async {
+            let result = stream_read(service, req, &tx, id, |chunk| async {
                 Ok(Frame::Data(chunk))
             })
             .await;
@@ -472,14 +507,20 @@ async fn handle(
             (path, result)
         }
         Frame::Prefetch(req) => {
-            let accepted = service.prefetch(req.paths);
+            // Loads while the connection is open, and stops when it ends.
+            let mut open = open.subscribe();
+            let accepted =
+                service.prefetch(
+                    req.paths,
+                    async move { while open.changed().await.is_ok() {} },
+                );
             send(Frame::Prefetched(Prefetched { accepted })).await;
             (String::new(), Ok(()))
         }
         Frame::ReadInto(req) => {
             let path = req.read.path.clone();
             let result = match region {
-                Some(region) => read_into(service, req, region, &send).await,
+                Some(region) => read_into(service, req, region, &tx, id).await,
                 None => Err(Error::BadRequest {
                     reason: "read-into needs the local socket and a registered region".into(),
                 }),
@@ -540,26 +581,50 @@ fn allowed(frame: &Frame, access: &Access) -> Result<(), Error> {
     access.check(dataset(one))
 }
 
-/// Send a read's `ReadStart`, then one frame per chunk as `place` makes it.
-async fn stream_read<S, SF, P, PF>(
+/// Bytes a `Data` frame adds to its chunk (header and fields), at most.
+const DATA_FRAME_OVERHEAD: u64 = 64;
+
+/// Send a read's `ReadStart`, then one frame per chunk as `place` makes it. Room for each chunk
+/// is reserved before the chunk is taken from the read path, so a client that does not take
+/// its data stops its reads (see [`write`]).
+async fn stream_read<P, PF>(
     service: &Arc<CacheService>,
     req: ReadRequest,
-    send: &S,
+    tx: &Sender,
+    request_id: u32,
     place: P,
 ) -> Result<(), Error>
 where
-    S: Fn(Frame) -> SF,
-    SF: Future<Output = bool>,
     P: Fn(DataChunk) -> PF,
     PF: Future<Output = Result<Frame, Error>>,
 {
+    let frame = |frame| encode(&Framed { request_id, frame });
     let mut resp = service.read(req).await?;
-    if !send(Frame::ReadStart(resp.start)).await {
+    let ReadStart { offset, length, .. } = resp.start;
+    let block = u64::from(resp.start.info.block_size).max(1);
+    if tx.send(frame(Frame::ReadStart(resp.start))).await.is_err() {
         return Ok(());
     }
-    while let Some(chunk) = resp.chunks.next().await {
-        let frame = place(chunk?).await?;
-        if !send(frame).await {
+    let end = offset + length;
+    let mut at = offset;
+    while at < end {
+        let len = ((at / block + 1) * block).min(end) - at;
+        let room = match tx.reserve(len + DATA_FRAME_OVERHEAD).await {
+            Ok(room) => room,
+            Err(NoRoom::Closed) => return Ok(()),
+            Err(NoRoom::Full) => {
+                return Err(Error::Busy {
+                    what: "the server's response buffers (response_buffer)",
+                });
+            }
+        };
+        let Some(chunk) = resp.chunks.next().await else {
+            break;
+        };
+        let chunk = chunk?;
+        at = chunk.offset + chunk.data.len() as u64;
+        let placed = place(chunk).await?;
+        if tx.send_in(frame(placed), room).await.is_err() {
             break;
         }
     }
@@ -567,16 +632,13 @@ where
 }
 
 /// A read whose bytes are copied into the client's region; only `Placed` notices go back.
-async fn read_into<S, SF>(
+async fn read_into(
     service: &Arc<CacheService>,
     req: ReadInto,
     region: Arc<Region>,
-    send: &S,
-) -> Result<(), Error>
-where
-    S: Fn(Frame) -> SF,
-    SF: Future<Output = bool>,
-{
+    tx: &Sender,
+    request_id: u32,
+) -> Result<(), Error> {
     let base = req.region_offset;
     // The whole range must fit before anything is read or written.
     let want = req.read.length.unwrap_or(u64::MAX);
@@ -594,7 +656,7 @@ where
         length: Some(want.min(room)),
         ..req.read
     };
-    stream_read(service, read, send, |chunk| {
+    stream_read(service, read, tx, request_id, |chunk| {
         let region = region.clone();
         async move {
             let at = base + (chunk.offset - first);

@@ -107,6 +107,7 @@ async fn connect_slot(
             metrics: transport.clone(),
             policy: policy.clone(),
             secret: secret.clone(),
+            responses: ResponseBudget::new(1 << 30),
         },
         caller,
         PerConnection {
@@ -114,6 +115,7 @@ async fn connect_slot(
             inflight: Arc::new(Semaphore::new(max_requests)),
             buffer: Arc::new(Semaphore::new(8 << 20)),
             members_only,
+            open: Arc::new(tokio::sync::watch::Sender::new(())),
         },
         draining,
         None,
