@@ -18,12 +18,36 @@ use crate::error::{ClientError, Result};
 /// Data frames at least this large are read straight into a pooled buffer.
 const DIRECT_MIN: usize = 256 * 1024;
 
-/// Response frames buffered per request before the connection's reader waits.
-const RESPONSE_QUEUE: usize = 8;
+/// Response bytes queued for one request whose caller does not take them: past this, that
+/// request is cut off (its caller gets a retryable error) rather than the connection's reader
+/// waiting for it, which would hold up every other request on the connection.
+pub(crate) const REQUEST_BUFFER: usize = if cfg!(test) { 4 << 20 } else { 256 << 20 };
+
+/// Bytes a frame counts for in a request's queue.
+fn weight(frame: &Frame) -> usize {
+    match frame {
+        Frame::Data(chunk) => chunk.data.len().max(64),
+        _ => 64,
+    }
+}
+
+/// Where one request's frames go: a queue the connection's reader never waits on, and the
+/// bytes in it.
+struct Route {
+    tx: mpsc::UnboundedSender<Frame>,
+    queue: Arc<Queue>,
+}
+
+#[derive(Default)]
+struct Queue {
+    bytes: std::sync::atomic::AtomicUsize,
+    /// Cut off for not taking its frames.
+    cut: AtomicBool,
+}
 
 struct Shared {
     endpoint: String,
-    pending: Mutex<HashMap<u32, mpsc::Sender<Frame>>>,
+    pending: Mutex<HashMap<u32, Route>>,
     closed: AtomicBool,
     /// Why the connection ended, once it has.
     reason: Mutex<Option<ClientError>>,
@@ -123,17 +147,25 @@ impl TcpConn {
         if id == 0 {
             id = self.next_id.fetch_add(1, Ordering::Relaxed);
         }
-        let (tx, rx) = mpsc::channel(RESPONSE_QUEUE);
+        let (tx, rx) = mpsc::unbounded_channel();
+        let queue = Arc::new(Queue::default());
         {
             let mut pending = self.shared.pending.lock().expect("lock");
             if self.is_closed() {
                 return Err(self.shared.lost());
             }
-            pending.insert(id, tx);
+            pending.insert(
+                id,
+                Route {
+                    tx,
+                    queue: queue.clone(),
+                },
+            );
         }
         let responses = TcpResponses {
             id,
             rx,
+            queue,
             shared: self.shared.clone(),
         };
         let bytes = encode(&Framed {
@@ -178,7 +210,7 @@ async fn read_loop<R: AsyncRead + Unpin>(mut rd: R, shared: Arc<Shared>, pool: A
                         }
                     }
                     match decode_data_payload(pool.freeze(buf)) {
-                        Ok(chunk) => deliver(&shared, h.request_id, Frame::Data(chunk)).await,
+                        Ok(chunk) => deliver(&shared, h.request_id, Frame::Data(chunk)),
                         Err(e) => break 'conn protocol(e),
                     }
                     continue;
@@ -201,7 +233,7 @@ async fn read_loop<R: AsyncRead + Unpin>(mut rd: R, shared: Arc<Shared>, pool: A
                 }
                 continue;
             }
-            deliver(&shared, framed.request_id, framed.frame).await;
+            deliver(&shared, framed.request_id, framed.frame);
         }
         match rd.read_buf(codec.buffer_mut()).await {
             Ok(0) => break closed(),
@@ -215,31 +247,47 @@ async fn read_loop<R: AsyncRead + Unpin>(mut rd: R, shared: Arc<Shared>, pool: A
     pending.clear();
 }
 
-/// Route a frame to its request; frames of abandoned requests are dropped.
-async fn deliver(shared: &Shared, request_id: u32, frame: Frame) {
-    let tx = shared
-        .pending
-        .lock()
-        .expect("lock")
-        .get(&request_id)
-        .cloned();
-    if let Some(tx) = tx
-        && tx.send(frame).await.is_err()
-    {
-        shared.pending.lock().expect("lock").remove(&request_id);
+/// Route a frame to its request without waiting for its caller; frames of abandoned requests
+/// are dropped, and a request whose caller left [`REQUEST_BUFFER`] bytes untaken is cut off.
+fn deliver(shared: &Shared, request_id: u32, frame: Frame) {
+    let mut pending = shared.pending.lock().expect("lock");
+    let Some(route) = pending.get(&request_id) else {
+        return;
+    };
+    let weight = weight(&frame);
+    let queued = route.queue.bytes.load(Ordering::Acquire);
+    if queued + weight > REQUEST_BUFFER {
+        route.queue.cut.store(true, Ordering::Release);
+        pending.remove(&request_id);
+        return;
+    }
+    route.queue.bytes.fetch_add(weight, Ordering::AcqRel);
+    if route.tx.send(frame).is_err() {
+        pending.remove(&request_id);
     }
 }
 
 pub struct TcpResponses {
     id: u32,
-    rx: mpsc::Receiver<Frame>,
+    rx: mpsc::UnboundedReceiver<Frame>,
+    queue: Arc<Queue>,
     shared: Arc<Shared>,
 }
 
 impl TcpResponses {
     pub async fn next(&mut self) -> Result<Frame> {
         match self.rx.recv().await {
-            Some(frame) => Ok(frame),
+            Some(frame) => {
+                self.queue.bytes.fetch_sub(weight(&frame), Ordering::AcqRel);
+                Ok(frame)
+            }
+            None if self.queue.cut.load(Ordering::Acquire) => Err(ClientError::lost(
+                &self.shared.endpoint,
+                format!(
+                    "this request was cut off: its caller left {} MiB of its data untaken (the other requests on the connection go on)",
+                    REQUEST_BUFFER >> 20
+                ),
+            )),
             None => Err(self.shared.lost()),
         }
     }
@@ -248,5 +296,79 @@ impl TcpResponses {
 impl Drop for TcpResponses {
     fn drop(&mut self) {
         self.shared.pending.lock().expect("lock").remove(&self.id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use shardcache_proto::frame::MAX_REQUEST_PAYLOAD;
+    use shardcache_proto::{DataChunk, StatRequest};
+    use std::time::Duration;
+
+    /// One request whose caller never takes its data does not hold up another on the same
+    /// connection: the reader never waits for a caller, and the stalled request is cut off
+    /// once it has [`REQUEST_BUFFER`] bytes queued.
+    #[tokio::test]
+    async fn a_caller_that_stops_taking_holds_up_no_other_request() {
+        let (client, server) = tokio::io::duplex(1 << 20);
+        let (crd, cwr) = tokio::io::split(client);
+        let conn = TcpConn::from_halves(crd, cwr, "test", BufPool::new(4));
+        // The server: answers request 1 with 12 MiB of data in 12 frames, then request 2 with
+        // one chunk.
+        let (mut srd, mut swr) = tokio::io::split(server);
+        let serving = tokio::spawn(async move {
+            let mut codec = FrameCodec::new(MAX_REQUEST_PAYLOAD);
+            let mut ids = Vec::new();
+            while ids.len() < 2 {
+                while let Some(framed) = codec.next_frame().unwrap() {
+                    ids.push(framed.request_id);
+                }
+                if ids.len() < 2 {
+                    srd.read_buf(codec.buffer_mut()).await.unwrap();
+                }
+            }
+            let send = |id: u32, offset: u64, len: usize| {
+                encode(&Framed {
+                    request_id: id,
+                    frame: Frame::Data(DataChunk::new(offset, Bytes::from(vec![7u8; len]))),
+                })
+                .to_vec()
+            };
+            for i in 0..12u64 {
+                swr.write_all(&send(ids[0], i << 20, 1 << 20))
+                    .await
+                    .unwrap();
+            }
+            swr.write_all(&send(ids[1], 0, 10)).await.unwrap();
+            swr
+        });
+        let stat = |path: &str| {
+            Frame::Stat(StatRequest {
+                path: path.to_string(),
+            })
+        };
+        let mut stalled = conn.request(stat("ds/a")).await.unwrap();
+        let mut other = conn.request(stat("ds/b")).await.unwrap();
+        let got = tokio::time::timeout(Duration::from_secs(10), other.next())
+            .await
+            .expect("the other request was held up")
+            .unwrap();
+        assert!(matches!(got, Frame::Data(c) if c.data.len() == 10));
+        let _swr = serving.await.unwrap();
+        // The stalled request gets what fit in its queue, then a retryable error.
+        let mut taken = 0;
+        let err = loop {
+            match stalled.next().await {
+                Ok(Frame::Data(c)) => taken += c.data.len(),
+                Ok(other) => panic!("unexpected {other:?}"),
+                Err(e) => break e,
+            }
+        };
+        assert!(taken <= REQUEST_BUFFER, "{taken} bytes queued");
+        assert!(err.is_retryable(), "{err}");
+        assert!(err.to_string().contains("cut off"), "{err}");
+        assert!(!conn.is_closed(), "the connection goes on");
     }
 }
