@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Every test of the project: the Rust workspace (unit, integration, the binaries, the origin
 # conformance suite against s3s-fs, moto and Azurite), the Python package as users install it
-# (a release wheel, pip-installed) against the real server binary, then the quickstart's
-# commands one by one.
+# (a release wheel, pip-installed) against the real server binary, the quickstart's commands
+# one by one, then the container image (built and run with podman).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python=${PYTHON:-python3}
@@ -43,3 +43,13 @@ fi
 
 # docs/quickstart.md, command by command.
 ./scripts/quickstart.sh
+
+# The container image, assembled from the release binaries the quickstart built, run with
+# podman (deploy/containers.conf): as an unprivileged user on a read-only root, draining on
+# SIGTERM.
+if ! command -v podman >/dev/null 2>&1; then
+  echo "podman is not installed (apt-get install podman runc; .ci/run installs them)" >&2
+  exit 1
+fi
+./scripts/image.sh
+cargo test -p shardcache-testsuite --test container -- --ignored
