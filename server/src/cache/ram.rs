@@ -105,6 +105,11 @@ impl Parked {
         }
         self.bytes += len;
         self.order.push_back(key);
+        // Taken blocks leave `order` lazily: drop their keys before they outnumber the rest.
+        if self.order.len() > 2 * self.blocks.len() + 64 {
+            let blocks = &self.blocks;
+            self.order.retain(|k| blocks.contains_key(k));
+        }
     }
 
     fn take(&mut self, key: &BlockKey) -> Option<Block> {
@@ -493,6 +498,15 @@ mod tests {
         }
         assert_eq!(fills.load(Ordering::SeqCst), 4);
         assert_eq!(tier.parked(), 0, "taken blocks leave the parked set");
+        // Parking and taking many more leaves no trail behind.
+        for i in 0..1000 {
+            tier.parked
+                .lock()
+                .unwrap()
+                .park(key(10_000 + i), Block::new(Bytes::from(vec![4u8; 4096])));
+            tier.parked.lock().unwrap().take(&key(10_000 + i));
+        }
+        assert!(tier.parked.lock().unwrap().order.len() <= 64 + 1);
         // A second read of a block filled ahead is an ordinary hit.
         let (_, how) = tier.get_or_fill(key(1), block()).await.unwrap();
         assert_eq!(how, Filled::Hit);
