@@ -7,7 +7,8 @@
 # For each mode (helm/shardcache/ci/*-values.yaml): `helm lint --strict`, `helm template` into
 # target/helm/, and bad values refused by values.schema.json. examples/trainer-job.yaml must be
 # the chart's rendered example Job (written here; a difference fails). Then
-# helm/shardcache/tests/check_rendered.py checks flags, config keys, ports, probes, security
+# every object is validated against the Kubernetes API schema (kubernetes-validate, from PyPI),
+# and helm/shardcache/tests/check_rendered.py checks flags, config keys, ports, probes, security
 # context, memory limit, Services and Secret references against `shardcache serve --help`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -60,6 +61,15 @@ if command -v git >/dev/null 2>&1 && git rev-parse --git-dir >/dev/null 2>&1 &&
   echo "examples/trainer-job.yaml is not what the chart renders (it was rewritten: commit it)" >&2
   exit 1
 fi
+
+# Every rendered object against the Kubernetes API schema (1.35, helm's client version),
+# strictly: unknown fields are errors (CRDs such as the ServiceMonitor have no schema there).
+validate="$(dirname "$python")/kubernetes-validate"
+if [ ! -x "$validate" ]; then
+  echo "no kubernetes-validate beside $python (pip install kubernetes-validate==1.37.0)" >&2
+  exit 1
+fi
+"$validate" --strict --kubernetes-version 1.35.0 --quiet "$out"/*.yaml examples/trainer-job.yaml
 
 cargo build -q --bin shardcache
 "$python" "$chart/tests/check_rendered.py" "$out" "$chart/ci" "$target_dir/debug/shardcache"

@@ -12,7 +12,7 @@ python=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
   "$python" -m venv .venv
 fi
-.venv/bin/python -m pip install -q --disable-pip-version-check "maturin==1.16.0" "moto[server]==5.2.5" pyyaml
+.venv/bin/python -m pip install -q --disable-pip-version-check "maturin==1.16.0" "moto[server]==5.2.5" pyyaml "kubernetes-validate==1.37.0"
 if [ ! -x .emulators/node_modules/.bin/azurite-blob ]; then
   npm install --prefix .emulators --no-audit --no-fund --loglevel=error azurite@3.37.0
 fi
