@@ -2,7 +2,7 @@
 
 use bytes::Bytes;
 
-use crate::origin::Version;
+use crate::origin::{Origin, Version};
 
 /// Identity of one version of one object cut into blocks of one size: the first 128 bits of
 /// SHA-256(dataset, key, etag, size, block size). Nothing a client sends is used as a name
@@ -12,6 +12,11 @@ use crate::origin::Version;
 pub struct ObjectId(pub [u8; 16]);
 
 impl ObjectId {
+    /// The identity of `key` at `version` in `origin`'s dataset, at the dataset's block size.
+    pub fn of(origin: &Origin, key: &str, version: &Version) -> ObjectId {
+        ObjectId::new(origin.dataset(), key, version, origin.settings().block_size)
+    }
+
     pub fn new(dataset: &str, key: &str, version: &Version, block_size: u64) -> ObjectId {
         let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
         for part in [dataset.as_bytes(), key.as_bytes(), version.etag.as_bytes()] {

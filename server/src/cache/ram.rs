@@ -219,12 +219,13 @@ impl RamTier {
     }
 
     /// Start filling a block ahead of its reader, unless it is held or already being filled:
-    /// the fill runs in its own task like any other, and the block it stores is marked so
-    /// that its first reader gets [`Filled::Ahead`]. Returns the fill in flight (this one, or
-    /// one already running), `None` when the block is held; `started` says whether `fill`
-    /// was used.
-    pub fn warm<F>(&self, key: BlockKey, fill: F) -> (Option<Warming>, bool)
+    /// the fill (made by `fill` only then) runs in its own task like any other, and the block
+    /// it stores is marked so that its first reader gets [`Filled::Ahead`]. Returns the fill in
+    /// flight (this one, or one already running), `None` when the block is held; `started`
+    /// says whether a fill was started.
+    pub fn warm<F, M>(&self, key: BlockKey, fill: M) -> (Option<Warming>, bool)
     where
+        M: FnOnce() -> F,
         F: Future<Output = Result<Block, Error>> + Send + 'static,
     {
         if self.cache.contains_key(&key)
@@ -236,7 +237,10 @@ impl RamTier {
         match fills.get(&key) {
             Some(f) => (Some(Warming(f.clone())), false),
             None if self.cache.contains_key(&key) => (None, false),
-            None => (Some(Warming(self.start(&mut fills, key, fill, true))), true),
+            None => (
+                Some(Warming(self.start(&mut fills, key, fill(), true))),
+                true,
+            ),
         }
     }
 
@@ -376,16 +380,27 @@ mod tests {
         assert_eq!(filled, 1);
     }
 
+    /// A fill of `data` that ends when the sender is used.
+    fn gated(
+        data: &'static [u8],
+    ) -> (
+        tokio::sync::oneshot::Sender<()>,
+        impl Future<Output = Result<Block, Error>> + Send + 'static,
+    ) {
+        let (release, gate) = tokio::sync::oneshot::channel::<()>();
+        (release, async move {
+            let _ = gate.await;
+            Ok(Block::new(Bytes::from_static(data)))
+        })
+    }
+
     #[tokio::test]
     async fn a_caller_that_stops_waiting_holds_up_no_one() {
         let tier = RamTier::new(1 << 20, IntCounter::new("t", "t").unwrap());
-        let (release, gate) = tokio::sync::oneshot::channel::<()>();
+        let (release, fill) = gated(b"shared");
         // The first caller starts the fill, then is never polled again (a reader that stopped
         // reading: its connection handler is stuck on a full socket).
-        let first = tier.get_or_fill(key(3), async move {
-            let _ = gate.await;
-            Ok(Block::new(Bytes::from_static(b"shared")))
-        });
+        let first = tier.get_or_fill(key(3), fill);
         let mut first = Box::pin(first);
         assert!(futures::poll!(first.as_mut()).is_pending());
         assert_eq!(tier.fills_in_flight(), 1);
@@ -409,11 +424,8 @@ mod tests {
         assert!(tier.contains(&key(3)));
         drop(first);
         // Dropping the caller cancels nothing either: a fill runs to its end.
-        let (release, gate) = tokio::sync::oneshot::channel::<()>();
-        let gone = tier.get_or_fill(key(4), async move {
-            let _ = gate.await;
-            Ok(Block::new(Bytes::from_static(b"kept")))
-        });
+        let (release, fill) = gated(b"kept");
+        let gone = tier.get_or_fill(key(4), fill);
         let mut gone = Box::pin(gone);
         assert!(futures::poll!(gone.as_mut()).is_pending());
         drop(gone);
@@ -473,7 +485,7 @@ mod tests {
         let fills = Arc::new(AtomicU32::new(0));
         for i in 100..104 {
             let fills = fills.clone();
-            let (warming, started) = tier.warm(key(i), async move {
+            let (warming, started) = tier.warm(key(i), || async move {
                 fills.fetch_add(1, Ordering::SeqCst);
                 Ok(Block::new(Bytes::from(vec![2u8; 4096])))
             });
@@ -516,7 +528,7 @@ mod tests {
     async fn parked_blocks_stay_within_their_budget() {
         let tier = RamTier::new(64 * 1024, IntCounter::new("t", "t").unwrap());
         for i in 0..64 {
-            let (warming, _) = tier.warm(key(i), async {
+            let (warming, _) = tier.warm(key(i), || async {
                 Ok(Block::new(Bytes::from(vec![3u8; 4096])))
             });
             warming.unwrap().done().await.unwrap();

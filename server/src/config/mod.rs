@@ -370,6 +370,12 @@ impl Config {
         if self.origin_concurrency == 0 {
             return Err(ConfigError::new("origin_concurrency must be at least 1"));
         }
+        if self.response_buffer < self.connection_buffer.max(1) {
+            return Err(ConfigError::new(format!(
+                "response_buffer ({} bytes) must be at least connection_buffer ({} bytes): it bounds all connections together",
+                self.response_buffer, self.connection_buffer
+            )));
+        }
         if self.max_connections == 0 || self.max_requests_per_connection == 0 {
             return Err(ConfigError::new(
                 "max_connections and max_requests_per_connection must be at least 1",

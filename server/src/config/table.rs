@@ -169,6 +169,6 @@ settings! {
     idle_timeout: duration = "120s", "DURATION";
     /// Response bytes queued on one connection before its requests wait for the client.
     connection_buffer: size = "8MiB", "SIZE";
-    /// Response bytes queued on all connections together; a read finding no room for this long as write_timeout gets Busy.
+    /// Response bytes queued on all connections together (at least connection_buffer); a read that finds no room within write_timeout gets Busy.
     response_buffer: size = "256MiB", "SIZE";
 }

@@ -246,3 +246,24 @@ fn the_contracts_flags_all_parse() {
         assert!(!(built && later), "{f} is built now: take it off NOT_YET");
     }
 }
+
+#[test]
+fn a_response_buffer_smaller_than_one_connections_is_refused() {
+    let e = Config::from_sources(
+        Some("response_buffer = \"1MiB\""),
+        &Overrides::default(),
+        &env(&[("SHARDCACHE_CONNECTION_BUFFER", "8MiB")]),
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("connection_buffer"), "{e}");
+    let c = Config::from_sources(
+        None,
+        &flags(&[
+            ("response_buffer", "64MiB"),
+            ("connection_buffer", "256KiB"),
+        ]),
+        &env(&[]),
+    )
+    .unwrap();
+    assert_eq!(c.response_buffer, 64 << 20);
+}

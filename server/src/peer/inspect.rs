@@ -29,16 +29,11 @@ impl Operations {
             };
         };
         let blocks = blocks(origin, version.size);
+        let object = ObjectId::of(origin, &key, &version);
         let (key_ref, version_ref) = (&key, &version);
         let cached = stream::iter(0..blocks)
             .map(|index| async move {
-                let bkey = ObjectId::new(
-                    origin.dataset(),
-                    key_ref,
-                    version_ref,
-                    origin.settings().block_size,
-                )
-                .block(index);
+                let bkey = object.block(index);
                 // The owner and its first neighbour: where a block lives.
                 let targets = self.cluster.candidates(&bkey, 2);
                 self.on_targets(
@@ -79,11 +74,10 @@ impl Operations {
         let everyone = self.cluster.everyone();
         let bs = origin.settings().block_size;
         let everyone = &everyone;
+        let object = ObjectId::of(origin, key, version);
         stream::iter(0..blocks(origin, version.size))
             .map(|index| async move {
-                let bkey =
-                    ObjectId::new(origin.dataset(), key, version, origin.settings().block_size)
-                        .block(index);
+                let bkey = object.block(index);
                 let owner = match self.cluster.candidates(&bkey, 1).first() {
                     Some(Candidate::Peer(p)) => p.name(),
                     _ => self.cluster.node_id().to_string(),

@@ -293,18 +293,13 @@ impl Operations {
         // waits for the rest of each chain. So the origin is kept busy while the last chunks
         // of earlier blocks travel down their chains.
         let version_ref = &version;
+        let object = ObjectId::of(origin, key, &version);
         let results: Vec<Option<(u64, u32)>> = stream::iter(0..blocks(origin, version.size))
             .map(|index| async move {
                 if state.lock().expect("lock").stopping {
                     return None;
                 }
-                let bkey = ObjectId::new(
-                    origin.dataset(),
-                    key,
-                    version_ref,
-                    origin.settings().block_size,
-                )
-                .block(index);
+                let bkey = object.block(index);
                 let targets = self.cluster.chain(&bkey, replicas);
                 if targets.len() > 1 {
                     // Several copies: one chain, the origin read once at its head.

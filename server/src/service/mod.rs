@@ -112,12 +112,7 @@ impl BlockCtx {
             });
         }
         Ok(BlockCtx {
-            object: ObjectId::new(
-                origin.dataset(),
-                key,
-                &version,
-                origin.settings().block_size,
-            ),
+            object: ObjectId::of(&origin, key, &version),
             key: key.to_string(),
             end: (start + bs).min(version.size),
             start,
@@ -322,12 +317,7 @@ impl CacheService {
                 });
             }
             let ctx = Arc::new(BlockCtx {
-                object: ObjectId::new(
-                    path.dataset(),
-                    path.key(),
-                    &version,
-                    origin.settings().block_size,
-                ),
+                object: ObjectId::of(&origin, path.key(), &version),
                 origin: origin.clone(),
                 key: path.key().to_string(),
                 version,
@@ -367,8 +357,9 @@ impl CacheService {
     /// Start filling block `index` ahead of its reader (see [`RamTier::warm`]); the fill, to
     /// wait for, unless the block is held.
     fn warm(&self, ctx: &BlockCtx, index: u64) -> Option<crate::cache::Warming> {
-        let (key, fill) = self.fill(ctx, index);
-        let (warming, started) = self.ram.warm(key, fill);
+        let (warming, started) = self
+            .ram
+            .warm(ctx.block_key(index), || self.fill(ctx, index).1);
         if started {
             self.metrics.ram_misses.inc();
         }

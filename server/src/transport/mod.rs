@@ -237,24 +237,29 @@ pub async fn serve_connection<R, W>(
                 }
             };
             idle_deadline = tokio::time::Instant::now() + limits.idle_timeout;
-            if !framed.frame.is_request() {
-                tracing::warn!(%peer, "closing connection: response frame sent by a client");
-                let msg = "clients may only send request frames".to_string();
-                let _ = tx
-                    .send(error_frame(framed.request_id, ErrorCode::BadRequest, msg))
-                    .await;
-                handlers.abort_all();
-                break 'conn;
-            }
             let member_frame = matches!(
                 framed.frame,
                 Frame::PeerAuth(_) | Frame::Hello(_) | Frame::Ping(_)
             );
-            if members_only && !member_frame && !proved(&remote, &access) {
+            // Frames that end the connection: the last answer, then close.
+            let last = if !framed.frame.is_request() {
+                tracing::warn!(%peer, "closing connection: response frame sent by a client");
+                Some((
+                    ErrorCode::BadRequest,
+                    "clients may only send request frames",
+                ))
+            } else if members_only && !member_frame && !proved(&remote, &access) {
                 stats.rejected_connections.inc();
-                let msg = "server at max_connections for clients; retry later".to_string();
+                Some((
+                    ErrorCode::Busy,
+                    "server at max_connections for clients; retry later",
+                ))
+            } else {
+                None
+            };
+            if let Some((code, msg)) = last {
                 let _ = tx
-                    .send(error_frame(framed.request_id, ErrorCode::Busy, msg))
+                    .send(error_frame(framed.request_id, code, msg.to_string()))
                     .await;
                 handlers.abort_all();
                 break 'conn;

@@ -216,6 +216,19 @@ fn peer_auth(node_id: &str, nonce: &[u8], proof: &[u8]) -> Frame {
     })
 }
 
+/// Prove the cluster secret on `c` as member "node-b" to "node-a", with request ids `id` and
+/// `id + 1`.
+async fn prove_member(c: &mut Conn, secret: &ClusterSecret, id: u32) {
+    let mine = ClusterSecret::nonce();
+    c.send(id, peer_auth("node-b", &mine, &[])).await;
+    let Frame::PeerChallenge(ch) = c.expect().await.frame else {
+        panic!("a challenge");
+    };
+    let proof = secret.asker_proof(&mine, &ch.nonce, ["node-b", "node-a"]);
+    c.send(id + 1, peer_auth("node-b", &[], &proof)).await;
+    assert!(matches!(c.expect().await.frame, Frame::AuthOk(_)));
+}
+
 #[tokio::test]
 async fn a_member_proves_the_cluster_secret_and_is_then_answered_as_one() {
     let secret = Arc::new(ClusterSecret::new(b"test-cluster-secret-0123"));
@@ -593,14 +606,7 @@ async fn a_members_slot_serves_members_only() {
     assert!(c.next().await.is_none(), "closed");
     // A member proves itself and is served.
     let (mut c, _) = connect_slot(8, Policy::Anonymous, Some(secret.clone()), true).await;
-    let mine = ClusterSecret::nonce();
-    c.send(1, peer_auth("node-b", &mine, &[])).await;
-    let Frame::PeerChallenge(ch) = c.expect().await.frame else {
-        panic!("a challenge");
-    };
-    let proof = secret.asker_proof(&mine, &ch.nonce, ["node-b", "node-a"]);
-    c.send(2, peer_auth("node-b", &[], &proof)).await;
-    assert!(matches!(c.expect().await.frame, Frame::AuthOk(_)));
+    prove_member(&mut c, &secret, 1).await;
     c.send(
         3,
         Frame::Stat(StatRequest {

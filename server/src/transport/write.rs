@@ -63,12 +63,17 @@ impl Sender {
             .map_err(|_| NoRoom::Closed)?;
         let server = if bytes > SMALL_FRAME {
             let want = u32::try_from(bytes.min(self.server_cap)).unwrap_or(u32::MAX);
-            let acquire = self.server.clone().acquire_many_owned(want);
-            tokio::select! {
-                permit = acquire => Some(permit.map_err(|_| NoRoom::Closed)?),
-                _ = tokio::time::sleep(self.wait) => return Err(NoRoom::Full),
-                // The client went away while waiting.
-                _ = self.tx.closed() => return Err(NoRoom::Closed),
+            // Room at once (the usual case) needs no timer.
+            match self.server.clone().try_acquire_many_owned(want) {
+                Ok(permit) => Some(permit),
+                Err(_) => tokio::select! {
+                    permit = self.server.clone().acquire_many_owned(want) => {
+                        Some(permit.map_err(|_| NoRoom::Closed)?)
+                    }
+                    _ = tokio::time::sleep(self.wait) => return Err(NoRoom::Full),
+                    // The client went away while waiting.
+                    _ = self.tx.closed() => return Err(NoRoom::Closed),
+                },
             }
         } else {
             None
