@@ -459,3 +459,141 @@ async fn a_token_file_opens_a_server_with_access_tokens_over_tcp_and_the_local_s
     );
     assert!(!err.contains("loader-"), "{err}");
 }
+
+/// The files under `dir`, by path relative to it, with their bytes.
+fn tree(dir: &std::path::Path) -> std::collections::BTreeMap<String, Vec<u8>> {
+    let mut files = std::collections::BTreeMap::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                todo.push(path);
+            } else {
+                let name = path.strip_prefix(dir).unwrap().display().to_string();
+                files.insert(name, std::fs::read(&path).unwrap());
+            }
+        }
+    }
+    files
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cp_writes_an_object_or_a_prefix_whole_and_nothing_on_failure() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let mut want = std::collections::BTreeMap::new();
+    for (i, key) in ["a/s-0.tar", "a/b/s-1.tar", "c.tar"].iter().enumerate() {
+        let payload: Vec<u8> = (0..300_000u32)
+            .map(|b| ((b * 7 + i as u32) % 251) as u8)
+            .collect();
+        let path = data_dir.join("train").join(key);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, &payload).unwrap();
+        want.insert(key.to_string(), payload);
+    }
+    let token = dir.path().join("token");
+    std::fs::write(&token, "opensesame\n").unwrap();
+    let (data, control, _stop) = server_with_control(&data_dir, &token).await;
+    let out_dir = dir.path().join("out");
+    let run = |args: Vec<String>| {
+        let mut all: Vec<String> = ["--data", &data, "--control", &control, "--token-file"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        all.push(token.display().to_string());
+        all.extend(args);
+        async move {
+            let refs: Vec<&str> = all.iter().map(String::as_str).collect();
+            cachectl(&refs).await
+        }
+    };
+    let arg = |p: &std::path::Path| p.display().to_string();
+
+    // One object to a named file, then into an existing directory under its own name.
+    std::fs::create_dir_all(&out_dir).unwrap();
+    let file = out_dir.join("copy.tar");
+    let out = run(vec!["cp".into(), "ds/train/c.tar".into(), arg(&file)]).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(std::fs::read(&file).unwrap() == want["c.tar"]);
+    let out = run(vec![
+        "cp".into(),
+        "ds/train/a/s-0.tar".into(),
+        arg(&out_dir),
+    ])
+    .await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(std::fs::read(out_dir.join("s-0.tar")).unwrap() == want["a/s-0.tar"]);
+
+    // A prefix: every object at its path below it, and a summary.
+    let copies = out_dir.join("tree");
+    let out = run(vec!["cp".into(), "ds/train/".into(), arg(&copies)]).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains("copied 3 objects"), "{said}");
+    assert_eq!(tree(&copies), want);
+    let out = run(vec![
+        "-o".into(),
+        "json".into(),
+        "cp".into(),
+        "ds/train/a/".into(),
+        arg(&out_dir.join("a")),
+    ])
+    .await;
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["objects"], 2);
+    assert_eq!(report["bytes"], 600_000);
+    assert_eq!(tree(&out_dir.join("a")).len(), 2);
+
+    // Failures leave nothing behind: no file under the name, no hidden partial one.
+    let before = tree(&out_dir);
+    let missing = out_dir.join("missing.tar");
+    let out = run(vec!["cp".into(), "ds/train/nope.tar".into(), arg(&missing)]).await;
+    assert!(!out.status.success());
+    let out = run(vec![
+        "cp".into(),
+        "ds/train/none/".into(),
+        arg(&out_dir.join("none")),
+    ])
+    .await;
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no objects under ds/train/none/"));
+    assert_eq!(tree(&out_dir), before);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cp_over_the_local_path_reads_window_by_window() {
+    let dir = tempfile::tempdir().unwrap();
+    // Larger than one 64 MiB window of the local path.
+    let payload: Vec<u8> = (0..70_000_000u32).map(|i| (i * 31 % 255) as u8).collect();
+    std::fs::write(dir.path().join("shard.tar"), &payload).unwrap();
+    let (_addr, _stop) = server(dir.path()).await;
+    let socket = dir.path().join("shardcache.sock").display().to_string();
+    let dest = dir.path().join("copy.tar");
+    let out = cachectl(&[
+        "--data",
+        &socket,
+        "cp",
+        "ds/shard.tar",
+        &dest.display().to_string(),
+    ])
+    .await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(std::fs::read(&dest).unwrap() == payload);
+}

@@ -5,6 +5,7 @@
 //! with both given, it checks they reach the same server process and refuses otherwise.
 
 mod commands;
+mod copy;
 mod human;
 
 use std::io::Write;
@@ -79,6 +80,15 @@ enum Command {
         /// Bytes to write from --offset [default: to the end of the object].
         #[arg(long, value_name = "BYTES")]
         length: Option<u64>,
+    },
+    /// Copy an object to a file, or every object under DATASET/PREFIX/ into a directory; each
+    /// file appears only once it holds every byte of one version of its object.
+    Cp {
+        /// DATASET/KEY, or DATASET/PREFIX/ (DATASET/ for the whole dataset)
+        path: String,
+        /// The file to write (an existing directory puts the object in it under its name); for
+        /// a prefix, the directory the objects go to at their paths below the prefix
+        dest: PathBuf,
     },
     /// Show an object's version and blocks, and which nodes hold each block.
     Stat {
@@ -293,6 +303,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             offset,
             length,
         } => cat(&cli, path, *offset, *length).await,
+        Command::Cp { path, dest } => copy::cp(&cli, path, dest).await,
         Command::Stat { path } => commands::stat(&cli, path).await,
         Command::Warm {
             path,
@@ -328,19 +339,47 @@ async fn cat(cli: &Cli, path: &str, offset: u64, length: Option<u64>) -> anyhow:
     }
     let client = data_client(cli).await?;
     let mut out = std::io::stdout().lock();
-    if client.endpoint().transport == Transport::Local {
-        // The local path places bytes in shared memory, a window at a time.
-        let (_, bytes) = client.read_pinned(path, offset, length, None).await?;
-        out.write_all(&bytes)?;
-    } else {
-        // Chunks go to stdout as they arrive: memory stays at one block whatever the size.
-        let mut stream = client.read_stream(path, offset, length, None).await?;
-        while let Some(chunk) = stream.next_chunk().await? {
-            out.write_all(&chunk.data)?;
-        }
-    }
+    write_object(&client, path, offset, length, &mut out).await?;
     out.flush()?;
     Ok(())
+}
+
+/// Writes `path`'s bytes from `offset` (`length` of them, or to the end) to `out`; returns how
+/// many.
+async fn write_object(
+    client: &Client,
+    path: &str,
+    offset: u64,
+    length: Option<u64>,
+    out: &mut impl Write,
+) -> anyhow::Result<u64> {
+    if client.endpoint().transport == Transport::Local {
+        // The local path places bytes in shared memory: a window at a time, every window of
+        // the version the first one read.
+        const WINDOW: u64 = 64 << 20;
+        let end = length.map(|l| offset.saturating_add(l));
+        let (mut at, mut version) = (offset, None);
+        loop {
+            let want = end.map_or(WINDOW, |e| (e - at).min(WINDOW));
+            let (info, bytes) = client
+                .read_pinned(path, at, Some(want), version.clone())
+                .await?;
+            out.write_all(&bytes)?;
+            at += bytes.len() as u64;
+            version.get_or_insert(info.etag);
+            if (bytes.len() as u64) < want || at >= info.size || end.is_some_and(|e| at >= e) {
+                return Ok(at - offset);
+            }
+        }
+    }
+    // Chunks are written as they arrive: memory stays at one block whatever the size.
+    let mut stream = client.read_stream(path, offset, length, None).await?;
+    let mut written = 0;
+    while let Some(chunk) = stream.next_chunk().await? {
+        out.write_all(&chunk.data)?;
+        written += chunk.data.len() as u64;
+    }
+    Ok(written)
 }
 
 #[cfg(test)]
