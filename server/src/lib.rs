@@ -79,7 +79,7 @@ pub enum BuildError {
         #[source]
         source: Option<std::io::Error>,
     },
-    #[error("--access-tokens: {0}")]
+    #[error(transparent)]
     AccessTokens(#[from] access::TokenFileError),
     #[error(transparent)]
     ClusterSecret(#[from] access::SecretError),

@@ -422,6 +422,62 @@ async fn members_found_through_dns() {
     assert_eq!(status, 200, "membership known, origin up: ready");
 }
 
+/// A headless Service lists every pod, the asking one too, at an address it does not listen
+/// on by name (a pod address, where it listens on 0.0.0.0): here a forwarding proxy in front
+/// of the node. The members' handshake shows that address is the node itself: it is marked
+/// "self" once, not "down" and probed again and again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_address_that_reaches_the_node_itself_is_known_as_itself() {
+    use shardcache_testsuite::TestServer;
+    let origin = S3Origin::start(&["bucket"]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let peers = dir.path().join("peers");
+    std::fs::write(&peers, "").unwrap();
+    let a = TestServer::builder()
+        .dataset(origin.dataset("ds", "bucket", "train"))
+        .config(|c| {
+            c.node_id = Some("node-a".into());
+            c.peers_file = Some(peers.clone());
+            c.peer_refresh = Duration::from_millis(100);
+            c.peer_probe_interval = Duration::from_millis(100);
+        })
+        .start()
+        .await;
+    // Bytes forwarded both ways to the node's own data plane.
+    let forward = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let itself = forward.local_addr().unwrap();
+    let upstream = a.tcp;
+    let _forwarding = tokio::spawn(async move {
+        while let Ok((mut inbound, _)) = forward.accept().await {
+            tokio::spawn(async move {
+                if let Ok(mut out) = tokio::net::TcpStream::connect(upstream).await {
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut out).await;
+                }
+            });
+        }
+    });
+    std::fs::write(&peers, format!("{itself}\n")).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, members) = a.admin_get("/members").await;
+        if members.contains(&format!("{itself} self")) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never known as itself: {members}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // And stays so: no probe marks it down afterwards.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (_, members) = a.admin_get("/members").await;
+    assert!(members.contains(&format!("{itself} self")), "{members}");
+    assert_eq!(a.stats.cluster.peers.with_label_values(&["down"]).get(), 0);
+    let (status, _) = a.admin_get("/readyz").await;
+    assert_eq!(status, 200, "a node alone with itself is ready");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn members_authenticate_with_certificates_over_quic() {
     use shardcache_client::ClientOptions;

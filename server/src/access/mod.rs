@@ -93,7 +93,9 @@ impl Access {
             reason: reason.to_string(),
         };
         if asker == me {
-            // This node's own name: a proof this node made, reflected back at it.
+            // This node's own name: a proof this node made, reflected back at it, or this
+            // node reaching itself (the asker learns which from its nonce).
+            secret.note_reflected(nonce);
             *self.peer.lock().expect("lock") = PeerHandshake::Failed;
             self.failed
                 .store(true, std::sync::atomic::Ordering::Relaxed);

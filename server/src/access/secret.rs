@@ -10,7 +10,14 @@ pub const MIN_SECRET_LEN: usize = 16;
 /// one connection, one direction and one pair of nodes.
 pub struct ClusterSecret {
     key: ring::hmac::Key,
+    /// Nonces this node's answering side received from an asker with this node's own id: the
+    /// last few, so the asking side can tell a connection to itself (an address of its own in
+    /// the member list, as a headless Service lists every pod) from an impostor.
+    reflected: std::sync::Mutex<std::collections::VecDeque<[u8; PROOF_LEN]>>,
 }
+
+/// Reflected nonces remembered (each is taken back at once by the asking side).
+const REFLECTED_KEPT: usize = 16;
 
 impl std::fmt::Debug for ClusterSecret {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -49,6 +56,32 @@ impl ClusterSecret {
     pub fn new(secret: &[u8]) -> ClusterSecret {
         ClusterSecret {
             key: ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret),
+            reflected: Default::default(),
+        }
+    }
+
+    /// The answering side saw `nonce` from an asker claiming this node's own id.
+    pub fn note_reflected(&self, nonce: &[u8]) {
+        let Ok(nonce) = <[u8; PROOF_LEN]>::try_from(nonce) else {
+            return;
+        };
+        let mut kept = self.reflected.lock().expect("lock");
+        if kept.len() == REFLECTED_KEPT {
+            kept.pop_front();
+        }
+        kept.push_back(nonce);
+    }
+
+    /// Whether this node's own answering side received `nonce`, which only this node's asking
+    /// side made and sent: the asker reached itself (taken back, so it answers once).
+    pub fn was_reflected(&self, nonce: &[u8; PROOF_LEN]) -> bool {
+        let mut kept = self.reflected.lock().expect("lock");
+        match kept.iter().position(|n| n == nonce) {
+            Some(i) => {
+                kept.remove(i);
+                true
+            }
+            None => false,
         }
     }
 

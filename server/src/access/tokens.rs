@@ -40,11 +40,20 @@ impl Grant {
 
 /// A line of a token file that cannot be used.
 #[derive(Debug, thiserror::Error)]
-#[error("{file} line {line}: {reason}")]
+#[error("--access-tokens {file}{}: {reason}", at_line(*.line))]
 pub struct TokenFileError {
     pub file: String,
+    /// 0 when the file itself is the trouble.
     pub line: usize,
     pub reason: String,
+}
+
+fn at_line(line: usize) -> String {
+    if line == 0 {
+        String::new()
+    } else {
+        format!(" line {line}")
+    }
 }
 
 /// The configured tokens, as digests.

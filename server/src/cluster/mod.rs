@@ -510,6 +510,13 @@ impl Cluster {
                     }
                     changed
                 }
+                // Over TCP with a cluster secret the handshake, before any ping, tells.
+                Err(_) if peer.is_myself() => {
+                    tracing::debug!(peer = peer.addr(), "this address is this node's own");
+                    peer.set_state(PeerState::Myself);
+                    self.recompute();
+                    return;
+                }
                 Err(reason) => {
                     let was = peer.state();
                     wait = if was.is_down() {

@@ -66,6 +66,9 @@ pub enum PeerTransport {
     Quic(Arc<ClientOptions>),
 }
 
+/// What `prove` answers for an address where this node reached itself.
+const MYSELF: &str = "this address is this node's own";
+
 /// The members' challenge–response on a new connection: this node's nonce, the peer's proof
 /// checked (a process without the secret is not believed), then this node's proof.
 async fn prove(
@@ -86,6 +89,10 @@ async fn prove(
         .map_err(|e| e.to_string())?;
     let challenge = match answer.next().await.map_err(|e| e.to_string())? {
         Frame::PeerChallenge(c) => c,
+        // Refused by this very node: the nonce came back to its own answering side.
+        Frame::Error(_) if credential.secret.was_reflected(&mine) => {
+            return Err(MYSELF.into());
+        }
         Frame::Error(e) => {
             return Err(format!(
                 "refused the members' handshake ({:?}): {}",
@@ -158,6 +165,8 @@ pub struct Peer {
     pool: Arc<BufPool>,
     /// Set when the address left the membership; its probe task stops.
     removed: AtomicBool,
+    /// Set when the members' handshake showed this address is this node's own.
+    myself: AtomicBool,
 }
 
 impl Peer {
@@ -178,6 +187,7 @@ impl Peer {
             permits: Semaphore::new(MAX_INFLIGHT),
             pool,
             removed: AtomicBool::new(false),
+            myself: AtomicBool::new(false),
         }
     }
 
@@ -231,6 +241,11 @@ impl Peer {
         self.removed.load(Ordering::Acquire)
     }
 
+    /// Whether the members' handshake showed this address is this node's own.
+    pub fn is_myself(&self) -> bool {
+        self.myself.load(Ordering::Acquire)
+    }
+
     async fn conn(
         &self,
         slot: &Mutex<Option<Arc<Conn>>>,
@@ -263,7 +278,13 @@ impl Peer {
             // Over TCP, both sides prove the cluster secret before anything else is asked or
             // believed; QUIC members prove themselves with certificates.
             if let (PeerTransport::Tcp, Some(credential)) = (&self.transport, &self.credential) {
-                prove(&conn, credential, self.node_id()).await?;
+                prove(&conn, credential, self.node_id())
+                    .await
+                    .inspect_err(|e| {
+                        if e == MYSELF {
+                            self.myself.store(true, Ordering::Release);
+                        }
+                    })?;
             }
             Ok::<Conn, String>(conn)
         };
