@@ -18,7 +18,7 @@ target_dir=$(cargo metadata --format-version 1 --no-deps |
 context="$target_dir/image"
 root="$context/root"
 rm -rf "$context"
-mkdir -p "$root/usr/local/bin" "$root/etc/ssl/certs" "$root/var/lib/shardcache" "$root/tmp"
+mkdir -p "$root/usr/local/bin" "$root/etc/ssl/certs" "$root/var/lib" "$root/var/cache" "$root/tmp" "$context/empty"
 for bin in shardcache cachectl; do
   strip -o "$root/usr/local/bin/$bin" "$target_dir/release/$bin"
 done
@@ -37,8 +37,8 @@ cat > "$root/etc/group" <<'GROUP'
 root:x:0:
 shardcache:x:65532:
 GROUP
-# The user's working directory (./data of the zero-configuration server) and a /tmp.
-chown 65532:65532 "$root/var/lib/shardcache"
+# A /tmp. The user's own directories are made by the Containerfile (COPY makes what it copies
+# root's, but a directory it creates takes --chown).
 chmod 1777 "$root/tmp"
 cp Containerfile "$context/"
 

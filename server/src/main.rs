@@ -23,6 +23,21 @@ enum Command {
     /// Check each configured origin with its effective settings: LIST, HEAD and a one-byte
     /// read, printing what works and what does not (secrets redacted).
     CheckOrigin(CheckArgs),
+    /// Make a directory the server's own before it starts (a Kubernetes init container, run as
+    /// root with only CAP_CHOWN, does this for a disk tier on a node's hostPath, which the
+    /// pod's fsGroup does not reach): created if missing, then given to OWNER with mode 0750.
+    /// What is inside is left as it is (the server wrote it).
+    PrepareDisk(PrepareArgs),
+}
+
+#[derive(Args)]
+struct PrepareArgs {
+    /// The disk tier's directory.
+    #[arg(value_name = "DIR")]
+    dir: std::path::PathBuf,
+    /// The user and group the server runs as.
+    #[arg(long, value_name = "UID:GID", default_value = "65532:65532")]
+    owner: String,
 }
 
 #[derive(Args)]
@@ -48,6 +63,7 @@ fn main() -> std::process::ExitCode {
         Some(Command::Serve(args)) => run_serve(args),
         None => run_serve(ServeArgs::default()),
         Some(Command::CheckOrigin(args)) => run_check(args),
+        Some(Command::PrepareDisk(args)) => run_prepare(&args),
     };
     match result {
         Ok(code) => code,
@@ -76,6 +92,37 @@ fn run_serve(args: ServeArgs) -> anyhow::Result<std::process::ExitCode> {
     let server = Server::build(config)?;
     let (runtime, workers) = runtime()?;
     runtime.block_on(serve(server, workers))?;
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+fn run_prepare(args: &PrepareArgs) -> anyhow::Result<std::process::ExitCode> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let (uid, gid) = args
+        .owner
+        .split_once(':')
+        .and_then(|(u, g)| Some((u.parse::<u32>().ok()?, g.parse::<u32>().ok()?)))
+        .with_context(|| {
+            format!(
+                "--owner {:?}: expected UID:GID in numbers, e.g. 65532:65532",
+                args.owner
+            )
+        })?;
+    let dir = &args.dir;
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let meta =
+        std::fs::symlink_metadata(dir).with_context(|| format!("cannot stat {}", dir.display()))?;
+    anyhow::ensure!(meta.is_dir(), "{} is not a directory", dir.display());
+    if (meta.uid(), meta.gid()) != (uid, gid) {
+        std::os::unix::fs::lchown(dir, Some(uid), Some(gid)).with_context(|| {
+            format!(
+                "cannot give {} to {uid}:{gid} (this needs root, or CAP_CHOWN)",
+                dir.display()
+            )
+        })?;
+    }
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o750))
+        .with_context(|| format!("cannot set the mode of {}", dir.display()))?;
+    println!("{} belongs to {uid}:{gid}, mode 0750", dir.display());
     Ok(std::process::ExitCode::SUCCESS)
 }
 

@@ -46,6 +46,15 @@ impl Drop for Container {
     }
 }
 
+/// A podman volume, removed when dropped (after the container that used it).
+struct Volume(String);
+
+impl Drop for Volume {
+    fn drop(&mut self) {
+        let _ = podman(&["volume", "rm", "-f", &self.0]);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs podman and the image: scripts/image.sh, then run by name"]
 async fn the_image_serves_as_an_unprivileged_user_and_drains_on_sigterm() {
@@ -77,6 +86,9 @@ async fn the_image_serves_as_an_unprivileged_user_and_drains_on_sigterm() {
     let (port, admin) = (free_port(), free_port());
     let name = format!("shardcache-test-{}", std::process::id());
     let mount = format!("{}:/var/lib/shardcache/data:ro", data.display());
+    // A fresh volume for the disk tier: it takes the owner of the image's directory.
+    let volume = format!("{name}-disk");
+    let disk_mount = format!("{volume}:/var/cache/shardcache");
     let listen = format!("127.0.0.1:{port}");
     let admin_listen = format!("127.0.0.1:{admin}");
     let run = podman(&[
@@ -93,8 +105,14 @@ async fn the_image_serves_as_an_unprivileged_user_and_drains_on_sigterm() {
         "no-new-privileges",
         "-v",
         &mount,
+        "-v",
+        &disk_mount,
         &image(),
         "serve",
+        "--disk-cache",
+        "/var/cache/shardcache",
+        "--disk-cache-size",
+        "256MiB",
         "--listen",
         &listen,
         "--admin-listen",
@@ -104,6 +122,7 @@ async fn the_image_serves_as_an_unprivileged_user_and_drains_on_sigterm() {
     ]);
     assert!(run.status.success(), "podman run: {}", text(&run));
     let container = Container(name.clone());
+    let _volume = Volume(volume.clone());
 
     let admin_addr = admin_listen.parse().unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -121,6 +140,13 @@ async fn the_image_serves_as_an_unprivileged_user_and_drains_on_sigterm() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(http_get(admin_addr, "/readyz").await.0, 200);
+    // The disk tier is up on the volume, which the unprivileged user can write.
+    let (_, metrics) = http_get(admin_addr, "/metrics").await;
+    assert!(
+        metrics.contains(r#"shardcache_tier_capacity_bytes{tier="disk"} 268435456"#),
+        "no disk tier: {}",
+        text(&podman(&["logs", &name]))
+    );
 
     // It runs as the image's user, not root.
     let pid = text(&podman(&["inspect", &name, "--format", "{{.State.Pid}}"]));

@@ -78,7 +78,6 @@ disk_cache_size = "{{ .Values.cache.disk.sizeMiB }}MiB"
     - --listen=0.0.0.0:{{ .Values.ports.data }}
     - --control-listen=0.0.0.0:{{ .Values.ports.control }}
     - --admin-listen=0.0.0.0:{{ .Values.ports.admin }}
-    - --node-id=$(POD_NAME)
     - --peer-dns={{ include "shardcache.peerDns" . }}
     {{- if .Values.auth.tokensSecret }}
     - --access-tokens=/etc/shardcache/tokens/tokens
@@ -97,10 +96,12 @@ disk_cache_size = "{{ .Values.cache.disk.sizeMiB }}MiB"
     - --insecure-allow-anonymous
     {{- end }}
   env:
-    - name: POD_NAME
+    # The node's name in the cluster, which placement hashes: stable across restarts (a
+    # StatefulSet pod's name; for a DaemonSet the node's, since its pods' names change).
+    - name: SHARDCACHE_NODE_ID
       valueFrom:
         fieldRef:
-          fieldPath: metadata.name
+          fieldPath: {{ ternary "metadata.name" "spec.nodeName" (eq .Values.mode "statefulset") }}
     - name: SHARDCACHE_LOG_FORMAT
       value: json
   {{- if .Values.origin.envSecret }}

@@ -130,6 +130,18 @@ for mode in ["daemonset", "statefulset"]:
         check("topologySpreadConstraints" in pod, f"{mode}: spread over nodes")
     else:
         check(any(vol.get("hostPath") for vol in pod["volumes"]), f"{mode}: the disk tier on the node")
+        # The init container that gives the node's directory to the server's user.
+        init = next((c for c in pod.get("initContainers", []) if c["name"] == "prepare-disk"), None)
+        check(init is not None, f"{mode}: the hostPath directory is prepared")
+        if init:
+            disk_mount = next(m["mountPath"] for m in container["volumeMounts"] if m["name"] == "disk")
+            check(init["args"][:2] == ["prepare-disk", disk_mount], f"{mode}: prepare-disk {disk_mount}")
+            owner = f'{pod["securityContext"]["runAsUser"]}:{pod["securityContext"]["runAsGroup"]}'
+            check(init["args"][2:] == ["--owner", owner], f"{mode}: given to the server's user {owner}")
+            check(init["securityContext"]["capabilities"] == {"drop": ["ALL"], "add": ["CHOWN", "FOWNER"]},
+                  f"{mode}: prepare-disk has CHOWN and FOWNER only")
+            check(subprocess.run([str(binary), "prepare-disk", "--help"], capture_output=True).returncode == 0,
+                  f"{mode}: `shardcache prepare-disk` exists")
 
 # The sidecar, as the example Job renders it.
 v = values("sidecar-values.yaml")
