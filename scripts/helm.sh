@@ -5,8 +5,9 @@
 #   scripts/helm.sh
 #
 # For each mode (helm/shardcache/ci/*-values.yaml): `helm lint --strict`, `helm template` into
-# target/helm/, and bad values refused by values.schema.json. examples/trainer-job.yaml must be
-# the chart's rendered example Job (written here; a difference fails). Then
+# target/helm/, and bad values refused by values.schema.json. examples/trainer-job.yaml and
+# examples/pytorch-job.yaml must be the chart's rendered example Jobs, and the README's table
+# of values what values.yaml says (written here; a difference fails). Then
 # every object is validated against the Kubernetes API schema (kubernetes-validate, from PyPI),
 # and helm/shardcache/tests/check_rendered.py checks flags, config keys, ports, probes, security
 # context, memory limit, Services and Secret references against `shardcache serve --help`.
@@ -52,13 +53,20 @@ if "$helm" template shardcache "$chart" >/dev/null 2>&1; then
   exit 1
 fi
 
-# The example Job and the configuration its sidecar reads, as the chart renders them.
+# The example Jobs and the configuration their sidecars read, as the chart renders them, and
+# the README's table of values, from values.yaml.
 "$helm" template shardcache "$chart" -f "$chart/ci/sidecar-values.yaml" --namespace training \
   --show-only templates/configmap.yaml --show-only templates/sidecar-example.yaml |
   sed '/^# Source:/d' > examples/trainer-job.yaml
+"$helm" template shardcache "$chart" -f "$chart/ci/pytorch-values.yaml" --namespace training \
+  --show-only templates/configmap.yaml --show-only templates/pytorch-example.yaml |
+  sed '/^# Source:/d' > examples/pytorch-job.yaml
+"$python" "$chart/tests/values_table.py" "$chart/values.yaml" "$chart/README.md"
+generated="examples/trainer-job.yaml examples/pytorch-job.yaml $chart/README.md"
 if command -v git >/dev/null 2>&1 && git rev-parse --git-dir >/dev/null 2>&1 &&
-  ! git diff --quiet -- examples/trainer-job.yaml; then
-  echo "examples/trainer-job.yaml is not what the chart renders (it was rewritten: commit it)" >&2
+  { ! git diff --quiet -- $generated || [ -n "$(git ls-files --others --exclude-standard -- $generated)" ]; }; then
+  echo "generated files differ from what the chart renders (rewritten: commit them):" >&2
+  git status --short -- $generated >&2
   exit 1
 fi
 
@@ -69,7 +77,7 @@ if [ ! -x "$validate" ]; then
   echo "no kubernetes-validate beside $python (pip install kubernetes-validate==1.37.0)" >&2
   exit 1
 fi
-"$validate" --strict --kubernetes-version 1.35.0 --quiet "$out"/*.yaml examples/trainer-job.yaml
+"$validate" --strict --kubernetes-version 1.35.0 --quiet "$out"/*.yaml examples/trainer-job.yaml examples/pytorch-job.yaml
 
 cargo build -q --bin shardcache
 "$python" "$chart/tests/check_rendered.py" "$out" "$chart/ci" "$target_dir/debug/shardcache"

