@@ -29,6 +29,7 @@ pub mod metrics;
 pub mod node;
 pub mod origin;
 pub mod peer;
+pub mod s3;
 pub mod service;
 pub mod stats;
 pub mod transport;
@@ -83,6 +84,8 @@ pub enum BuildError {
     AccessTokens(#[from] access::TokenFileError),
     #[error(transparent)]
     ClusterSecret(#[from] access::SecretError),
+    #[error(transparent)]
+    S3Keys(#[from] s3::KeysError),
     /// A listener off loopback that would serve without authentication.
     #[error("{0}")]
     Unprotected(String),
@@ -162,6 +165,8 @@ pub struct Server {
     control_tls: Option<tonic::transport::ServerTlsConfig>,
     policy: Policy,
     secret: Option<Arc<access::ClusterSecret>>,
+    /// The S3 endpoint's access keys (with --s3-listen).
+    s3_keys: Option<Arc<s3::Keys>>,
 }
 
 impl Server {
@@ -198,6 +203,23 @@ impl Server {
     ) -> Result<Server, BuildError> {
         listen::check_exposure(&config)?;
         let policy = listen::access_policy(&config)?;
+        let s3_keys = match config.s3_listen {
+            Some(addr) => {
+                let names: Vec<String> = config.datasets.iter().map(|d| d.name.clone()).collect();
+                let keys = s3::Keys::load(
+                    config.s3_credentials.as_deref(),
+                    config.s3_anonymous,
+                    &names,
+                )?;
+                if keys.is_empty() && !keys.anonymous() {
+                    return Err(BuildError::Unprotected(format!(
+                        "--s3-listen {addr} has no access keys: give --s3-credentials FILE (ACCESS_KEY:SECRET_KEY[:BUCKET,...] a line), or --s3-anonymous to let anyone who reaches {addr} read every dataset"
+                    )));
+                }
+                Some(Arc::new(keys))
+            }
+            None => None,
+        };
         let secret = match &config.cluster_secret_file {
             Some(path) => Some(Arc::new(access::ClusterSecret::load(path)?)),
             None => None,
@@ -373,6 +395,7 @@ impl Server {
             control_tls,
             policy,
             secret,
+            s3_keys,
         })
     }
 
@@ -457,6 +480,17 @@ impl Server {
             )),
             None => None,
         };
+        // The S3 endpoint, beside the data plane, until the drain starts.
+        let s3 = match (listeners.s3, &self.s3_keys) {
+            (Some(listener), Some(keys)) => Some(tokio::spawn(s3::serve(
+                listener,
+                self.node.service.clone(),
+                keys.clone(),
+                self.config.s3_domain.clone(),
+                draining.clone(),
+            ))),
+            _ => None,
+        };
         let membership = tokio::spawn(self.node.cluster.clone().run(draining.clone()));
         let control = match listeners.control {
             Some(listener) => {
@@ -520,6 +554,9 @@ impl Server {
         }
         if let Some(admin) = admin {
             let _ = admin.await;
+        }
+        if let Some(s3) = s3 {
+            let _ = s3.await;
         }
         let _ = membership.await;
         // A warm's progress stream lasts as long as the warm: the control plane gets the same

@@ -16,6 +16,7 @@ pub struct Listeners {
     pub quic: Option<std::net::UdpSocket>,
     pub admin: Option<TcpListener>,
     pub control: Option<TcpListener>,
+    pub s3: Option<TcpListener>,
     pub local: Option<tokio::net::UnixListener>,
 }
 
@@ -43,6 +44,12 @@ impl Listeners {
             })?),
             None => None,
         };
+        let s3 = match config.s3_listen {
+            Some(addr) => Some(TcpListener::bind(addr).await.map_err(|e| {
+                std::io::Error::new(e.kind(), format!("cannot listen on s3 {addr}: {e}"))
+            })?),
+            None => None,
+        };
         let local = match &config.local_socket {
             Some(path) => Some(bind_unix(path, config)?),
             None => None,
@@ -52,6 +59,7 @@ impl Listeners {
             quic,
             admin,
             control,
+            s3,
             local,
         })
     }
@@ -70,6 +78,10 @@ impl Listeners {
 
     pub fn control_addr(&self) -> Option<SocketAddr> {
         self.control.as_ref().and_then(|s| s.local_addr().ok())
+    }
+
+    pub fn s3_addr(&self) -> Option<SocketAddr> {
+        self.s3.as_ref().and_then(|s| s.local_addr().ok())
     }
 }
 

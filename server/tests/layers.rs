@@ -19,7 +19,7 @@ const LAYERS: &[&[&str]] = &[
     &["transport"],
     &["metrics"],
     &["admin"],
-    &["control"],
+    &["control", "s3"],
     &["config"],
     &["listen"],
 ];

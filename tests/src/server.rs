@@ -36,6 +36,7 @@ impl TestServerBuilder {
         let quic = listeners.quic_addr();
         let admin = listeners.admin_addr();
         let control = listeners.control_addr();
+        let s3 = listeners.s3_addr();
         let disk_root = self.config.disk_cache.clone();
         let local_socket = self.config.local_socket.clone();
         let stats = server.metrics();
@@ -54,6 +55,7 @@ impl TestServerBuilder {
             quic,
             admin,
             control,
+            s3,
             disk_root,
             local_socket,
             stats,
@@ -88,6 +90,8 @@ pub struct TestServer {
     pub quic: Option<SocketAddr>,
     pub admin: Option<SocketAddr>,
     pub control: Option<SocketAddr>,
+    /// The S3-compatible endpoint, where `s3_listen` is set.
+    pub s3: Option<SocketAddr>,
     pub disk_root: Option<std::path::PathBuf>,
     pub local_socket: Option<std::path::PathBuf>,
     pub stats: Arc<Metrics>,

@@ -83,6 +83,14 @@ settings! {
     insecure_allow_anonymous: switch = "false", "BOOL";
     /// Admin endpoint: /metrics, /healthz, /readyz, /members; off for none.
     admin_listen: opt_addr = "127.0.0.1:7073", "ADDR";
+    /// S3-compatible read endpoint: each dataset is a bucket; off for none.
+    s3_listen: opt_addr = "off", "ADDR";
+    /// Access keys of the S3 endpoint: one `ACCESS_KEY:SECRET_KEY[:BUCKET,…]` a line (no bucket list: every dataset).
+    s3_credentials: opt_path = "none", "FILE";
+    /// Allow unsigned reads of every dataset on the S3 endpoint.
+    s3_anonymous: switch = "false", "BOOL";
+    /// Base domain of virtual-host-style S3 requests (`BUCKET.DOMAIN`); path-style works always.
+    s3_domain: opt_text = "none", "DOMAIN";
     /// Unix socket for co-located clients: reads land in the client's shared memory.
     local_socket: opt_path = "off", "PATH";
     /// Local clients at once (each maps one region).

@@ -202,9 +202,6 @@ fn every_setting_is_a_flag_a_variable_and_a_key() {
 
 /// Flags of shared/CONTRACT.md not built yet, with the issue that builds them.
 const NOT_YET: &[(&str, &str)] = &[
-    ("--s3-listen", "S3-compatible endpoint"),
-    ("--s3-credentials", "S3-compatible endpoint"),
-    ("--s3-anonymous", "S3-compatible endpoint"),
     ("--rdma", "RDMA transport"),
     ("--rdma-device", "RDMA transport"),
 ];
