@@ -23,6 +23,8 @@ struct Key {
 pub struct Keys {
     keys: HashMap<String, Key>,
     anonymous: bool,
+    /// The server's datasets: any other bucket is answered NoSuchBucket, as S3 does.
+    datasets: BTreeSet<String>,
 }
 
 /// A credentials file that cannot be used.
@@ -55,6 +57,7 @@ impl Keys {
             return Ok(Keys {
                 keys: HashMap::new(),
                 anonymous,
+                datasets: datasets.iter().cloned().collect(),
             });
         };
         let file = path.display().to_string();
@@ -133,6 +136,7 @@ impl Keys {
         Ok(Keys {
             keys,
             anonymous: false,
+            datasets: datasets.iter().cloned().collect(),
         })
     }
 
@@ -189,7 +193,8 @@ impl S3Access for Access {
             // ListBuckets: each key sees its own buckets.
             S3Path::Root => Ok(()),
             S3Path::Bucket { bucket } | S3Path::Object { bucket, .. } => {
-                if self.0.may_read(who, bucket) {
+                // No such dataset: the operation answers NoSuchBucket.
+                if !self.0.datasets.contains(bucket.as_ref()) || self.0.may_read(who, bucket) {
                     Ok(())
                 } else {
                     Err(s3_error!(
