@@ -486,6 +486,7 @@ impl Server {
                 listener,
                 self.node.service.clone(),
                 keys.clone(),
+                self.metrics.s3.clone(),
                 self.config.s3_domain.clone(),
                 draining.clone(),
             ))),

@@ -19,6 +19,60 @@ pub struct Metrics {
     pub cluster: ClusterMetrics,
     pub peer: Arc<PeerMetrics>,
     pub transport: Arc<TransportMetrics>,
+    pub s3: Arc<S3Metrics>,
+}
+
+/// What the S3-compatible endpoint did (the native data plane's are `transport`'s): requests
+/// by operation and outcome, their durations, body bytes sent, bodies cut short.
+pub struct S3Metrics {
+    /// By `op` (GetObject, ...) and `code` (`ok`, or the S3 error code answered).
+    pub requests: prometheus::IntCounterVec,
+    /// From arrival to the response's head, by `op`.
+    pub duration: prometheus::HistogramVec,
+    pub sent_bytes: prometheus::IntCounter,
+    /// GetObject bodies that ended before their last byte (a version change, an origin failure).
+    pub truncated: prometheus::IntCounter,
+}
+
+/// The operations the endpoint answers (the others are NotImplemented).
+pub const S3_OPERATIONS: &[&str] = &[
+    "GetObject",
+    "HeadObject",
+    "HeadBucket",
+    "ListObjectsV2",
+    "ListBuckets",
+    "GetBucketLocation",
+];
+
+impl S3Metrics {
+    pub fn new(r: &Registry) -> S3Metrics {
+        let m = S3Metrics {
+            requests: r.counter_vec(
+                "shardcache_s3_requests_total",
+                "Requests to the S3-compatible endpoint, by operation and outcome (ok or the S3 error code)",
+                &["op", "code"],
+            ),
+            duration: r.latency_vec(
+                "shardcache_s3_request_duration_seconds",
+                "Duration of S3-endpoint requests from arrival to the response's head, by operation",
+                "op",
+            ),
+            sent_bytes: r.counter(
+                "shardcache_s3_sent_bytes_total",
+                "Object bytes sent in S3-endpoint GetObject bodies",
+            ),
+            truncated: r.counter(
+                "shardcache_s3_truncated_responses_total",
+                "S3-endpoint GetObject bodies that ended before their last byte",
+            ),
+        };
+        // Every answered operation has a series from the start (dashboards need no traffic).
+        for op in S3_OPERATIONS {
+            m.requests.with_label_values(&[op, "ok"]);
+            m.duration.with_label_values(&[op]);
+        }
+        m
+    }
 }
 
 impl Default for Metrics {
@@ -37,6 +91,7 @@ impl Metrics {
             cluster: ClusterMetrics::new(&registry),
             peer: Arc::new(PeerMetrics::new(&registry)),
             transport: Arc::new(TransportMetrics::new(&registry)),
+            s3: Arc::new(S3Metrics::new(&registry)),
             registry,
         }
     }

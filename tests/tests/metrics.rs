@@ -161,7 +161,7 @@ async fn dashboards_only_use_metrics_the_server_exports() {
         while let Some(at) = rest.find("shardcache_") {
             let name: String = rest[at..]
                 .chars()
-                .take_while(|c| c.is_ascii_lowercase() || *c == '_')
+                .take_while(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_')
                 .collect();
             rest = &rest[at + name.len()..];
             let base = ["_bucket", "_count", "_sum"]

@@ -203,6 +203,31 @@ async fn object_store_reads_lists_and_is_refused_as_s3_refuses() {
     let (status, body) = http_get(addr, "/ds/a.bin").await;
     assert_eq!(status, 403, "{body}");
     assert!(body.contains("<Code>AccessDenied</Code>"), "{body}");
+
+    // Counted by operation and outcome, beside the native data plane's metrics.
+    let (_, metrics) = s.admin_get("/metrics").await;
+    let value = |op: &str, code: &str| -> f64 {
+        metrics
+            .lines()
+            .filter(|l| l.starts_with("shardcache_s3_requests_total{"))
+            .filter(|l| {
+                l.contains(&format!("op=\"{op}\"")) && l.contains(&format!("code=\"{code}\""))
+            })
+            .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+            .sum()
+    };
+    assert!(value("GetObject", "ok") >= 7.0, "{metrics}");
+    assert_eq!(value("GetObject", "NoSuchKey"), 1.0);
+    assert_eq!(value("GetObject", "InvalidRange"), 1.0);
+    assert_eq!(value("GetObject", "NoSuchBucket"), 1.0);
+    assert!(value("HeadObject", "AccessDenied") + value("GetObject", "AccessDenied") >= 2.0);
+    assert!(value("ListObjectsV2", "ok") >= 3.0);
+    let sent: f64 = metrics
+        .lines()
+        .find(|l| l.starts_with("shardcache_s3_sent_bytes_total "))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap();
+    assert!(sent >= (2 * big.len()) as f64, "{sent}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -176,34 +176,52 @@ impl S3Auth for Auth {
     }
 }
 
-/// Per-bucket permission, before the request's input is read.
-pub struct Access(pub std::sync::Arc<Keys>);
+/// Per-bucket permission, before the request's input is read; refusals counted as the
+/// operations' own outcomes are.
+pub struct Access(
+    pub std::sync::Arc<Keys>,
+    pub std::sync::Arc<crate::metrics::S3Metrics>,
+);
 
 #[async_trait::async_trait]
 impl S3Access for Access {
     async fn check(&self, cx: &mut S3AccessContext<'_>) -> S3Result<()> {
         let who = cx.credentials().map(|c| c.access_key.as_str());
-        if who.is_none() && !self.0.anonymous {
-            return Err(s3_error!(
+        let verdict = if who.is_none() && !self.0.anonymous {
+            Err(s3_error!(
                 AccessDenied,
                 "anonymous reads are off on this server: sign requests with an access key"
-            ));
-        }
-        match cx.s3_path() {
-            // ListBuckets: each key sees its own buckets.
-            S3Path::Root => Ok(()),
-            S3Path::Bucket { bucket } | S3Path::Object { bucket, .. } => {
-                // No such dataset: the operation answers NoSuchBucket.
-                if !self.0.datasets.contains(bucket.as_ref()) || self.0.may_read(who, bucket) {
-                    Ok(())
-                } else {
-                    Err(s3_error!(
-                        AccessDenied,
-                        "this access key may not read bucket {bucket}"
-                    ))
+            ))
+        } else {
+            match cx.s3_path() {
+                // ListBuckets: each key sees its own buckets.
+                S3Path::Root => Ok(()),
+                S3Path::Bucket { bucket } | S3Path::Object { bucket, .. } => {
+                    // No such dataset: the operation answers NoSuchBucket.
+                    if !self.0.datasets.contains(bucket.as_ref()) || self.0.may_read(who, bucket) {
+                        Ok(())
+                    } else {
+                        Err(s3_error!(
+                            AccessDenied,
+                            "this access key may not read bucket {bucket}"
+                        ))
+                    }
                 }
             }
+        };
+        if verdict.is_err() {
+            let op = cx.s3_op().name();
+            self.1
+                .requests
+                .with_label_values(&[op, "AccessDenied"])
+                .inc();
+            tracing::info!(
+                op,
+                access_key = who.unwrap_or("(anonymous)"),
+                "S3 request denied"
+            );
         }
+        verdict
     }
 }
 

@@ -37,6 +37,7 @@ pub use keys::{Keys, KeysError};
 
 use crate::drain::Draining;
 use crate::error::Error;
+use crate::metrics::S3Metrics;
 use crate::service::CacheService;
 
 /// Connections served at once; more are closed at once.
@@ -54,11 +55,49 @@ const MAX_LISTED: usize = 1_000_000;
 pub struct Endpoint {
     service: Arc<CacheService>,
     keys: Arc<Keys>,
+    metrics: Arc<S3Metrics>,
 }
 
 impl Endpoint {
-    pub fn new(service: Arc<CacheService>, keys: Arc<Keys>) -> Endpoint {
-        Endpoint { service, keys }
+    pub fn new(service: Arc<CacheService>, keys: Arc<Keys>, metrics: Arc<S3Metrics>) -> Endpoint {
+        Endpoint {
+            service,
+            keys,
+            metrics,
+        }
+    }
+
+    /// `work`, timed and counted by its outcome; failures other than a missing key or bucket
+    /// logged.
+    async fn observed<T>(
+        &self,
+        op: &'static str,
+        work: impl std::future::Future<Output = S3Result<T>>,
+    ) -> S3Result<T> {
+        let started = std::time::Instant::now();
+        let result = work.await;
+        let m = &self.metrics;
+        m.duration
+            .with_label_values(&[op])
+            .observe(started.elapsed().as_secs_f64());
+        match &result {
+            Ok(_) => m.requests.with_label_values(&[op, "ok"]).inc(),
+            Err(e) => {
+                let code = e.code().as_str();
+                m.requests.with_label_values(&[op, code]).inc();
+                match e.code() {
+                    S3ErrorCode::NoSuchKey
+                    | S3ErrorCode::NoSuchBucket
+                    | S3ErrorCode::NotModified
+                    | S3ErrorCode::PreconditionFailed
+                    | S3ErrorCode::InvalidRange => {
+                        tracing::debug!(op, code, message = e.message(), "S3 request refused")
+                    }
+                    _ => tracing::info!(op, code, message = e.message(), "S3 request failed"),
+                }
+            }
+        }
+        result
     }
 
     fn dataset(&self, bucket: &str) -> S3Result<()> {
@@ -193,9 +232,9 @@ impl Stream for Body {
 #[error("{0}")]
 struct BodyError(String);
 
-#[async_trait::async_trait]
-impl S3 for Endpoint {
-    async fn get_object(
+/// The operations, each as answered before it is counted.
+impl Endpoint {
+    async fn get_object_answer(
         &self,
         req: S3Request<GetObjectInput>,
     ) -> S3Result<S3Response<GetObjectOutput>> {
@@ -230,10 +269,15 @@ impl S3 for Endpoint {
             })
             .await
             .map_err(s3_err)?;
+        let (sent, cut) = (self.metrics.clone(), self.metrics.clone());
         let chunks = read
             .chunks
-            .map_ok(|c| c.data)
-            .map_err(|e| {
+            .map_ok(move |c| {
+                sent.sent_bytes.inc_by(c.data.len() as u64);
+                c.data
+            })
+            .map_err(move |e| {
+                cut.truncated.inc();
                 tracing::warn!(error = %e, "S3 GetObject ended before its last byte");
                 BodyError(e.to_string())
             })
@@ -254,7 +298,7 @@ impl S3 for Endpoint {
         }))
     }
 
-    async fn head_object(
+    async fn head_object_answer(
         &self,
         req: S3Request<HeadObjectInput>,
     ) -> S3Result<S3Response<HeadObjectOutput>> {
@@ -286,7 +330,7 @@ impl S3 for Endpoint {
         }))
     }
 
-    async fn head_bucket(
+    async fn head_bucket_answer(
         &self,
         req: S3Request<HeadBucketInput>,
     ) -> S3Result<S3Response<HeadBucketOutput>> {
@@ -294,7 +338,7 @@ impl S3 for Endpoint {
         Ok(S3Response::new(HeadBucketOutput::default()))
     }
 
-    async fn get_bucket_location(
+    async fn get_bucket_location_answer(
         &self,
         req: S3Request<GetBucketLocationInput>,
     ) -> S3Result<S3Response<GetBucketLocationOutput>> {
@@ -303,7 +347,7 @@ impl S3 for Endpoint {
         Ok(S3Response::new(GetBucketLocationOutput::default()))
     }
 
-    async fn list_buckets(
+    async fn list_buckets_answer(
         &self,
         req: S3Request<ListBucketsInput>,
     ) -> S3Result<S3Response<ListBucketsOutput>> {
@@ -327,7 +371,7 @@ impl S3 for Endpoint {
         }))
     }
 
-    async fn list_objects_v2(
+    async fn list_objects_v2_answer(
         &self,
         req: S3Request<ListObjectsV2Input>,
     ) -> S3Result<S3Response<ListObjectsV2Output>> {
@@ -439,6 +483,57 @@ impl S3 for Endpoint {
     }
 }
 
+#[async_trait::async_trait]
+impl S3 for Endpoint {
+    async fn get_object(
+        &self,
+        req: S3Request<GetObjectInput>,
+    ) -> S3Result<S3Response<GetObjectOutput>> {
+        self.observed("GetObject", self.get_object_answer(req))
+            .await
+    }
+
+    async fn head_object(
+        &self,
+        req: S3Request<HeadObjectInput>,
+    ) -> S3Result<S3Response<HeadObjectOutput>> {
+        self.observed("HeadObject", self.head_object_answer(req))
+            .await
+    }
+
+    async fn head_bucket(
+        &self,
+        req: S3Request<HeadBucketInput>,
+    ) -> S3Result<S3Response<HeadBucketOutput>> {
+        self.observed("HeadBucket", self.head_bucket_answer(req))
+            .await
+    }
+
+    async fn get_bucket_location(
+        &self,
+        req: S3Request<GetBucketLocationInput>,
+    ) -> S3Result<S3Response<GetBucketLocationOutput>> {
+        self.observed("GetBucketLocation", self.get_bucket_location_answer(req))
+            .await
+    }
+
+    async fn list_buckets(
+        &self,
+        req: S3Request<ListBucketsInput>,
+    ) -> S3Result<S3Response<ListBucketsOutput>> {
+        self.observed("ListBuckets", self.list_buckets_answer(req))
+            .await
+    }
+
+    async fn list_objects_v2(
+        &self,
+        req: S3Request<ListObjectsV2Input>,
+    ) -> S3Result<S3Response<ListObjectsV2Output>> {
+        self.observed("ListObjectsV2", self.list_objects_v2_answer(req))
+            .await
+    }
+}
+
 /// A continuation token: the last entry of the page, hex-encoded (opaque to clients).
 fn encode_token(last: &str) -> String {
     last.bytes().map(|b| format!("{b:02x}")).collect()
@@ -497,17 +592,18 @@ pub async fn serve(
     listener: TcpListener,
     service: Arc<CacheService>,
     keys: Arc<Keys>,
+    metrics: Arc<S3Metrics>,
     domain: Option<String>,
     mut draining: Draining,
 ) {
     let datasets: BTreeSet<String> = service.datasets().map(str::to_string).collect();
-    let mut builder = S3ServiceBuilder::new(Endpoint::new(service, keys.clone()));
+    let mut builder = S3ServiceBuilder::new(Endpoint::new(service, keys.clone(), metrics.clone()));
     // Dataset names are buckets even where S3's naming rules are stricter (`ds`, `my_data`).
     builder.set_validation(Buckets(datasets));
     // Signed requests are checked against the keys; unsigned ones reach the access check,
     // which lets them through only with --s3-anonymous.
     builder.set_auth(keys::Auth(keys.clone()));
-    builder.set_access(keys::Access(keys));
+    builder.set_access(keys::Access(keys, metrics));
     if let Some(domain) = domain {
         builder.set_host(Domain(domain.trim_matches('.').to_ascii_lowercase()));
     }
