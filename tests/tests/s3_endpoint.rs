@@ -413,3 +413,57 @@ fn an_endpoint_without_keys_or_with_bad_ones_is_refused_at_start() {
         "{said}"
     );
 }
+
+/// An object rewritten at the origin while a GetObject body is under way: the body ends early
+/// (counted), and every byte it did carry is the old version's — never a mix.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_object_changed_mid_body_ends_the_body_never_mixing_versions() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let origin = S3Origin::start(&["bucket"]).await;
+    let old = bytes_for(1, 64 << 20);
+    origin.put("bucket", "train/big.bin", old.clone()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let creds = dir.path().join("creds");
+    std::fs::write(&creds, format!("{READER}:{READER_SECRET}\n")).unwrap();
+    let s = TestServer::builder()
+        .dataset(origin.dataset("ds", "bucket", "train"))
+        .config(|c| {
+            c.s3_listen = Some("127.0.0.1:0".parse().unwrap());
+            c.s3_credentials = Some(creds);
+            c.s3_anonymous = true;
+            c.block_size = 1 << 20;
+            c.readahead_blocks = 1;
+        })
+        .start()
+        .await;
+    let addr = s.s3.unwrap();
+    let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+    conn.write_all(b"GET /ds/big.bin HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    // The head and the first MiB, then the origin's object changes under the reader.
+    let mut got = vec![0u8; 1 << 20];
+    conn.read_exact(&mut got).await.unwrap();
+    let other = bytes_for(2, 64 << 20);
+    origin.put("bucket", "train/big.bin", other).await;
+    let mut rest = Vec::new();
+    let _ = conn.read_to_end(&mut rest).await;
+    got.extend_from_slice(&rest);
+    let head_end = got.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    let head = String::from_utf8_lossy(&got[..head_end]).to_string();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let body = &got[head_end..];
+    assert!(
+        body.len() < old.len(),
+        "the body went on to its end across a version change"
+    );
+    assert!(body == &old[..body.len()], "the body mixes versions");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while s.stats.s3.truncated.get() != 1 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the cut was not counted"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
