@@ -37,7 +37,8 @@ if [ ! -x .venv-wheel/bin/python ]; then
   "$python" -m venv .venv-wheel
 fi
 .venv-wheel/bin/python -m pip install -q --disable-pip-version-check \
-  pytest numpy fsspec pyyaml "webdataset==1.0.2" "torch==2.15.0" "boto3==1.44.8"
+  pytest numpy fsspec pyyaml "webdataset==1.0.2" "torch==2.15.0" \
+  "boto3==1.43.117" "awscli==1.46.3" "s3fs==2026.9.0"
 .venv-wheel/bin/python -m pip install -q --disable-pip-version-check --force-reinstall --no-deps dist/shardcache-*.whl
 .venv-wheel/bin/python -m pytest -q -p no:cacheprovider client/python/tests
 

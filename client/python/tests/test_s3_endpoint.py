@@ -113,3 +113,57 @@ def test_each_error_a_reader_meets(s3):
     with pytest.raises(urllib.error.HTTPError) as e:
         urllib.request.urlopen(f"{s3.s3}/ds/train/shard-000002.bin")
     assert e.value.code == 403
+
+
+def aws_cli():
+    """The AWS CLI beside this Python (scripts/test.sh installs awscli into the venv)."""
+    import os
+    import shutil
+    import sys
+
+    beside = os.path.join(os.path.dirname(sys.executable), "aws")
+    found = beside if os.path.exists(beside) else shutil.which("aws")
+    if found is None:
+        if os.environ.get("SHARDCACHE_TEST_STRICT") == "1":
+            pytest.fail("the AWS CLI is not installed (pip install awscli)")
+        pytest.skip("the AWS CLI is not installed")
+    return found
+
+
+def test_the_aws_cli_copies_and_lists(s3, tmp_path):
+    import os
+    import subprocess
+
+    env = dict(os.environ, AWS_ACCESS_KEY_ID=READER, AWS_SECRET_ACCESS_KEY=READER_SECRET,
+               AWS_DEFAULT_REGION="us-east-1", AWS_CONFIG_FILE=str(tmp_path / "none"),
+               AWS_SHARED_CREDENTIALS_FILE=str(tmp_path / "none"))
+    key = "train/shard-000005.bin"
+    out = tmp_path / "copy.bin"
+    run = lambda *args: subprocess.run([aws_cli(), *args, "--endpoint-url", s3.s3], env=env,
+                                       capture_output=True, text=True, timeout=120)
+    r = run("s3", "cp", f"s3://ds/{key}", str(out))
+    assert r.returncode == 0, r.stderr
+    assert out.read_bytes() == s3.files[key]
+    r = run("s3", "ls", "s3://ds/", "--recursive")
+    assert r.returncode == 0, r.stderr
+    listed = sorted(line.split()[-1] for line in r.stdout.splitlines() if line.strip())
+    assert listed == sorted(s3.files)
+    r = run("s3", "cp", str(out), "s3://ds/train/uploaded.bin")
+    assert r.returncode != 0 and "NotImplemented" in r.stderr, r.stderr
+
+
+def test_s3fs_through_fsspec(s3):
+    fsspec = need("fsspec")
+    need("s3fs")
+    fs = fsspec.filesystem("s3", key=READER, secret=READER_SECRET,
+                           client_kwargs={"endpoint_url": s3.s3, "region_name": "us-east-1"},
+                           skip_instance_cache=True)
+    key = "train/shard-000005.bin"
+    data = s3.files[key]
+    assert fs.cat(f"ds/{key}") == data
+    with fs.open(f"ds/{key}", "rb", block_size=256 * 1024) as f:
+        f.seek(123_456)
+        assert f.read(500_000) == data[123_456:623_456]
+    assert fs.info(f"ds/{key}")["size"] == len(data)
+    assert sorted(fs.find("ds/train")) == sorted(f"ds/{k}" for k in s3.files if k.startswith("train/"))
+    assert sorted(p.rstrip("/") for p in fs.ls("ds", detail=False)) == ["ds/train", "ds/wds"]
