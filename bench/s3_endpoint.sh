@@ -45,7 +45,8 @@ for _ in range(100):
         urllib.request.urlopen(f"{base}/moto-api/", timeout=1).read(); break
     except OSError:
         time.sleep(0.1)
-put = lambda url, data: urllib.request.urlopen(urllib.request.Request(url, data=data, method="PUT", headers={"Content-Type": "application/octet-stream"})).read()
+# Public objects: nginx passes requests to the origin unsigned.
+put = lambda url, data: urllib.request.urlopen(urllib.request.Request(url, data=data, method="PUT", headers={"Content-Type": "application/octet-stream", "x-amz-acl": "public-read"})).read()
 put(f"{base}/bench", b"")
 rng = random.Random(1)
 for name in ["hot.bin", "cold.bin"]:
@@ -62,6 +63,8 @@ pids+=($!)
 mkdir -p "$work/nginx/cache" "$work/nginx/logs"
 cat >"$work/nginx.conf" <<NGINX
 worker_processes auto;
+# The workers write the cache under this run's private directory.
+user root;
 pid $work/nginx.pid;
 error_log $work/nginx/logs/error.log warn;
 events { worker_connections 1024; }
@@ -123,6 +126,32 @@ done
 median() { printf '%s\n' "$@" | sort -n | sed -n 2p; }
 m_ours=$(median "${ours[@]}") m_theirs=$(median "${theirs[@]}")
 
+# The native protocol beside them: 8 threads of the Python package's read_into (TCP), each
+# into its own 64 MiB buffer, over and over for the same time.
+native=""
+if [ -x .venv-wheel/bin/python ]; then
+  native=$(.venv-wheel/bin/python - "127.0.0.1:$data_port" "$seconds" <<'PY'
+import sys, threading, time
+import shardcache
+endpoint, seconds = sys.argv[1], float(sys.argv[2])
+size = 64 << 20
+done = [0] * 8
+def reader(i):
+    client = shardcache.Client(endpoint)
+    buf = bytearray(size)
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        assert client.read_into("bench/hot.bin", buf) == size
+        done[i] += size
+start = time.monotonic()
+threads = [threading.Thread(target=reader, args=(i,)) for i in range(8)]
+for t in threads: t.start()
+for t in threads: t.join()
+print(f"{sum(done) / (time.monotonic() - start) / 2**20:.1f}")
+PY
+  )
+fi
+
 # Cold: 8 clients at once for one uncached object; the origin GETs it made.
 gets() {
   curl -sf "http://127.0.0.1:$admin_port/metrics" |
@@ -142,4 +171,5 @@ blocks=16
 
 echo "hot 64 MiB, 8 connections, ${seconds}s a run (MiB/s): shardcache S3 ${ours[*]}; nginx proxy_cache ${theirs[*]}"
 echo "median: shardcache ${m_ours} MiB/s, nginx ${m_theirs} MiB/s, ratio $(python3 -c "print(f'{$m_ours / $m_theirs:.2f}')")"
+[ -n "$native" ] && echo "native protocol (Python read_into, 8 threads): ${native} MiB/s; S3 endpoint / native $(python3 -c "print(f'{$m_ours / $native:.2f}')")"
 echo "cold 64 MiB (${blocks} blocks of 4 MiB), 8 clients at once: $((${after%.*} - ${before%.*})) origin GETs"

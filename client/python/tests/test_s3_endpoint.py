@@ -65,6 +65,8 @@ def test_gets_ranges_and_heads(s3):
     assert code_of(lambda: c.get_object(Bucket="ds", Key=key, IfMatch='"other"')) == "PreconditionFailed"
     assert code_of(lambda: c.get_object(Bucket="ds", Key=key, IfNoneMatch=etag)) == "304"
     assert c.get_bucket_location(Bucket="ds").get("LocationConstraint") in (None, "")
+    empty = c.get_object(Bucket="ds", Key="train/shard-000000.bin")
+    assert empty["ContentLength"] == 0 and empty["Body"].read() == b""
 
 
 def test_a_paginated_listing_with_a_delimiter(s3):
@@ -76,6 +78,11 @@ def test_a_paginated_listing_with_a_delimiter(s3):
     top = c.list_objects_v2(Bucket="ds", Delimiter="/")
     assert [p["Prefix"] for p in top["CommonPrefixes"]] == ["train/", "wds/"]
     assert "Contents" not in top or top["Contents"] == []
+    # Pages of one entry with a delimiter: each common prefix once, across pages.
+    pages = list(c.get_paginator("list_objects_v2").paginate(
+        Bucket="ds", Delimiter="/", PaginationConfig={"PageSize": 1}))
+    assert [p["Prefix"] for page in pages for p in page.get("CommonPrefixes", [])] == ["train/", "wds/"]
+    assert len(pages) == 2 and pages[0]["IsTruncated"] and not pages[1]["IsTruncated"]
     assert [b["Name"] for b in c.list_buckets()["Buckets"]] == ["ds"]
     assert [b["Name"] for b in client(s3, ADMIN, ADMIN_SECRET).list_buckets()["Buckets"]] == ["ds", "other"]
 

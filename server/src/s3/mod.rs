@@ -49,13 +49,18 @@ const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 /// Most keys one ListObjectsV2 page returns (S3's own limit).
 const MAX_KEYS: usize = 1000;
 /// Most objects one listing walks at the origin before it asks for a longer prefix.
-const MAX_LISTED: usize = 1_000_000;
+const MAX_LISTED: usize = 100_000;
+/// Listings walked at once (each holds up to MAX_LISTED entries, ~200 bytes each); more wait
+/// up to LISTING_WAIT, then are answered SlowDown.
+const LISTINGS_AT_ONCE: usize = 4;
+const LISTING_WAIT: Duration = Duration::from_secs(10);
 
 /// The S3 operations, over this node's read path.
 pub struct Endpoint {
     service: Arc<CacheService>,
     keys: Arc<Keys>,
     metrics: Arc<S3Metrics>,
+    listings: tokio::sync::Semaphore,
 }
 
 impl Endpoint {
@@ -64,6 +69,7 @@ impl Endpoint {
             service,
             keys,
             metrics,
+            listings: tokio::sync::Semaphore::new(LISTINGS_AT_ONCE),
         }
     }
 
@@ -393,6 +399,16 @@ impl Endpoint {
             Some((dir, _)) if !dir.is_empty() => Some(object_store::path::Path::from(dir)),
             _ => None,
         };
+        let _slot = tokio::time::timeout(LISTING_WAIT, self.listings.acquire())
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .ok_or_else(|| {
+                s3_error!(
+                    SlowDown,
+                    "{LISTINGS_AT_ONCE} listings are running; retry later"
+                )
+            })?;
         let mut listing = origin.store().list(dir.as_ref());
         let mut all = Vec::new();
         while let Some(meta) = listing.try_next().await.map_err(|e| {
