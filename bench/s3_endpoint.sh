@@ -58,7 +58,8 @@ AWS_REGION=us-east-1 AWS_ALLOW_HTTP=true RUST_LOG=warn \
   "$target_dir/release/shardcache" serve --dataset bench=s3://bench/ --ram-cache 1GiB \
   --listen "127.0.0.1:$data_port" --admin-listen "127.0.0.1:$admin_port" --control-listen off \
   --s3-listen "127.0.0.1:$s3_port" --s3-anonymous >"$work/shardcache.log" 2>&1 &
-pids+=($!)
+server_pid=$!
+pids+=($server_pid)
 
 mkdir -p "$work/nginx/cache" "$work/nginx/logs"
 cat >"$work/nginx.conf" <<NGINX
@@ -173,3 +174,4 @@ echo "hot 64 MiB, 8 connections, ${seconds}s a run (MiB/s): shardcache S3 ${ours
 echo "median: shardcache ${m_ours} MiB/s, nginx ${m_theirs} MiB/s, ratio $(python3 -c "print(f'{$m_ours / $m_theirs:.2f}')")"
 [ -n "$native" ] && echo "native protocol (Python read_into, 8 threads): ${native} MiB/s; S3 endpoint / native $(python3 -c "print(f'{$m_ours / $native:.2f}')")"
 echo "cold 64 MiB (${blocks} blocks of 4 MiB), 8 clients at once: $((${after%.*} - ${before%.*})) origin GETs"
+echo "shardcache peak RSS: $(awk '/VmHWM/ {printf "%d MiB", $2 / 1024}' "/proc/$server_pid/status") (RAM tier 1 GiB, 128 MiB cached)"
