@@ -64,6 +64,15 @@ def test_gets_ranges_and_heads(s3):
     assert c.get_object(Bucket="ds", Key=key, IfMatch=etag)["Body"].read() == data
     assert code_of(lambda: c.get_object(Bucket="ds", Key=key, IfMatch='"other"')) == "PreconditionFailed"
     assert code_of(lambda: c.get_object(Bucket="ds", Key=key, IfNoneMatch=etag)) == "304"
+    # By date: the object's Last-Modified is the file's mtime.
+    import datetime
+    modified = head["LastModified"]
+    later, earlier = modified + datetime.timedelta(days=1), modified - datetime.timedelta(days=1)
+    assert code_of(lambda: c.get_object(Bucket="ds", Key=key, IfModifiedSince=later)) == "304"
+    assert c.get_object(Bucket="ds", Key=key, IfModifiedSince=earlier)["Body"].read() == data
+    assert code_of(lambda: c.get_object(Bucket="ds", Key=key, IfUnmodifiedSince=earlier)) == "PreconditionFailed"
+    assert c.get_object(Bucket="ds", Key=key, IfUnmodifiedSince=later)["Body"].read() == data
+    assert code_of(lambda: c.get_object(Bucket="ds", Key=key, PartNumber=1)) == "NotImplemented"
     assert c.get_bucket_location(Bucket="ds").get("LocationConstraint") in (None, "")
     empty = c.get_object(Bucket="ds", Key="train/shard-000000.bin")
     assert empty["ContentLength"] == 0 and empty["Body"].read() == b""
