@@ -251,30 +251,43 @@ impl Endpoint {
                 "partNumber: ask for a Range instead"
             ));
         }
-        let (path, info) = self.info(&input.bucket, &input.key).await?;
-        preconditions(
-            &info,
-            input.if_match.as_ref(),
-            input.if_unmodified_since.as_ref(),
-            input.if_none_match.as_ref(),
-            input.if_modified_since.as_ref(),
-        )?;
-        let range = byte_range(input.range.as_ref(), info.size)?;
-        let (offset, length) = match &range {
-            Some(r) => (r.start, r.end - r.start),
-            None => (0, info.size),
+        // The version known here may be stale (within metadata_ttl): the read, pinned to it,
+        // then finds the origin's newer one and refuses; the version cache has forgotten the
+        // old one, so the request is answered once more from the start, at the new version.
+        let mut retried = false;
+        let (info, range, read) = loop {
+            let (path, info) = self.info(&input.bucket, &input.key).await?;
+            preconditions(
+                &info,
+                input.if_match.as_ref(),
+                input.if_unmodified_since.as_ref(),
+                input.if_none_match.as_ref(),
+                input.if_modified_since.as_ref(),
+            )?;
+            let range = byte_range(input.range.as_ref(), info.size)?;
+            let (offset, length) = match &range {
+                Some(r) => (r.start, r.end - r.start),
+                None => (0, info.size),
+            };
+            // Pinned to the version just checked: a change during the body ends it.
+            let read = self
+                .service
+                .read(ReadRequest {
+                    path,
+                    offset,
+                    length: Some(length),
+                    if_match: Some(info.etag.clone()),
+                })
+                .await;
+            match read {
+                Ok(read) => break (info, range, read),
+                Err(Error::VersionChanged { .. }) if !retried && input.if_match.is_none() => {
+                    retried = true;
+                }
+                Err(e) => return Err(s3_err(e)),
+            }
         };
-        // Pinned to the version just checked: a change before or during the body is an error.
-        let read = self
-            .service
-            .read(ReadRequest {
-                path,
-                offset,
-                length: Some(length),
-                if_match: Some(info.etag.clone()),
-            })
-            .await
-            .map_err(s3_err)?;
+        let length = range.as_ref().map_or(info.size, |r| r.end - r.start);
         let (sent, cut) = (self.metrics.clone(), self.metrics.clone());
         let chunks = read
             .chunks
