@@ -46,7 +46,7 @@ fn at_line(line: usize) -> String {
 }
 
 impl Keys {
-    /// Read `ACCESS_KEY:SECRET_KEY[:BUCKET,…]` lines (`#` starts a comment); every bucket named
+    /// Read `ACCESS_KEY:SECRET_KEY[:BUCKET,…]` lines (`#` starts a comment line); every bucket named
     /// must be a dataset this server serves.
     pub fn load(
         path: Option<&Path>,
@@ -79,8 +79,9 @@ impl Keys {
         };
         let mut keys = HashMap::new();
         for (i, raw) in text.lines().enumerate() {
-            let line = raw.split('#').next().unwrap_or("").trim();
-            if line.is_empty() {
+            // Comments are whole lines: a secret may hold any character but ':'.
+            let line = raw.trim();
+            if line.is_empty() || line.starts_with('#') {
                 continue;
             }
             let mut parts = line.splitn(3, ':');
@@ -235,7 +236,8 @@ mod tests {
 
     #[test]
     fn keys_with_and_without_bucket_lists() {
-        let text = "# readers\nreader:0123456789abcdef0123:imagenet\nadmin:fedcba9876543210fedc\n";
+        let text =
+            "# readers\nreader:0123456789abcdef0123:imagenet\nadmin:fedcba98#76543210/+fedc\n";
         let keys = Keys::parse(text, "f", &datasets()).unwrap();
         assert!(keys.may_read(Some("reader"), "imagenet"));
         assert!(!keys.may_read(Some("reader"), "ckpt"));
