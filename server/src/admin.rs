@@ -60,20 +60,8 @@ impl Admin {
     pub async fn serve(self: Arc<Self>, listener: TcpListener, mut draining: Draining) {
         let mut conns = JoinSet::new();
         let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
-        loop {
-            while conns.try_join_next().is_some() {}
-            let accepted = tokio::select! {
-                a = listener.accept() => a,
-                _ = draining.wait_for(|d| *d) => break,
-            };
-            let Ok((stream, _)) = accepted else {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            };
-            let Ok(slot) = slots.clone().try_acquire_owned() else {
-                drop(stream);
-                continue;
-            };
+        while let Some((stream, slot)) = accept(&listener, &slots, &mut draining, &mut conns).await
+        {
             let admin = self.clone();
             conns.spawn(async move {
                 let service = hyper::service::service_fn(move |req| {
@@ -181,6 +169,32 @@ impl Admin {
         };
         *cached = Some((Instant::now(), verdict.clone()));
         verdict
+    }
+}
+
+/// The next connection of an HTTP front door (this one, the S3 endpoint) with a slot of
+/// `slots`, or `None` once `draining` turns true. Connections beyond the slots are closed at
+/// once; finished connection tasks are reaped from `conns` on the way.
+pub(crate) async fn accept<T: 'static>(
+    listener: &TcpListener,
+    slots: &Arc<tokio::sync::Semaphore>,
+    draining: &mut Draining,
+    conns: &mut JoinSet<T>,
+) -> Option<(tokio::net::TcpStream, tokio::sync::OwnedSemaphorePermit)> {
+    loop {
+        while conns.try_join_next().is_some() {}
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = draining.wait_for(|d| *d) => return None,
+        };
+        let Ok((stream, _)) = accepted else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        match slots.clone().try_acquire_owned() {
+            Ok(slot) => return Some((stream, slot)),
+            Err(_) => drop(stream),
+        }
     }
 }
 

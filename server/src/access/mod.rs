@@ -18,7 +18,9 @@ mod secret;
 mod tokens;
 
 pub use secret::{ClusterSecret, MIN_SECRET_LEN, PROOF_LEN, SecretError};
-pub use tokens::{AccessTokens, Datasets, Grant, MIN_TOKEN_LEN, TokenFileError, same_bytes};
+pub use tokens::{
+    AccessTokens, Datasets, Grant, MIN_TOKEN_LEN, TokenFileError, at_line, same_bytes,
+};
 
 /// Who may use the data plane.
 #[derive(Debug, Clone)]

@@ -48,7 +48,8 @@ pub struct TokenFileError {
     pub reason: String,
 }
 
-fn at_line(line: usize) -> String {
+/// ` line N` for an error in a file's line N; nothing for line 0 (the file itself).
+pub fn at_line(line: usize) -> String {
     if line == 0 {
         String::new()
     } else {

@@ -29,20 +29,12 @@ pub struct Keys {
 
 /// A credentials file that cannot be used.
 #[derive(Debug, thiserror::Error)]
-#[error("--s3-credentials {file}{}: {reason}", at_line(*.line))]
+#[error("--s3-credentials {file}{}: {reason}", crate::access::at_line(*.line))]
 pub struct KeysError {
     pub file: String,
     /// 0 when the file itself is the trouble.
     pub line: usize,
     pub reason: String,
-}
-
-fn at_line(line: usize) -> String {
-    if line == 0 {
-        String::new()
-    } else {
-        format!(" line {line}")
-    }
 }
 
 impl Keys {

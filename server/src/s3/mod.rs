@@ -106,19 +106,16 @@ impl Endpoint {
         result
     }
 
-    fn dataset(&self, bucket: &str) -> S3Result<()> {
-        match self.service.origin(bucket) {
-            Ok(_) => Ok(()),
-            Err(_) => Err(s3_error!(
-                NoSuchBucket,
-                "no dataset {bucket} on this server"
-            )),
-        }
+    /// The bucket's dataset, or NoSuchBucket.
+    fn origin(&self, bucket: &str) -> S3Result<Arc<crate::origin::Origin>> {
+        self.service
+            .origin(bucket)
+            .map_err(|_| s3_error!(NoSuchBucket, "no dataset {bucket} on this server"))
     }
 
     /// The object's current version, or NoSuchBucket / NoSuchKey.
     async fn info(&self, bucket: &str, key: &str) -> S3Result<(String, ObjectInfo)> {
-        self.dataset(bucket)?;
+        self.origin(bucket)?;
         let path = object_path(bucket, key)?;
         let info = self.service.stat(&path).await.map_err(s3_err)?;
         Ok((path, info))
@@ -353,7 +350,7 @@ impl Endpoint {
         &self,
         req: S3Request<HeadBucketInput>,
     ) -> S3Result<S3Response<HeadBucketOutput>> {
-        self.dataset(&req.input.bucket)?;
+        self.origin(&req.input.bucket)?;
         Ok(S3Response::new(HeadBucketOutput::default()))
     }
 
@@ -361,7 +358,7 @@ impl Endpoint {
         &self,
         req: S3Request<GetBucketLocationInput>,
     ) -> S3Result<S3Response<GetBucketLocationOutput>> {
-        self.dataset(&req.input.bucket)?;
+        self.origin(&req.input.bucket)?;
         // No constraint: us-east-1, what clients assume of an endpoint of their own.
         Ok(S3Response::new(GetBucketLocationOutput::default()))
     }
@@ -395,8 +392,7 @@ impl Endpoint {
         req: S3Request<ListObjectsV2Input>,
     ) -> S3Result<S3Response<ListObjectsV2Output>> {
         let input = req.input;
-        self.dataset(&input.bucket)?;
-        let origin = self.service.origin(&input.bucket).map_err(s3_err)?;
+        let origin = self.origin(&input.bucket)?;
         let prefix = input.prefix.clone().unwrap_or_default();
         let delimiter = input.delimiter.clone().filter(|d| !d.is_empty());
         let max_keys = input
@@ -512,55 +508,30 @@ impl Endpoint {
     }
 }
 
-#[async_trait::async_trait]
-impl S3 for Endpoint {
-    async fn get_object(
-        &self,
-        req: S3Request<GetObjectInput>,
-    ) -> S3Result<S3Response<GetObjectOutput>> {
-        self.observed("GetObject", self.get_object_answer(req))
-            .await
-    }
+/// The trait's answered operations: each its `_answer` method, timed and counted under its S3
+/// name (the names `crate::metrics::S3_OPERATIONS` gives series from the start).
+macro_rules! answered {
+    ($($op:ident => $answer:ident($input:ident) -> $output:ident as $name:literal;)*) => {
+        #[async_trait::async_trait]
+        impl S3 for Endpoint {
+            $(
+                async fn $op(&self, req: S3Request<$input>) -> S3Result<S3Response<$output>> {
+                    self.observed($name, self.$answer(req)).await
+                }
+            )*
+        }
+    };
+}
 
-    async fn head_object(
-        &self,
-        req: S3Request<HeadObjectInput>,
-    ) -> S3Result<S3Response<HeadObjectOutput>> {
-        self.observed("HeadObject", self.head_object_answer(req))
-            .await
-    }
-
-    async fn head_bucket(
-        &self,
-        req: S3Request<HeadBucketInput>,
-    ) -> S3Result<S3Response<HeadBucketOutput>> {
-        self.observed("HeadBucket", self.head_bucket_answer(req))
-            .await
-    }
-
-    async fn get_bucket_location(
-        &self,
-        req: S3Request<GetBucketLocationInput>,
-    ) -> S3Result<S3Response<GetBucketLocationOutput>> {
-        self.observed("GetBucketLocation", self.get_bucket_location_answer(req))
-            .await
-    }
-
-    async fn list_buckets(
-        &self,
-        req: S3Request<ListBucketsInput>,
-    ) -> S3Result<S3Response<ListBucketsOutput>> {
-        self.observed("ListBuckets", self.list_buckets_answer(req))
-            .await
-    }
-
-    async fn list_objects_v2(
-        &self,
-        req: S3Request<ListObjectsV2Input>,
-    ) -> S3Result<S3Response<ListObjectsV2Output>> {
-        self.observed("ListObjectsV2", self.list_objects_v2_answer(req))
-            .await
-    }
+answered! {
+    get_object => get_object_answer(GetObjectInput) -> GetObjectOutput as "GetObject";
+    head_object => head_object_answer(HeadObjectInput) -> HeadObjectOutput as "HeadObject";
+    head_bucket => head_bucket_answer(HeadBucketInput) -> HeadBucketOutput as "HeadBucket";
+    get_bucket_location => get_bucket_location_answer(GetBucketLocationInput)
+        -> GetBucketLocationOutput as "GetBucketLocation";
+    list_buckets => list_buckets_answer(ListBucketsInput) -> ListBucketsOutput as "ListBuckets";
+    list_objects_v2 => list_objects_v2_answer(ListObjectsV2Input)
+        -> ListObjectsV2Output as "ListObjectsV2";
 }
 
 /// A continuation token: the last entry of the page, hex-encoded (opaque to clients).
@@ -640,20 +611,9 @@ pub async fn serve(
     let mut conns = JoinSet::new();
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    loop {
-        while conns.try_join_next().is_some() {}
-        let accepted = tokio::select! {
-            a = listener.accept() => a,
-            _ = draining.wait_for(|d| *d) => break,
-        };
-        let Ok((stream, _)) = accepted else {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            continue;
-        };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
-            drop(stream);
-            continue;
-        };
+    while let Some((stream, slot)) =
+        crate::admin::accept(&listener, &slots, &mut draining, &mut conns).await
+    {
         let _ = stream.set_nodelay(true);
         let s3 = s3.clone();
         let conn = hyper::server::conn::http1::Builder::new()
